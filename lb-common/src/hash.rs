@@ -1,0 +1,94 @@
+//! The flow hash that picks a Maglev slot for a new connection. It lives here, not in the
+//! eBPF crate, so the daemon and the tests compute exactly the slot the data plane uses.
+//! MurmurHash3's 32-bit mixing: a few multiplies and rotates, no loop, no table.
+
+use crate::FlowKey;
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn word(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+}
+
+/// Hash of a flow's 5-tuple. Unrolled by hand: the verifier sees straight-line code.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h = 0x5bd1_e995;
+    h = mix(h, word(&key.src, 0));
+    h = mix(h, word(&key.src, 4));
+    h = mix(h, word(&key.src, 8));
+    h = mix(h, word(&key.src, 12));
+    h = mix(h, word(&key.dst, 0));
+    h = mix(h, word(&key.dst, 4));
+    h = mix(h, word(&key.dst, 8));
+    h = mix(h, word(&key.dst, 12));
+    h = mix(h, ((key.sport_be as u32) << 16) | key.dport_be as u32);
+    h = mix(h, ((key.family as u32) << 8) | key.proto as u32);
+    finish(h)
+}
+
+/// The Maglev slot of a flow.
+#[inline(always)]
+pub fn maglev_slot(key: &FlowKey) -> u32 {
+    flow_hash(key) % crate::MAGLEV_SIZE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_changes_the_hash() {
+        let base = FlowKey {
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: crate::PROTO_TCP,
+            family: crate::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let h = flow_hash(&base);
+        let variants = [
+            FlowKey { sport_be: 40001u16.to_be(), ..base },
+            FlowKey { dport_be: 81u16.to_be(), ..base },
+            FlowKey { proto: crate::PROTO_UDP, ..base },
+            FlowKey { family: crate::FAMILY_V6, ..base },
+            FlowKey { src: { let mut s = base.src; s[3] = 2; s }, ..base },
+            FlowKey { dst: { let mut d = base.dst; d[15] = 1; d }, ..base },
+        ];
+        for v in variants {
+            assert_ne!(flow_hash(&v), h, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn source_ports_spread_over_the_ring() {
+        // 10 000 client ports must land in every tenth of the ring about equally.
+        let mut buckets = [0u32; 10];
+        for port in 20000u16..30000 {
+            let key = FlowKey { sport_be: port.to_be(), proto: 6, family: 4, ..FlowKey::default() };
+            buckets[(maglev_slot(&key) as usize * 10) / crate::MAGLEV_SIZE as usize] += 1;
+        }
+        for b in buckets {
+            assert!((850..=1150).contains(&b), "{buckets:?}");
+        }
+    }
+}

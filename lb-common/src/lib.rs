@@ -1,0 +1,235 @@
+//! The contract between the XDP data plane and the director: every map's key and value
+//! type, its name and size. Both sides compile this crate, so a layout change cannot drift;
+//! the `std` feature adds what only userspace needs (the Maglev builder, `aya::Pod`).
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod hash;
+#[cfg(feature = "std")]
+pub mod maglev;
+
+/// Slots in every VIP's Maglev table. Prime, as the Maglev paper requires; 65537 keeps the
+/// share of each real within a fraction of a percent of its weight for up to a few hundred reals.
+pub const MAGLEV_SIZE: u32 = 65537;
+/// VIPs (service = address, port, protocol) the data plane can hold.
+pub const MAX_VIPS: u32 = 64;
+/// Real servers over all services: a real in two services takes two slots.
+pub const MAX_REALS: u32 = 4096;
+/// Entries in the connection table (LRU: the oldest idle flow goes first).
+pub const MAX_FLOWS: u32 = 262_144;
+/// Interfaces whose MAC the data plane may use as a source address.
+pub const MAX_IFACES: u32 = 64;
+/// Maglev slot value of a VIP without any real in service.
+pub const NO_REAL: u32 = u32::MAX;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Names of the maps in the eBPF object, as the daemon looks them up.
+pub mod map_names {
+    pub const VIPS: &str = "VIPS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const REALS: &str = "REALS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const IFACES: &str = "IFACES";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    pub const REASONS: &str = "REASONS";
+}
+
+/// The name of the XDP program in the eBPF object.
+pub const XDP_PROGRAM: &str = "lb_xdp";
+
+/// Key of `VIPS`. Addresses are 16 bytes for both families (IPv4 in the first four, the
+/// rest zero) so one map serves both; the port is in network byte order, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// How a VIP's packets reach its reals.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Direct routing (LVS "gatewaying"): only the MACs change.
+    Dr = 1,
+}
+
+/// Value of `VIPS`: where the VIP's Maglev table starts and how to forward.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into `MAGLEV` (in units of `MAGLEV_SIZE`) and into `VIP_STATS`.
+    pub index: u32,
+    /// A [`Forwarding`] value.
+    pub forwarding: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `RealInfo::flags`: the daemon has written this slot and the real belongs to a service.
+pub const REAL_PRESENT: u8 = 1;
+
+/// Value of `REALS`, indexed by the daemon's real id (one per service and real).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealInfo {
+    pub addr: [u8; 16],
+    /// The real's MAC, as the daemon resolved it through the neighbour table; all zero
+    /// while unresolved (the data plane then passes the packet and counts it).
+    pub mac: [u8; 6],
+    pub family: u8,
+    pub flags: u8,
+    /// The interface the real is reached through.
+    pub ifindex: u32,
+    /// The VIP (`VipInfo::index`) this real serves: a flow whose VIP no longer owns its
+    /// real is scheduled again.
+    pub vip: u32,
+}
+
+/// Key of `FLOWS`: the 5-tuple as seen from the client (ports in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `FlowValue::flags`: a FIN or RST was seen, the connection is closing (InActConn).
+pub const FLOW_CLOSING: u32 = 1;
+
+/// Value of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub real: u32,
+    pub flags: u32,
+    /// bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+}
+
+/// Value of `IFACES`, indexed by ifindex: the interface's own MAC, the source of DR frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    pub mac: [u8; 6],
+    pub present: u8,
+    pub _pad: u8,
+}
+
+/// Per-CPU value of `VIP_STATS` and `REAL_STATS` (ipvsadm's Conns, InPkts, InBytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub conns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why the data plane passed, dropped or forwarded a packet: the index into `REASONS`.
+/// Every packet is counted under exactly one reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded to a real by XDP_TX.
+    Transmitted = 0,
+    /// Forwarded to a real on another interface by XDP_REDIRECT.
+    Redirected,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp,
+    /// IP, but not for any VIP.
+    PassNotVip,
+    /// IP, neither TCP nor UDP (ICMP, ICMPv6 neighbour discovery, ...).
+    PassOtherProto,
+    /// A header ends past the end of the frame.
+    PassTruncated,
+    /// A header is inconsistent (IPv4 IHL below 5, wrong version, ...).
+    PassMalformed,
+    /// An IPv4 fragment: left to the kernel (only the first carries ports).
+    PassFragment,
+    /// IPv6 with extension headers before the transport header.
+    PassIpv6ExtHeader,
+    /// A VIP whose Maglev table has no real (every real down or weight 0).
+    PassNoReal,
+    /// The chosen real's MAC is not resolved yet.
+    PassRealUnresolved,
+    /// The ingress interface has no entry in `IFACES`.
+    PassNoIface,
+    /// A map lookup that cannot fail did (a bug, counted rather than hidden).
+    PassInternal,
+}
+
+impl Reason {
+    pub const COUNT: u32 = Reason::PassInternal as u32 + 1;
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::Transmitted,
+        Reason::Redirected,
+        Reason::PassNotIp,
+        Reason::PassNotVip,
+        Reason::PassOtherProto,
+        Reason::PassTruncated,
+        Reason::PassMalformed,
+        Reason::PassFragment,
+        Reason::PassIpv6ExtHeader,
+        Reason::PassNoReal,
+        Reason::PassRealUnresolved,
+        Reason::PassNoIface,
+        Reason::PassInternal,
+    ];
+
+    /// The name used in logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Transmitted => "tx",
+            Reason::Redirected => "redirect",
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassOtherProto => "pass_other_proto",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassIpv6ExtHeader => "pass_ipv6_ext_header",
+            Reason::PassNoReal => "pass_no_real",
+            Reason::PassRealUnresolved => "pass_real_unresolved",
+            Reason::PassNoIface => "pass_no_iface",
+            Reason::PassInternal => "pass_internal",
+        }
+    }
+}
+
+// The layouts are part of the kernel ABI of the maps: no implicit padding, fixed sizes.
+const _: () = {
+    assert!(core::mem::size_of::<VipKey>() == 20);
+    assert!(core::mem::size_of::<VipInfo>() == 8);
+    assert!(core::mem::size_of::<RealInfo>() == 32);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowValue>() == 16);
+    assert!(core::mem::size_of::<IfaceInfo>() == 8);
+    assert!(core::mem::size_of::<Counters>() == 24);
+};
+
+#[cfg(feature = "std")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)], made only of integers and byte arrays, without padding
+    // (checked by the size asserts above), so every bit pattern is valid.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for RealInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for Counters {}
+}

@@ -1,0 +1,148 @@
+//! The director's XDP program. Each packet goes down one list, top to bottom:
+//! parse, find the VIP, find the flow (or pick a real by Maglev), forward, count.
+//! Anything that is not for a VIP, or cannot be handled, passes to the kernel untouched,
+//! counted under its reason.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_PASS, XDP_TX},
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    FLOW_CLOSING, FlowValue, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
+    VipInfo, VipKey, hash::maglev_slot,
+};
+use maps::{FLOWS, IFACES, MAGLEV, REAL_STATS, REALS, REASONS, VIP_STATS, VIPS};
+use parse::Packet;
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let (action, reason) = match balance(&ctx) {
+        Ok(done) => done,
+        Err(reason) => (XDP_PASS, reason),
+    };
+    count_reason(reason);
+    action
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
+    let packet = parse::parse(ctx)?;
+    let vip = find_vip(&packet)?;
+    let (real_id, real, new_connection) = find_real(&packet, &vip)?;
+    let done = match vip.forwarding {
+        f if f == Forwarding::Dr as u8 => forward_dr(ctx, real)?,
+        _ => return Err(Reason::PassInternal),
+    };
+    count_traffic(vip.index, real_id, new_connection, packet.len);
+    Ok(done)
+}
+
+#[inline(always)]
+fn find_vip(packet: &Packet) -> Result<VipInfo, Reason> {
+    let key = VipKey {
+        addr: packet.key.dst,
+        port_be: packet.key.dport_be,
+        proto: packet.key.proto,
+        family: packet.key.family,
+    };
+    match unsafe { VIPS.get(&key) } {
+        Some(vip) => Ok(*vip),
+        None => Err(Reason::PassNotVip),
+    }
+}
+
+/// The real of an established flow, or a new one from the VIP's Maglev table. A flow keeps
+/// its real while the real still serves this VIP, whatever the weights say.
+#[inline(always)]
+fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, bool), Reason> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
+        let flow = unsafe { &mut *flow };
+        if let Some(real) = serving_real(flow.real, vip) {
+            flow.last_seen_ns = now;
+            if packet.closes_connection() {
+                flow.flags |= FLOW_CLOSING;
+            }
+            return Ok((flow.real, real, false));
+        }
+    }
+    let slot = vip.index * MAGLEV_SIZE + maglev_slot(&packet.key);
+    let real_id = *MAGLEV.get(slot).ok_or(Reason::PassInternal)?;
+    if real_id == NO_REAL {
+        return Err(Reason::PassNoReal);
+    }
+    let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
+    let flags = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
+    // A failed insert (map full of flows being updated at once) only costs stickiness:
+    // the next packet is scheduled again, to the same real while the table is unchanged.
+    let _ = FLOWS.insert(&packet.key, &FlowValue { real: real_id, flags, last_seen_ns: now }, 0);
+    Ok((real_id, real, packet.opens_connection()))
+}
+
+#[inline(always)]
+fn serving_real(real_id: u32, vip: &VipInfo) -> Option<&'static RealInfo> {
+    let real = REALS.get(real_id)?;
+    (real.flags & REAL_PRESENT != 0 && real.vip == vip.index).then_some(real)
+}
+
+/// Direct routing: the frame goes to the real's MAC from ours; the IP packet is untouched
+/// (the real carries the VIP on its loopback and answers the client directly).
+#[inline(always)]
+fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason> {
+    if real.mac == [0u8; 6] {
+        return Err(Reason::PassRealUnresolved);
+    }
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let egress = if real.ifindex == 0 { ingress } else { real.ifindex };
+    let iface = unsafe { IFACES.get(&egress) }.ok_or(Reason::PassNoIface)?;
+    let eth = unsafe { &mut *parse::bytes_at::<12>(ctx, 0)? };
+    eth[..6].copy_from_slice(&real.mac);
+    eth[6..].copy_from_slice(&iface.mac);
+    if egress == ingress {
+        Ok((XDP_TX, Reason::Transmitted))
+    } else {
+        Ok((unsafe { bpf_redirect(egress, 0) } as u32, Reason::Redirected))
+    }
+}
+
+#[inline(always)]
+fn count_traffic(vip_index: u32, real_id: u32, new_connection: bool, bytes: u64) {
+    let conns = new_connection as u64;
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip_index) {
+        let c = unsafe { &mut *c };
+        c.conns += conns;
+        c.packets += 1;
+        c.bytes += bytes;
+    }
+    if let Some(c) = REAL_STATS.get_ptr_mut(real_id) {
+        let c = unsafe { &mut *c };
+        c.conns += conns;
+        c.packets += 1;
+        c.bytes += bytes;
+    }
+}
+
+#[inline(always)]
+fn count_reason(reason: Reason) {
+    if let Some(n) = REASONS.get_ptr_mut(reason as u32) {
+        unsafe { *n += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects a program whose panic paths survive optimisation.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,45 @@
+//! Every map of the data plane, in one place. "Writer" is who changes the entries; the data
+//! plane reads all of them per packet. Sizes and types come from lb-common.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Counters, FlowKey, FlowValue, IfaceInfo, MAGLEV_SIZE, MAX_FLOWS, MAX_IFACES, MAX_REALS,
+    MAX_VIPS, RealInfo, Reason, VipInfo, VipKey,
+};
+
+/// Services by (address, port, protocol). Writer: daemon.
+#[map]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Every VIP's Maglev table, back to back: slot `s` of VIP `i` is entry
+/// `i * MAGLEV_SIZE + s`, holding a real id or `NO_REAL`. Writer: daemon.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * MAGLEV_SIZE, 0);
+
+/// Reals by id: address, MAC, interface. Writer: daemon (MACs from the neighbour table).
+#[map]
+pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
+
+/// The connection table: 5-tuple to real, so established flows ignore weight changes.
+/// Writer: data plane (new flows); the daemon only reads it (ipvsadm -c, ActiveConn).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Interfaces by ifindex: the MAC a forwarded frame leaves with. Writer: daemon.
+#[map]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Per-VIP counters, by `VipInfo::index`. Writer: data plane.
+#[map]
+pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-real counters, by real id. Writer: data plane.
+#[map]
+pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+/// Packets by [`Reason`]. Writer: data plane.
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);

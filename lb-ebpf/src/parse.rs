@@ -1,0 +1,154 @@
+//! Header parsing: Ethernet, at most one 802.1Q tag, IPv4 (options skipped by IHL) or the
+//! IPv6 base header, then the TCP or UDP ports. No loops: every offset is bounded and
+//! checked against the end of the frame before it is read.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const IPV6_HLEN: usize = 40;
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// What the rest of the path needs to know about a packet.
+pub struct Packet {
+    /// The 5-tuple, which is also the connection table key.
+    pub key: FlowKey,
+    pub tcp_flags: u8,
+    /// Frame length, for the byte counters.
+    pub len: u64,
+}
+
+impl Packet {
+    /// A packet that may open a connection: a TCP SYN without ACK, or any UDP datagram.
+    #[inline(always)]
+    pub fn opens_connection(&self) -> bool {
+        self.key.proto == PROTO_UDP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// A TCP FIN or RST: the connection is closing.
+    #[inline(always)]
+    pub fn closes_connection(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+}
+
+/// A pointer to `len` bytes at `offset`, or `PassTruncated` if the frame is shorter.
+#[inline(always)]
+pub fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<*mut [u8; N], Reason> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N > end {
+        return Err(Reason::PassTruncated);
+    }
+    Ok((start + offset) as *mut [u8; N])
+}
+
+#[inline(always)]
+fn be16(b: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let eth = unsafe { &*bytes_at::<ETH_HLEN>(ctx, 0)? };
+    let mut ethertype = be16(eth, 12);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q {
+        let tag = unsafe { &*bytes_at::<VLAN_HLEN>(ctx, ETH_HLEN)? };
+        ethertype = be16(tag, 2);
+        l3 = ETH_HLEN + VLAN_HLEN;
+    }
+    let mut key = FlowKey::default();
+    let l4 = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3, &mut key)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, &mut key)?,
+        _ => return Err(Reason::PassNotIp),
+    };
+    let tcp_flags = parse_ports(ctx, l4, &mut key)?;
+    Ok(Packet { key, tcp_flags, len: (ctx.data_end() - ctx.data()) as u64 })
+}
+
+/// Fills addresses and protocol; returns the transport header's offset.
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, Reason> {
+    let ip = unsafe { &*bytes_at::<20>(ctx, l3)? };
+    if ip[0] >> 4 != 4 {
+        return Err(Reason::PassMalformed);
+    }
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    if ihl < 20 || (be16(ip, 2) as usize) < ihl {
+        return Err(Reason::PassMalformed);
+    }
+    // More-fragments set or a non-zero offset: only the first fragment has ports.
+    if be16(ip, 6) & 0x3fff != 0 {
+        return Err(Reason::PassFragment);
+    }
+    let proto = ip[9];
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(Reason::PassOtherProto);
+    }
+    key.family = FAMILY_V4;
+    key.proto = proto;
+    key.src[..4].copy_from_slice(&ip[12..16]);
+    key.dst[..4].copy_from_slice(&ip[16..20]);
+    Ok(l3 + ihl)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, Reason> {
+    let ip = unsafe { &*bytes_at::<IPV6_HLEN>(ctx, l3)? };
+    if ip[0] >> 4 != 6 {
+        return Err(Reason::PassMalformed);
+    }
+    let next = ip[6];
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return Err(if is_ipv6_extension(next) {
+            Reason::PassIpv6ExtHeader
+        } else {
+            Reason::PassOtherProto
+        });
+    }
+    key.family = FAMILY_V6;
+    key.proto = next;
+    key.src.copy_from_slice(&ip[8..24]);
+    key.dst.copy_from_slice(&ip[24..40]);
+    Ok(l3 + IPV6_HLEN)
+}
+
+/// Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6,
+/// experimental: headers that would have to be walked to find the ports.
+#[inline(always)]
+fn is_ipv6_extension(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+/// Fills the ports; returns the TCP flags (0 for UDP).
+#[inline(always)]
+fn parse_ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, Reason> {
+    if key.proto == PROTO_TCP {
+        let tcp = unsafe { &*bytes_at::<TCP_MIN_HLEN>(ctx, l4)? };
+        if tcp[12] >> 4 < 5 {
+            return Err(Reason::PassMalformed);
+        }
+        key.sport_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
+        key.dport_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
+        Ok(tcp[13])
+    } else {
+        let udp = unsafe { &*bytes_at::<UDP_HLEN>(ctx, l4)? };
+        if (be16(udp, 4) as usize) < UDP_HLEN {
+            return Err(Reason::PassMalformed);
+        }
+        key.sport_be = u16::from_ne_bytes([udp[0], udp[1]]);
+        key.dport_be = u16::from_ne_bytes([udp[2], udp[3]]);
+        Ok(0)
+    }
+}
