@@ -79,10 +79,22 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, 
         return Err(Reason::PassNoReal);
     }
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
-    let flags = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
+    let flags = if packet.closes_connection() {
+        FLOW_CLOSING
+    } else {
+        0
+    };
     // A failed insert (map full of flows being updated at once) only costs stickiness:
     // the next packet is scheduled again, to the same real while the table is unchanged.
-    let _ = FLOWS.insert(&packet.key, &FlowValue { real: real_id, flags, last_seen_ns: now }, 0);
+    let _ = FLOWS.insert(
+        &packet.key,
+        &FlowValue {
+            real: real_id,
+            flags,
+            last_seen_ns: now,
+        },
+        0,
+    );
     Ok((real_id, real, packet.opens_connection()))
 }
 
@@ -100,7 +112,11 @@ fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason
         return Err(Reason::PassRealUnresolved);
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let egress = if real.ifindex == 0 { ingress } else { real.ifindex };
+    let egress = if real.ifindex == 0 {
+        ingress
+    } else {
+        real.ifindex
+    };
     let iface = unsafe { IFACES.get(&egress) }.ok_or(Reason::PassNoIface)?;
     let eth = unsafe { &mut *parse::bytes_at::<12>(ctx, 0)? };
     eth[..6].copy_from_slice(&real.mac);
@@ -108,7 +124,10 @@ fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason
     if egress == ingress {
         Ok((XDP_TX, Reason::Transmitted))
     } else {
-        Ok((unsafe { bpf_redirect(egress, 0) } as u32, Reason::Redirected))
+        Ok((
+            unsafe { bpf_redirect(egress, 0) } as u32,
+            Reason::Redirected,
+        ))
     }
 }
 

@@ -1,1 +1,196 @@
-fn main() {}
+//! `cargo xtask`: the project's own set-up and entry points, so that a fresh machine needs
+//! only the two commands of the README. Every step is idempotent and says what it does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the lab and the tests run: real servers, and the tools to drive them.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "nginx-light",
+    "dnsmasq-base",
+    "dnsutils",
+    "curl",
+    "bpftool",
+];
+
+#[derive(Parser)]
+#[command(about = "Set-up, build, test and lab for the load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Set up, then build the daemon (and with it the XDP program) in release mode.
+    Build,
+    /// Set up, then run every test: unit, BPF_PROG_TEST_RUN packet tests, end to end.
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, for example).
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the lab: namespaces, real servers, lbd, traffic, lbadm.
+    Lab {
+        /// Leave the lab running, and print how to enter it and how to remove it.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            build()
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            test(&args)
+        }
+        Cmd::Lab { keep } => {
+            setup()?;
+            build()?;
+            lab(keep)
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .into()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {}", format!("{cmd:?}").replace('"', ""));
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("{what} needs root: it loads XDP programs and creates network namespaces");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    // rust-src for -Z build-std=core; `nightly` as installed (RUSTUP_AUTO_INSTALL=0 here).
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    setup_bpf_linker()?;
+    setup_packages()
+}
+
+/// bpf-linker from crates.io wants LLVM 21+, Debian has 14: link it against the LLVM shared
+/// library the nightly toolchain ships (TOOLCHAIN.md).
+fn setup_bpf_linker() -> Result<()> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let prefix = PathBuf::from(home).join(".local/share/lb-llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()?;
+    let sysroot = PathBuf::from(String::from_utf8(sysroot.stdout)?.trim());
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so"))
+        })
+        .context("the nightly toolchain ships no libLLVM.so")?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)?;
+    let llvm_major = lib
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or("22")
+        .to_string();
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{llvm_major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn setup_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| !String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    require_root("installing Debian packages")?;
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo")
+        .args(["build", "--release", "--bins"])
+        .current_dir(workspace()))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    require_root("the test suite")?;
+    // One test thread per binary: end-to-end tests share names of namespaces and ports.
+    run(Command::new("cargo")
+        .args(["test", "--release"])
+        .args(args)
+        .args(["--", "--test-threads=1"])
+        .current_dir(workspace()))
+}
+
+fn lab(keep: bool) -> Result<()> {
+    require_root("the lab")?;
+    let mut cmd = Command::new(workspace().join("target/release/lb-lab"));
+    cmd.arg("--config")
+        .arg(workspace().join("examples/lab.yaml"));
+    if keep {
+        cmd.arg("--keep");
+    }
+    run(&mut cmd)
+}

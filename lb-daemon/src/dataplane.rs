@@ -1,0 +1,248 @@
+//! The only module that touches aya: loads the XDP object the build embedded, attaches it,
+//! writes the maps the engine computes and reads the counters back. Everything above it
+//! speaks in lb-common's types.
+
+use std::collections::HashMap as StdHashMap;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use lb_common::{
+    Counters, FlowKey, FlowValue, IfaceInfo, MAGLEV_SIZE, RealInfo, Reason, VipInfo, VipKey,
+    XDP_PROGRAM, map_names,
+};
+
+use crate::config;
+
+/// The compiled data plane, built by build.rs from lb-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    maglev: Array<MapData, u32>,
+    reals: Array<MapData, RealInfo>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    ifaces: HashMap<MapData, u32, IfaceInfo>,
+    vip_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, u64>,
+    /// The Maglev table last written per VIP index, so a rebuild writes only changed slots.
+    written: StdHashMap<u32, Vec<u32>>,
+}
+
+/// How the program ended up attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    Generic,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Dataplane {
+    /// Loads the object and the XDP program into the kernel (the verifier runs here).
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing"))?
+            .try_into()?;
+        program
+            .load()
+            .context("loading the XDP program (verifier)")?;
+        Ok(Dataplane {
+            vips: take(&mut ebpf, map_names::VIPS)?,
+            maglev: take(&mut ebpf, map_names::MAGLEV)?,
+            reals: take(&mut ebpf, map_names::REALS)?,
+            flows: take(&mut ebpf, map_names::FLOWS)?,
+            ifaces: take(&mut ebpf, map_names::IFACES)?,
+            vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
+            real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
+            reasons: take(&mut ebpf, map_names::REASONS)?,
+            ebpf,
+            written: StdHashMap::new(),
+        })
+    }
+
+    /// The XDP program, for attaching and for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing"))?
+            .try_into()?)
+    }
+
+    /// Attaches to `interface` and records its MAC as the source of forwarded frames.
+    /// `auto` takes native mode on interfaces backed by a device driver and generic mode on
+    /// virtual ones: on veth, native XDP_TX frames are only delivered when the peer runs an
+    /// XDP program itself (see TOOLCHAIN.md), so generic is the mode that forwards.
+    pub fn attach(&mut self, interface: &str, mode: config::XdpMode) -> Result<Attached> {
+        let link = LinkInfo::read(interface)?;
+        self.set_iface(link.ifindex, link.mac)?;
+        let wanted = match mode {
+            config::XdpMode::Native => Attached::Native,
+            config::XdpMode::Generic => Attached::Generic,
+            config::XdpMode::Auto if link.has_device => Attached::Native,
+            config::XdpMode::Auto => Attached::Generic,
+        };
+        let program = self.program()?;
+        let flags = match wanted {
+            Attached::Native => XdpMode::Driver,
+            Attached::Generic => XdpMode::Skb,
+        };
+        match program.attach(interface, flags) {
+            Ok(_) => Ok(wanted),
+            Err(e) if mode == config::XdpMode::Auto && wanted == Attached::Native => {
+                tracing::warn!(interface, error = %e, "native XDP refused by the driver, using generic");
+                program
+                    .attach(interface, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {interface}"))?;
+                Ok(Attached::Generic)
+            }
+            Err(e) => Err(e).with_context(|| format!("attaching XDP ({wanted:?}) to {interface}")),
+        }
+    }
+
+    /// Records the MAC frames leave `ifindex` with (attach does this for its interfaces).
+    pub fn set_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+        self.ifaces
+            .insert(
+                ifindex,
+                IfaceInfo {
+                    mac,
+                    present: 1,
+                    _pad: 0,
+                },
+                0,
+            )
+            .context("writing IFACES")
+    }
+
+    pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        self.vips.insert(key, info, 0).context("writing VIPS")
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vips.remove(key).context("removing from VIPS")
+    }
+
+    pub fn set_real(&mut self, id: u32, real: RealInfo) -> Result<()> {
+        self.reals.set(id, real, 0).context("writing REALS")
+    }
+
+    /// Writes VIP `index`'s Maglev table, only the slots that changed since the last write.
+    /// Each slot always holds a valid real, so packets in flight see the old or the new
+    /// choice, never garbage.
+    pub fn set_maglev(&mut self, index: u32, table: &[u32]) -> Result<usize> {
+        anyhow::ensure!(
+            table.len() == MAGLEV_SIZE as usize,
+            "Maglev table of {} slots",
+            table.len()
+        );
+        let base = index * MAGLEV_SIZE;
+        let previous = self.written.remove(&index);
+        let mut changed = 0;
+        for (slot, &real) in table.iter().enumerate() {
+            if previous.as_ref().is_some_and(|p| p[slot] == real) {
+                continue;
+            }
+            self.maglev
+                .set(base + slot as u32, real, 0)
+                .context("writing MAGLEV")?;
+            changed += 1;
+        }
+        self.written.insert(index, table.to_vec());
+        Ok(changed)
+    }
+
+    pub fn vip_counters(&self, index: u32) -> Result<Counters> {
+        sum(self.vip_stats.get(&index, 0)?.iter())
+    }
+
+    pub fn real_counters(&self, id: u32) -> Result<Counters> {
+        sum(self.real_stats.get(&id, 0)?.iter())
+    }
+
+    /// Zeroes a real's counters, when its id is given to another real.
+    pub fn reset_real_counters(&mut self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+        self.real_stats
+            .set(id, zero, 0)
+            .context("resetting REAL_STATS")
+    }
+
+    /// Packets per reason since the program was loaded, summed over CPUs.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
+        Reason::ALL
+            .iter()
+            .map(|&r| Ok((r, self.reasons.get(&(r as u32), 0)?.iter().sum())))
+            .collect()
+    }
+
+    /// A snapshot of the connection table.
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(|r| r.ok()).collect()
+    }
+}
+
+fn sum<'a>(values: impl Iterator<Item = &'a Counters>) -> Result<Counters> {
+    Ok(values.fold(Counters::default(), |a, c| Counters {
+        conns: a.conns + c.conns,
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    }))
+}
+
+/// What the data plane needs to know of an interface, from sysfs of the current namespace.
+pub struct LinkInfo {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    /// Backed by a device (a NIC with a driver), not a virtual link such as veth.
+    pub has_device: bool,
+}
+
+impl LinkInfo {
+    pub fn read(interface: &str) -> Result<Self> {
+        let dir = Path::new("/sys/class/net").join(interface);
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .map(|s| s.trim().to_string())
+                .with_context(|| {
+                    format!("interface {interface}: reading {}", dir.join(f).display())
+                })
+        };
+        let ifindex = read("ifindex")?.parse().context("ifindex")?;
+        let mac =
+            parse_mac(&read("address")?).with_context(|| format!("interface {interface}: MAC"))?;
+        Ok(LinkInfo {
+            ifindex,
+            mac,
+            has_device: dir.join("device").exists(),
+        })
+    }
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next().ok_or_else(|| anyhow!("short MAC {s}"))?, 16)?;
+    }
+    anyhow::ensure!(parts.next().is_none(), "long MAC {s}");
+    Ok(mac)
+}

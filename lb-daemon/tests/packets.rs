@@ -1,0 +1,261 @@
+//! BPF_PROG_TEST_RUN packet tests: the real XDP program, loaded by the real loader, run on
+//! hand-built frames; the output is compared byte for byte. Needs root (CAP_BPF).
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::PacketBuilder;
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, Forwarding, MAGLEV_SIZE, NO_REAL, PROTO_TCP, PROTO_UDP, REAL_PRESENT,
+    RealInfo, Reason, VipInfo, VipKey,
+};
+use lb_daemon::dataplane::Dataplane;
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const REAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const VIP4: [u8; 4] = [192, 0, 2, 10];
+const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+fn addr16(a: &[u8]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..a.len()].copy_from_slice(a);
+    out
+}
+
+/// A data plane with one VIP per family and protocol, all served by real 0.
+fn dataplane() -> Dataplane {
+    let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
+    // BPF_PROG_TEST_RUN frames arrive on the namespace's loopback unless ctx_in says otherwise.
+    dp.set_iface(1, DIRECTOR_MAC).unwrap();
+    let vips = [
+        (addr16(&VIP4), 80u16, PROTO_TCP, FAMILY_V4, 0u32),
+        (addr16(&VIP4), 53, PROTO_UDP, FAMILY_V4, 1),
+        (VIP6, 80, PROTO_TCP, FAMILY_V6, 2),
+        (VIP6, 53, PROTO_UDP, FAMILY_V6, 3),
+    ];
+    for (i, (addr, port, proto, family, index)) in vips.into_iter().enumerate() {
+        dp.set_vip(
+            VipKey {
+                addr,
+                port_be: port.to_be(),
+                proto,
+                family,
+            },
+            VipInfo {
+                index,
+                forwarding: Forwarding::Dr as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+        dp.set_real(
+            i as u32,
+            RealInfo {
+                addr: addr16(&[10, 0, 0, 11]),
+                mac: REAL_MAC,
+                family,
+                flags: REAL_PRESENT,
+                ifindex: 0,
+                vip: index,
+            },
+        )
+        .unwrap();
+        dp.set_maglev(index, &vec![i as u32; MAGLEV_SIZE as usize])
+            .unwrap();
+    }
+    dp
+}
+
+fn run(dp: &mut Dataplane, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::default();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    let result = dp
+        .program()
+        .unwrap()
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+fn reason_count(dp: &Dataplane, reason: Reason) -> u64 {
+    dp.reasons()
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .unwrap()
+        .1
+}
+
+fn tcp4(dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4([198, 51, 100, 7], dst, 64)
+        .tcp(40000, dport, 1, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    v
+}
+
+fn udp6(dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let src = addr16(&[0x20, 0x01, 0x0d, 0xb8, 0, 1]);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv6(src, dst, 64)
+        .udp(41000, dport)
+        .write(&mut v, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+        .unwrap();
+    v
+}
+
+/// What direct routing must produce: the same frame with only the MACs changed.
+fn dr_rewritten(frame: &[u8]) -> Vec<u8> {
+    let mut want = frame.to_vec();
+    want[..6].copy_from_slice(&REAL_MAC);
+    want[6..12].copy_from_slice(&DIRECTOR_MAC);
+    want
+}
+
+#[test]
+fn vip_packets_leave_with_only_their_macs_changed() {
+    let mut dp = dataplane();
+    for frame in [tcp4(VIP4, 80, true), tcp4(VIP4, 80, false), udp6(VIP6, 53)] {
+        let (action, out) = run(&mut dp, &frame);
+        assert_eq!(action, XDP_TX);
+        assert_eq!(out, dr_rewritten(&frame));
+    }
+    assert_eq!(reason_count(&dp, Reason::Transmitted), 3);
+    // One SYN and one UDP datagram opened connections; the ACK belonged to the SYN's flow.
+    assert_eq!(dp.vip_counters(0).unwrap().conns, 1);
+    assert_eq!(dp.vip_counters(0).unwrap().packets, 2);
+    assert_eq!(dp.vip_counters(3).unwrap().conns, 1);
+    assert_eq!(dp.flows().len(), 2);
+}
+
+#[test]
+fn vlan_tagged_vip_packets_keep_their_tag() {
+    let mut dp = dataplane();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+        .ipv4([198, 51, 100, 7], VIP4, 64)
+        .udp(41000, 53)
+        .write(&mut v, b"query")
+        .unwrap();
+    let (action, out) = run(&mut dp, &v);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, dr_rewritten(&v));
+}
+
+#[test]
+fn ipv4_options_are_skipped() {
+    let mut dp = dataplane();
+    let mut frame = tcp4(VIP4, 80, true);
+    // Insert 4 bytes of options (NOP NOP NOP EOL): IHL 6, total length +4, checksum redone.
+    frame.splice(34..34, [1u8, 1, 1, 0]);
+    frame[14] = 0x46;
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    let (action, out) = run(&mut dp, &frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, dr_rewritten(&frame));
+}
+
+#[test]
+fn not_for_a_vip_passes_untouched() {
+    let mut dp = dataplane();
+    for frame in [
+        tcp4([192, 0, 2, 11], 80, true),
+        tcp4(VIP4, 81, true),
+        udp6(VIP6, 54),
+    ] {
+        let (action, out) = run(&mut dp, &frame);
+        assert_eq!((action, &out), (XDP_PASS, &frame));
+    }
+    assert_eq!(reason_count(&dp, Reason::PassNotVip), 3);
+}
+
+#[test]
+fn truncated_and_malformed_frames_pass_untouched() {
+    let mut dp = dataplane();
+    let good = tcp4(VIP4, 80, true);
+    // Cut inside the IPv4 and TCP headers (the kernel refuses test frames under 14 bytes).
+    for cut in [14, 20, 40, 50] {
+        let frame = &good[..cut];
+        let (action, out) = run(&mut dp, frame);
+        assert_eq!((action, out.as_slice()), (XDP_PASS, frame), "cut at {cut}");
+    }
+    assert_eq!(reason_count(&dp, Reason::PassTruncated), 4);
+
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x55;
+    let mut bad_doff = good.clone();
+    bad_doff[14 + 20 + 12] = 0x40;
+    for frame in [bad_ihl, bad_version, bad_doff] {
+        let (action, out) = run(&mut dp, &frame);
+        assert_eq!((action, &out), (XDP_PASS, &frame));
+    }
+    assert_eq!(reason_count(&dp, Reason::PassMalformed), 3);
+
+    let mut fragment = good.clone();
+    fragment[20] = 0x20; // more fragments
+    let (action, out) = run(&mut dp, &fragment);
+    assert_eq!((action, &out), (XDP_PASS, &fragment));
+    assert_eq!(reason_count(&dp, Reason::PassFragment), 1);
+
+    let arp = [&[0xffu8; 6][..], &CLIENT_MAC, &[0x08, 0x06], &[0u8; 28]].concat();
+    let (action, out) = run(&mut dp, &arp);
+    assert_eq!((action, &out), (XDP_PASS, &arp));
+    assert_eq!(reason_count(&dp, Reason::PassNotIp), 1);
+
+    // IPv6 with a hop-by-hop header before UDP.
+    let mut ext = udp6(VIP6, 53);
+    ext[14 + 6] = 0;
+    let (action, out) = run(&mut dp, &ext);
+    assert_eq!((action, &out), (XDP_PASS, &ext));
+    assert_eq!(reason_count(&dp, Reason::PassIpv6ExtHeader), 1);
+    assert_eq!(reason_count(&dp, Reason::Transmitted), 0);
+}
+
+#[test]
+fn a_vip_without_reals_passes() {
+    let mut dp = dataplane();
+    dp.set_maglev(0, &vec![NO_REAL; MAGLEV_SIZE as usize])
+        .unwrap();
+    let frame = tcp4(VIP4, 80, true);
+    let (action, out) = run(&mut dp, &frame);
+    assert_eq!((action, &out), (XDP_PASS, &frame));
+    assert_eq!(reason_count(&dp, Reason::PassNoReal), 1);
+}
+
+#[test]
+fn an_established_flow_keeps_its_real_when_the_table_changes() {
+    let mut dp = dataplane();
+    let second = RealInfo {
+        mac: [0x02, 0, 0, 0, 0, 0x12],
+        flags: REAL_PRESENT,
+        family: FAMILY_V4,
+        vip: 0,
+        ..Default::default()
+    };
+    dp.set_real(10, second).unwrap();
+    let syn = tcp4(VIP4, 80, true);
+    let (_, out) = run(&mut dp, &syn);
+    assert_eq!(&out[..6], &REAL_MAC);
+    // Every slot now names the second real (the first was set to weight 0).
+    dp.set_maglev(0, &vec![10; MAGLEV_SIZE as usize]).unwrap();
+    let (_, out) = run(&mut dp, &tcp4(VIP4, 80, false));
+    assert_eq!(&out[..6], &REAL_MAC, "established flow moved");
+    // A new connection goes to the second real.
+    let mut other = syn.clone();
+    other[34..36].copy_from_slice(&40001u16.to_be_bytes());
+    let (_, out) = run(&mut dp, &other);
+    assert_eq!(&out[..6], &second.mac);
+}
