@@ -179,11 +179,16 @@ impl Dataplane {
 
     /// Zeroes a real's counters, when its id is given to another real.
     pub fn reset_real_counters(&mut self, id: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?;
         self.real_stats
-            .set(id, zero, 0)
+            .set(id, zero_counters()?, 0)
             .context("resetting REAL_STATS")
+    }
+
+    /// Zeroes a VIP's counters, when its index is given to another service.
+    pub fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
+        self.vip_stats
+            .set(index, zero_counters()?, 0)
+            .context("resetting VIP_STATS")
     }
 
     /// Packets per reason since the program was loaded, summed over CPUs.
@@ -198,6 +203,14 @@ impl Dataplane {
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.iter().filter_map(|r| r.ok()).collect()
     }
+}
+
+fn zero_counters() -> Result<aya::maps::PerCpuValues<Counters>> {
+    let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?;
+    Ok(aya::maps::PerCpuValues::try_from(vec![
+        Counters::default();
+        cpus
+    ])?)
 }
 
 fn sum<'a>(values: impl Iterator<Item = &'a Counters>) -> Result<Counters> {

@@ -3,4 +3,10 @@
 //! `lbd` and `lbadm` are thin binaries over this library.
 
 pub mod config;
+pub mod control;
 pub mod dataplane;
+pub mod engine;
+pub mod health;
+pub mod ipvsadm;
+pub mod lab;
+pub mod neighbor;

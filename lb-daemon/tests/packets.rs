@@ -71,9 +71,11 @@ fn dataplane() -> Dataplane {
 
 fn run(dp: &mut Dataplane, frame: &[u8]) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; frame.len() + 256];
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
-    opts.data_out = Some(&mut out);
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
     let result = dp
         .program()
         .unwrap()

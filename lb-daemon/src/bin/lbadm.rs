@@ -1,1 +1,203 @@
-fn main() {}
+//! lbadm: inspects and changes a running lbd through its control socket, with ipvsadm's
+//! flags and ipvsadm's output, so habits and scripts carry over.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{ArgGroup, Parser, Subcommand};
+use lb_daemon::config::Protocol;
+use lb_daemon::control::{self, Request, Response};
+use lb_daemon::ipvsadm::{self, Listing};
+
+#[derive(Parser)]
+#[command(
+    name = "lbadm",
+    version,
+    about = "ipvsadm-compatible admin command for lbd"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+#[command(group(ArgGroup::new("action").args(["list", "edit_server"])))]
+#[command(group(ArgGroup::new("service").args(["tcp_service", "udp_service"])))]
+struct Cli {
+    /// lbd's control socket.
+    #[arg(
+        long,
+        env = "LBD_SOCKET",
+        default_value = "/run/lbd/lbd.sock",
+        global = true
+    )]
+    socket: PathBuf,
+    /// List services and real servers (-L, --list).
+    #[arg(short = 'L', visible_short_alias = 'l', long = "list")]
+    list: bool,
+    /// Numeric output (lbadm never resolves names; accepted for ipvsadm habits).
+    #[arg(short = 'n', long = "numeric")]
+    numeric: bool,
+    /// Show counters: Conns, InPkts, OutPkts, InBytes, OutBytes.
+    #[arg(long)]
+    stats: bool,
+    /// Edit a real server (with -t|-u, -r and -w).
+    #[arg(short = 'e', long = "edit-server")]
+    edit_server: bool,
+    /// A TCP service VIP:PORT.
+    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT")]
+    tcp_service: Option<SocketAddr>,
+    /// A UDP service VIP:PORT.
+    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT")]
+    udp_service: Option<SocketAddr>,
+    /// The real server, RIP or RIP:PORT.
+    #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]")]
+    real_server: Option<String>,
+    /// The real server's weight, 0 (quiescent) to 65535.
+    #[arg(short = 'w', long = "weight")]
+    weight: Option<u32>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Health of every real server and HA state of the director.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reread lbd's config file, as SIGHUP does.
+    Reload,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbadm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let service = match (cli.tcp_service, cli.udp_service) {
+        (Some(v), _) => Some((Protocol::Tcp, v)),
+        (_, Some(v)) => Some((Protocol::Udp, v)),
+        _ => None,
+    };
+    match cli.command {
+        Some(Command::Status { json }) => return status(&cli.socket, json),
+        Some(Command::Reload) => {
+            return match control::call(&cli.socket, &Request::Reload)? {
+                Response::Ok { message } => {
+                    println!("{message}");
+                    Ok(())
+                }
+                other => fail(other),
+            };
+        }
+        None => {}
+    }
+    if cli.edit_server {
+        let Some((protocol, vip)) = service else {
+            bail!("-e needs -t or -u VIP:PORT")
+        };
+        let real = cli
+            .real_server
+            .as_deref()
+            .context("-e needs -r RIP[:PORT]")?;
+        let weight = cli.weight.context("-e needs -w WEIGHT")?;
+        let real = parse_real(real, vip.port())?;
+        return match control::call(
+            &cli.socket,
+            &Request::SetWeight {
+                protocol,
+                vip,
+                real,
+                weight,
+            },
+        )? {
+            Response::Ok { .. } => Ok(()),
+            other => fail(other),
+        };
+    }
+    // ipvsadm with no command lists, and so does lbadm.
+    let _ = cli.numeric;
+    let listing = if cli.stats {
+        Listing::Stats
+    } else {
+        Listing::Default
+    };
+    match control::call(&cli.socket, &Request::List)? {
+        Response::List { services } => {
+            if let Some((p, v)) = service
+                && !services.iter().any(|s| s.protocol == p && s.vip == v)
+            {
+                bail!("No such service");
+            }
+            print!("{}", ipvsadm::list(&services, listing, service));
+            Ok(())
+        }
+        other => fail(other),
+    }
+}
+
+fn parse_real(s: &str, default_port: u16) -> Result<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    let ip = ip
+        .parse()
+        .with_context(|| format!("`{s}` is not RIP or RIP:PORT"))?;
+    Ok(SocketAddr::new(ip, default_port))
+}
+
+fn status(socket: &std::path::Path, json: bool) -> Result<()> {
+    let Response::Status(view) = control::call(socket, &Request::Status)? else {
+        bail!("unexpected response to status");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    let ifaces: Vec<String> = view
+        .director
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.xdp_mode))
+        .collect();
+    println!(
+        "Director  HA state: {}  Interfaces: {}",
+        view.director.ha_state,
+        ifaces.join(", ")
+    );
+    println!(
+        "SERVICE      REAL                       HEALTH   WEIGHT MAC                  SINCE  LAST CHECK"
+    );
+    for r in &view.reals {
+        let last = match &r.last_check {
+            Some((true, d)) => format!("ok: {d}"),
+            Some((false, d)) => format!("failed: {d}"),
+            None => "-".into(),
+        };
+        println!(
+            "{:<12} {:<26} {:<8} {:<6} {:<18} {:>6}s  {}",
+            r.service,
+            r.address.to_string(),
+            format!("{:?}", r.health).to_lowercase(),
+            r.weight,
+            r.mac.as_deref().unwrap_or("unresolved"),
+            r.since_secs,
+            last
+        );
+    }
+    Ok(())
+}
+
+fn fail(response: Response) -> Result<()> {
+    match response {
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected response: {other:?}"),
+    }
+}

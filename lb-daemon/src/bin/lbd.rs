@@ -1,1 +1,126 @@
-fn main() {}
+//! lbd, the director daemon: loads the XDP data plane, health-checks the real servers of
+//! its YAML config and serves the control socket. Runs in the foreground, logs to stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use lb_daemon::config::{self, Config};
+use lb_daemon::control::{self, InterfaceView, Request, Response};
+use lb_daemon::dataplane::Dataplane;
+use lb_daemon::engine::{Engine, Event};
+use lb_daemon::neighbor;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(name = "lbd", version, about = "XDP load balancer director")]
+struct Args {
+    /// The YAML service definitions.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the config and exit: 0 if valid, 1 with every problem as FILE:LINE:COLUMN.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LBD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(invalid) => {
+            eprintln!("{invalid}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        eprintln!(
+            "{}: configuration is valid ({} services)",
+            args.config.display(),
+            config.services.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args.config, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &Path, config: Config) -> Result<()> {
+    let mut dp = Dataplane::load()?;
+    let mut interfaces = Vec::new();
+    for name in &config.director.interfaces {
+        let mode = dp.attach(name, config.director.xdp_mode)?;
+        info!(interface = %name, mode = ?mode, requested = ?config.director.xdp_mode, "XDP attached");
+        interfaces.push(InterfaceView {
+            name: name.clone(),
+            xdp_mode: format!("{mode:?}").to_lowercase(),
+        });
+    }
+    let listener = control::bind(&config.director.socket)?;
+    let (events, inbox) = mpsc::channel::<Event>(1024);
+    let (engine, targets) = Engine::new(dp, path, &config, interfaces, events.clone())?;
+    let engine = tokio::spawn(engine.run(inbox));
+    tokio::spawn(neighbor::run(targets, events.clone()));
+    let mut control = tokio::spawn(control::serve(listener, events.clone()));
+    info!(config = %path.display(), socket = %config.director.socket.display(), services = config.services.len(), "lbd running");
+
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let outcome = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let (tx, rx) = oneshot::channel();
+                if events.send(Event::Control(Request::Reload, tx)).await.is_err() {
+                    break Err(anyhow::anyhow!("engine stopped"));
+                }
+                match rx.await {
+                    Ok(Response::Ok { message }) => info!(%message, "SIGHUP"),
+                    Ok(other) => warn!(response = ?other, "SIGHUP reload refused"),
+                    Err(_) => break Err(anyhow::anyhow!("engine stopped")),
+                }
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
+            _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()) }
+            served = &mut control => {
+                break Err(match served {
+                    Ok(Err(e)) => e.context("control socket"),
+                    Ok(Ok(())) => anyhow::anyhow!("control socket closed"),
+                    Err(e) => anyhow::anyhow!("control task: {e}"),
+                });
+            }
+        }
+    };
+    // Dropping the engine drops the data plane, which detaches XDP from the interfaces.
+    engine.abort();
+    let _ = engine.await;
+    let _ = std::fs::remove_file(&config.director.socket);
+    info!("XDP detached, socket removed");
+    outcome
+}

@@ -1,0 +1,188 @@
+//! The control API: one JSON request and one JSON response per connection on a Unix
+//! socket. `lbadm` is only a client of it; the server hands each request to the engine,
+//! which alone knows the state.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::config::{Forwarding, Protocol};
+use crate::health::Health;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Services, reals, weights, connection counts and counters.
+    List,
+    /// Health of every real and HA state of the director.
+    Status,
+    /// `lbadm -e`: a real's weight at run time, until the next reload.
+    SetWeight {
+        protocol: Protocol,
+        vip: SocketAddr,
+        real: SocketAddr,
+        weight: u32,
+    },
+    /// Reread the config file, as SIGHUP does.
+    Reload,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    List { services: Vec<ServiceView> },
+    Status(StatusView),
+    Ok { message: String },
+    Error { message: String },
+}
+
+/// ipvsadm's per-service and per-real counters.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub conns: u64,
+    pub in_packets: u64,
+    pub out_packets: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub protocol: Protocol,
+    pub vip: SocketAddr,
+    pub scheduler: String,
+    pub stats: Stats,
+    pub reals: Vec<RealView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RealView {
+    pub address: SocketAddr,
+    pub forwarding: Forwarding,
+    /// The weight the data plane uses now: 0 while quiesced or down.
+    pub weight: u32,
+    /// The weight from the config or `lbadm -e`.
+    pub configured_weight: u32,
+    pub active_conns: u64,
+    pub inactive_conns: u64,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub director: DirectorView,
+    pub reals: Vec<RealStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectorView {
+    /// MASTER, BACKUP or FAULT with an `ha` section; STANDALONE without one.
+    pub ha_state: String,
+    pub priority: Option<u8>,
+    pub interfaces: Vec<InterfaceView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterfaceView {
+    pub name: String,
+    pub xdp_mode: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RealStatus {
+    pub service: String,
+    pub address: SocketAddr,
+    pub health: Health,
+    pub weight: u32,
+    /// MAC the data plane sends to, if resolved.
+    pub mac: Option<String>,
+    /// The last result of each check: (success, detail).
+    pub last_check: Option<(bool, String)>,
+    /// Seconds since the health state last changed (or since the real was added).
+    pub since_secs: u64,
+}
+
+/// A request on its way to the engine, with where its answer goes.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+/// Serves the bound socket, handing requests to the engine.
+pub async fn serve<E: From<Call> + Send + 'static>(
+    listener: UnixListener,
+    engine: mpsc::Sender<E>,
+) -> Result<()> {
+    loop {
+        let (stream, _) = listener
+            .accept()
+            .await
+            .context("accepting on the control socket")?;
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, engine).await {
+                warn!(error = %format!("{e:#}"), "control connection");
+            }
+        });
+    }
+}
+
+/// Binds the control socket, replacing one left by a daemon that died.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a daemon that died is removed; a live one is not stolen.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use: is another lbd running?", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
+}
+
+async fn answer<E: From<Call>>(stream: UnixStream, engine: mpsc::Sender<E>) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            debug!(?request, "control request");
+            let (tx, rx) = oneshot::channel();
+            engine
+                .send((request, tx).into())
+                .await
+                .map_err(|_| anyhow::anyhow!("engine stopped"))?;
+            rx.await.context("engine dropped the request")?
+        }
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// The client side, for lbadm and the tests: one request, one response.
+pub fn call(socket: &Path, request: &Request) -> Result<Response> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to lbd at {} (is lbd running?)",
+            socket.display()
+        )
+    })?;
+    let mut out = serde_json::to_vec(request)?;
+    out.push(b'\n');
+    stream.write_all(&out)?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line).with_context(|| format!("bad response from lbd: {line:?}"))
+}

@@ -1,0 +1,97 @@
+//! Rise/fall hysteresis, as ldirectord and keepalived apply it: a real goes up after `rise`
+//! consecutive successes and down after `fall` consecutive failures. Sans-IO: results in,
+//! transitions out, so it is tested without sockets or clocks.
+
+/// Health of one real for one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No result yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hysteresis {
+    rise: u32,
+    fall: u32,
+    state: Health,
+    successes: u32,
+    failures: u32,
+}
+
+impl Hysteresis {
+    pub fn new(rise: u32, fall: u32) -> Self {
+        Hysteresis {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            state: Health::Unknown,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// Feeds one check result; returns the new state when it changes. The very first result
+    /// decides at once: a director that starts (or reloads) should neither wait `rise`
+    /// intervals before serving nor send traffic to a real it has never seen answer.
+    pub fn observe(&mut self, success: bool) -> Option<Health> {
+        if success {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        let next = match self.state {
+            Health::Unknown if success => Health::Up,
+            Health::Unknown => Health::Down,
+            Health::Down if self.successes >= self.rise => Health::Up,
+            Health::Up if self.failures >= self.fall => Health::Down,
+            same => same,
+        };
+        (next != self.state).then(|| {
+            self.state = next;
+            next
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_result_decides() {
+        let mut h = Hysteresis::new(2, 3);
+        assert_eq!(h.observe(true), Some(Health::Up));
+        let mut h = Hysteresis::new(2, 3);
+        assert_eq!(h.observe(false), Some(Health::Down));
+    }
+
+    #[test]
+    fn falls_after_fall_failures_and_rises_after_rise_successes() {
+        let mut h = Hysteresis::new(2, 3);
+        h.observe(true);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false), Some(Health::Down));
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.observe(true), Some(Health::Up));
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let mut h = Hysteresis::new(1, 2);
+        h.observe(true);
+        for _ in 0..5 {
+            assert_eq!(h.observe(false), None);
+            assert_eq!(h.observe(true), None);
+        }
+        assert_eq!(h.state(), Health::Up);
+    }
+}

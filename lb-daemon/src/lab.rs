@@ -1,0 +1,416 @@
+//! A lab of network namespaces: a client, a director and real servers on one bridged L2
+//! segment, the reals running Debian's nginx and dnsmasq with the VIP on their loopback
+//! (the classic LVS-DR set-up). The end-to-end tests and `cargo xtask lab` both use it.
+//! It owns every namespace and process it creates and removes them on drop, also when a
+//! test fails.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The lab's segment (TEST-NET-2, RFC 5737: never routed anywhere).
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const DIRECTOR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const REALS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(198, 51, 100, 11),
+    Ipv4Addr::new(198, 51, 100, 12),
+    Ipv4Addr::new(198, 51, 100, 13),
+];
+
+/// Namespace roles; their names carry a per-lab prefix so labs never collide.
+pub const ROLE_CLIENT: &str = "client";
+pub const ROLE_DIRECTOR: &str = "director";
+
+pub fn real_role(i: usize) -> String {
+    format!("real{}", i + 1)
+}
+
+pub struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    /// (role, what, process), killed on drop in reverse order.
+    processes: Vec<(String, String, Child)>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Builds the topology: namespaces, bridge, links, addresses, VIP on the reals' lo with
+    /// arp_ignore=1 / arp_announce=2, and on the director's lo.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab = Lab {
+            prefix: prefix.into(),
+            dir,
+            namespaces: Vec::new(),
+            processes: Vec::new(),
+            keep: false,
+        };
+        lab.build().context("building the lab's network")?;
+        Ok(lab)
+    }
+
+    /// The directory for the lab's configs, logs and sockets.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// Leaves everything in place when dropped (`cargo xtask lab --keep`).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Namespaces in creation order.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    fn add_ns(&mut self, role: &str) -> Result<String> {
+        let ns = self.ns(role);
+        // A namespace of that name left by a crashed run of the same prefix is replaced.
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        self.exec_ok(role, &["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let sw = self.add_ns("switch")?;
+        self.exec_ok("switch", &["ip", "link", "add", "br0", "type", "bridge"])?;
+        self.exec_ok("switch", &["ip", "link", "set", "br0", "up"])?;
+        let mut hosts: Vec<(String, Ipv4Addr)> = vec![
+            (ROLE_CLIENT.into(), CLIENT),
+            (ROLE_DIRECTOR.into(), DIRECTOR),
+        ];
+        hosts.extend(REALS.iter().enumerate().map(|(i, a)| (real_role(i), *a)));
+        for (i, (role, addr)) in hosts.iter().enumerate() {
+            let ns = self.add_ns(role)?;
+            let port = format!("port{i}");
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &sw,
+            ])?;
+            self.exec_ok(
+                "switch",
+                &["ip", "link", "set", &port, "master", "br0", "up"],
+            )?;
+            self.exec_ok(
+                role,
+                &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+            )?;
+            self.exec_ok(role, &["ip", "link", "set", "eth0", "up"])?;
+            // Generic XDP sees TSO/GSO super-packets whole; keep frames at MTU size, and
+            // compute checksums in software so a rewriting bug cannot hide (TOOLCHAIN.md).
+            self.exec_ok(
+                role,
+                &[
+                    "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "tx", "off",
+                ],
+            )?;
+        }
+        self.exec_ok(
+            ROLE_DIRECTOR,
+            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+        )?;
+        for i in 0..REALS.len() {
+            let role = real_role(i);
+            self.exec_ok(
+                &role,
+                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+            )?;
+            // The LVS "ARP problem": reals must not answer ARP for the VIP they carry.
+            for (key, value) in [
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+                ("net.ipv4.conf.eth0.arp_ignore", "1"),
+                ("net.ipv4.conf.eth0.arp_announce", "2"),
+            ] {
+                self.exec_ok(&role, &["sysctl", "-q", "-w", &format!("{key}={value}")])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a command in a role's namespace and waits for it.
+    pub fn exec(&self, role: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(role)])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {args:?} in {role}"))
+    }
+
+    pub fn exec_ok(&self, role: &str, args: &[&str]) -> Result<String> {
+        let out = self.exec(role, args)?;
+        if !out.status.success() {
+            bail!(
+                "{args:?} in {role} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a long-running process in a role's namespace, its output in the lab's dir.
+    pub fn spawn(&mut self, role: &str, what: &str, args: &[&str]) -> Result<()> {
+        let log = File::create(self.dir.join(format!("{role}-{what}.log")))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(role)])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {what} in {role}"))?;
+        self.processes.push((role.into(), what.into(), child));
+        Ok(())
+    }
+
+    /// Stops a process started by [`Lab::spawn`] (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self, role: &str, what: &str) -> Result<()> {
+        let i = self
+            .processes
+            .iter()
+            .position(|(r, w, _)| r == role && w == what)
+            .with_context(|| format!("no {what} running in {role}"))?;
+        let (_, _, mut child) = self.processes.remove(i);
+        terminate(&mut child);
+        Ok(())
+    }
+
+    pub fn log(&self, role: &str, what: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{role}-{what}.log"))).unwrap_or_default()
+    }
+
+    /// nginx on real `i`, answering `/` with its role name and `/healthz` with `ok`.
+    pub fn start_nginx(&mut self, i: usize) -> Result<()> {
+        let role = real_role(i);
+        let tmp = self.dir.join(format!("{role}-nginx"));
+        std::fs::create_dir_all(&tmp)?;
+        let t = tmp.display();
+        let conf = format!(
+            "daemon off;\nuser root;\nworker_processes 1;\npid {t}/nginx.pid;\nerror_log {t}/error.log;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n\
+               fastcgi_temp_path {t}/fastcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n\
+               keepalive_timeout 120s;\n\
+               server {{\n    listen 80;\n    listen [::]:80;\n    default_type text/plain;\n\
+                 location = /healthz {{ return 200 \"ok\\n\"; }}\n\
+                 location / {{ return 200 \"{role}\\n\"; }}\n  }}\n}}\n"
+        );
+        let path = tmp.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let p = path.display().to_string();
+        let prefix = tmp.display().to_string();
+        let err = format!("{prefix}/error.log");
+        self.spawn(
+            &role,
+            "nginx",
+            &["nginx", "-p", &prefix, "-e", &err, "-c", &p],
+        )?;
+        self.wait_port(&role, REALS[i], 80)
+    }
+
+    /// dnsmasq on real `i`, answering TXT `whoami.lab` with its role name, UDP and TCP.
+    pub fn start_dns(&mut self, i: usize) -> Result<()> {
+        let role = real_role(i);
+        let pid = self
+            .dir
+            .join(format!("{role}-dnsmasq.pid"))
+            .display()
+            .to_string();
+        let txt = format!("--txt-record=whoami.lab,{role}");
+        let pid = format!("--pid-file={pid}");
+        self.spawn(
+            &role,
+            "dnsmasq",
+            &[
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--port=53",
+                "--log-facility=-",
+                &pid,
+                &txt,
+                "--address=/www.lab/198.51.100.10",
+            ],
+        )?;
+        self.wait_port(&role, REALS[i], 53)
+    }
+
+    fn wait_port(&self, role: &str, addr: Ipv4Addr, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let target = SocketAddr::new(IpAddr::V4(addr), port);
+        loop {
+            let up = self.in_ns(role, move || {
+                TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
+            })?;
+            if up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{role}: nothing listens on {target} after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `f` on a thread that has entered the role's network namespace: sockets it
+    /// creates live there, even when used from other threads later.
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        role: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let path = PathBuf::from("/run/netns").join(self.ns(role));
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace fd we hold open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(anyhow::anyhow!(
+                    "setns: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+    }
+
+    /// `n` HTTP/1.0 requests through `vip`, each on a new connection; the body of each
+    /// answer (the real's name), or the error.
+    pub fn http_gets(
+        &self,
+        role: &str,
+        vip: SocketAddr,
+        n: usize,
+    ) -> Result<Vec<Result<String, String>>> {
+        self.in_ns(role, move || (0..n).map(|_| http_get(vip)).collect())
+    }
+
+    /// Opens a keep-alive HTTP/1.1 connection from a role's namespace.
+    pub fn connect(&self, role: &str, vip: SocketAddr) -> Result<TcpStream> {
+        self.in_ns(role, move || {
+            TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+        })?
+        .with_context(|| format!("connecting to {vip}"))
+    }
+}
+
+/// One HTTP/1.0 GET of `/`; the body, trimmed.
+pub fn http_get(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("status line {:?}", head.lines().next()));
+    }
+    Ok(body.trim().to_string())
+}
+
+/// One GET on an open keep-alive connection; the body, trimmed.
+pub fn http_get_on(s: &mut TcpStream) -> Result<String> {
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse())
+                })
+                .context("no Content-Length")??;
+            if body.len() >= len {
+                return Ok(body[..len].trim().to_string());
+            }
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn terminate(child: &mut Child) {
+    // SAFETY: kill(2) on a child we own and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        while let Some((_, _, mut child)) = self.processes.pop() {
+            terminate(&mut child);
+        }
+        for ns in self.namespaces.iter().rev() {
+            // Anything still inside (a worker whose master died) goes with it.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) of a process inside a namespace this lab created.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

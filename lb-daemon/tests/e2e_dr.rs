@@ -1,0 +1,288 @@
+//! End to end, direct routing: a client, the director running the real lbd with the real
+//! XDP program, and three real servers running Debian's nginx and dnsmasq, in network
+//! namespaces. Needs root; run by `cargo xtask test`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lb_daemon::control::{self, Request, Response, StatusView};
+use lb_daemon::health::Health;
+use lb_daemon::lab::{self, Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP};
+
+const INTERVAL_MS: u64 = 500;
+const TIMEOUT_MS: u64 = 300;
+const RISE: u64 = 2;
+const FALL: u64 = 2;
+
+struct Director {
+    lab: Lab,
+    socket: PathBuf,
+}
+
+fn web() -> SocketAddr {
+    SocketAddr::new(VIP.into(), 80)
+}
+
+impl Director {
+    /// The lab with nginx and dnsmasq on every real and lbd on the director, reals weighted
+    /// 1:1:2, waiting until every real is up and resolved.
+    fn start() -> Director {
+        let mut lab = Lab::new("lbt").expect("lab");
+        for i in 0..REALS.len() {
+            lab.start_nginx(i).expect("nginx");
+            lab.start_dns(i).expect("dnsmasq");
+        }
+        let socket = lab.dir().join("lbd.sock");
+        let reals = |port: u16| -> String {
+            REALS
+                .iter()
+                .zip([1, 1, 2])
+                .map(|(a, w)| format!("      - address: {a}:{port}\n        weight: {w}\n"))
+                .collect()
+        };
+        let check = |kind: &str, extra: &str| {
+            format!(
+                "    check:\n      type: {kind}\n{extra}      interval: {INTERVAL_MS}ms\n      timeout: {TIMEOUT_MS}ms\n      rise: {RISE}\n      fall: {FALL}\n"
+            )
+        };
+        let config = [
+            "director:\n  interfaces: [eth0]\n".to_string(),
+            format!("  socket: {}\n", socket.display()),
+            "services:\n".into(),
+            format!("  - name: web\n    vip: {VIP}:80\n    protocol: tcp\n    forwarding: dr\n    on_failure: quiesce\n"),
+            check("http", "      path: /healthz\n      expect_body: ok\n"),
+            format!("    reals:\n{}", reals(80)),
+            format!("  - name: dns\n    vip: {VIP}:53\n    protocol: udp\n    forwarding: dr\n"),
+            check("tcp", "      port: 53\n"),
+            format!("    reals:\n{}", reals(53)),
+        ]
+        .concat();
+        let path = lab.dir().join("lb.yaml");
+        std::fs::write(&path, config).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        lab.spawn(
+            ROLE_DIRECTOR,
+            "lbd",
+            &[
+                env!("CARGO_BIN_EXE_lbd"),
+                "--config",
+                path.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        let d = Director { lab, socket };
+        d.wait_until("every real up and resolved", Duration::from_secs(20), |s| {
+            s.reals
+                .iter()
+                .all(|r| r.health == Health::Up && r.mac.is_some())
+        });
+        d
+    }
+
+    fn status(&self) -> Option<StatusView> {
+        match control::call(&self.socket, &Request::Status) {
+            Ok(Response::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Polls the status until `ok`; returns how long that took.
+    fn wait_until(
+        &self,
+        what: &str,
+        limit: Duration,
+        ok: impl Fn(&StatusView) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.status().as_ref().is_some_and(&ok) {
+                return start.elapsed();
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "{what}: not within {limit:?}\nstatus: {:#?}\nlbd log:\n{}",
+                    self.status(),
+                    self.lab.log(ROLE_DIRECTOR, "lbd")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn lbadm(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_lbadm"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lbadm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn web_health(&self, real: usize) -> Option<Health> {
+        let addr = SocketAddr::new(REALS[real].into(), 80);
+        self.status()?
+            .reals
+            .iter()
+            .find(|r| r.service == "web" && r.address == addr)
+            .map(|r| r.health)
+    }
+}
+
+fn tally(answers: &[Result<String, String>]) -> HashMap<String, usize> {
+    let mut count = HashMap::new();
+    for a in answers {
+        match a {
+            Ok(name) => *count.entry(name.clone()).or_default() += 1,
+            Err(e) => panic!("a request through the VIP failed: {e}"),
+        }
+    }
+    count
+}
+
+#[test]
+fn http_and_dns_through_the_vip_follow_the_weights() {
+    let d = Director::start();
+    let n = 400;
+    let answers = d.lab.http_gets(ROLE_CLIENT, web(), n).unwrap();
+    let count = tally(&answers);
+    let weights = [1.0, 1.0, 2.0];
+    for (i, w) in weights.iter().enumerate() {
+        let want = n as f64 * w / 4.0;
+        let got = *count.get(&lab::real_role(i)).unwrap_or(&0) as f64;
+        assert!(
+            (got - want).abs() <= want * 0.3,
+            "real{}: {got} of {n}, want {want} +-30% ({count:?})",
+            i + 1
+        );
+    }
+
+    let mut dig = vec!["dig", "+short", "+tries=1", "+time=2"];
+    let server = format!("@{VIP}");
+    dig.push(&server);
+    for _ in 0..40 {
+        dig.extend(["whoami.lab", "TXT"]);
+    }
+    let out = d.lab.exec_ok(ROLE_CLIENT, &dig).unwrap();
+    let answers: Vec<&str> = out.lines().filter(|l| l.starts_with("\"real")).collect();
+    assert_eq!(answers.len(), 40, "dig output:\n{out}");
+    assert!(
+        answers
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 2,
+        "all DNS answers from one real: {out}"
+    );
+
+    // The counters saw every connection and datagram.
+    let stats = d.lbadm(&["-L", "-n", "--stats"]);
+    let web_line = stats
+        .lines()
+        .find(|l| l.starts_with(&format!("TCP  {VIP}:80")))
+        .expect(&stats);
+    let conns: u64 = web_line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(conns >= n as u64, "{stats}");
+    let dns_line = stats
+        .lines()
+        .find(|l| l.starts_with(&format!("UDP  {VIP}:53")))
+        .expect(&stats);
+    let dns_conns: u64 = dns_line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(dns_conns, 40, "{stats}");
+
+    let list = d.lbadm(&["-L", "-n"]);
+    assert!(list.contains(&format!("TCP  {VIP}:80 mh\n")), "{list}");
+    assert!(
+        list.contains(&format!(
+            "  -> {:<28} Route   2      ",
+            format!("{}:80", REALS[2])
+        )),
+        "{list}"
+    );
+}
+
+#[test]
+fn an_established_connection_stays_when_its_real_is_quiesced() {
+    let d = Director::start();
+    let mut conn = d.lab.connect(ROLE_CLIENT, web()).unwrap();
+    let owner = lab::http_get_on(&mut conn).unwrap();
+    let i: usize = owner.trim_start_matches("real").parse::<usize>().unwrap() - 1;
+    d.lbadm(&[
+        "-e",
+        "-t",
+        &format!("{VIP}:80"),
+        "-r",
+        &REALS[i].to_string(),
+        "-w",
+        "0",
+    ]);
+    let one = d.lbadm(&["-L", "-n", "-t", &format!("{VIP}:80")]);
+    assert!(
+        one.contains(&format!(
+            "  -> {:<28} Route   0      1          ",
+            format!("{}:80", REALS[i])
+        )),
+        "{one}"
+    );
+
+    for _ in 0..5 {
+        assert_eq!(
+            lab::http_get_on(&mut conn).unwrap(),
+            owner,
+            "the long-lived connection moved"
+        );
+    }
+    let fresh = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 60).unwrap());
+    assert!(
+        !fresh.contains_key(&owner),
+        "a new connection went to the quiesced {owner}: {fresh:?}"
+    );
+    assert_eq!(lab::http_get_on(&mut conn).unwrap(), owner);
+}
+
+#[test]
+fn a_dead_real_leaves_in_time_and_comes_back() {
+    let mut d = Director::start();
+    let victim = 0;
+    d.lab.stop(&lab::real_role(victim), "nginx").unwrap();
+    let bound = Duration::from_millis(INTERVAL_MS * FALL + TIMEOUT_MS + 1000);
+    let took = d.wait_until("real1 down", bound, |s| {
+        s.reals.iter().any(|r| {
+            r.service == "web" && r.address.ip() == REALS[victim] && r.health == Health::Down
+        })
+    });
+    eprintln!("real1 went down {took:?} after nginx stopped (bound {bound:?})");
+    let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 100).unwrap());
+    assert!(!count.contains_key("real1"), "{count:?}");
+    assert_eq!(d.web_health(victim), Some(Health::Down));
+
+    d.lab.start_nginx(victim).unwrap();
+    let bound = Duration::from_millis(INTERVAL_MS * RISE + TIMEOUT_MS + 1000);
+    let took = d.wait_until("real1 up again", bound, |s| {
+        s.reals.iter().all(|r| r.health == Health::Up)
+    });
+    eprintln!("real1 came back {took:?} after nginx started (bound {bound:?})");
+    let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 100).unwrap());
+    assert!(
+        count.contains_key("real1"),
+        "real1 gets no new connections after coming back: {count:?}"
+    );
+}
