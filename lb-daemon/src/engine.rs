@@ -55,6 +55,8 @@ struct ServiceState {
     key: VipKey,
     index: u32,
     reals: Vec<RealState>,
+    /// Reals in the Maglev table at the last publish.
+    serving: usize,
 }
 
 struct RealState {
@@ -215,6 +217,7 @@ impl Engine {
                         key: vip_key(spec),
                         index,
                         reals: Vec::new(),
+                        serving: 0,
                     }
                 }
             };
@@ -342,7 +345,7 @@ impl Engine {
             .collect();
         let serving = entries.len();
         let table = maglev::build(&entries, MAGLEV_SIZE);
-        let (index, key, name) = (s.index, s.key, s.spec.name.clone());
+        let (index, key) = (s.index, s.key);
         let changed = self.dp.set_maglev(index, &table)?;
         self.dp.set_vip(
             key,
@@ -352,11 +355,13 @@ impl Engine {
                 _pad: [0; 3],
             },
         )?;
+        let s = &mut self.services[i];
+        let was = std::mem::replace(&mut s.serving, serving);
         if changed > 0 {
-            info!(service = %name, serving, slots_changed = changed, "maglev table written");
+            info!(service = %s.spec.name, serving, slots_changed = changed, "maglev table written");
         }
-        if serving == 0 {
-            warn!(service = %name, "no real can take new connections");
+        if serving == 0 && was > 0 {
+            warn!(service = %s.spec.name, "no real server can take new connections");
         }
         Ok(())
     }

@@ -193,21 +193,27 @@ mod tests {
     // examples), with `mh` where ipvsadm printed `wlc`.
     #[test]
     fn list_numeric_matches_ipvsadm() {
-        let want = "IP Virtual Server version 1.2.1 (size=262144)\n\
-Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
-TCP  192.0.2.10:80 mh\n\
-  -> 10.0.0.11:80                 Route   1      12         30        \n\
-  -> 10.0.0.12:80                 Route   0      3          41        \n";
+        let want = concat!(
+            "IP Virtual Server version 1.2.1 (size=262144)\n",
+            "Prot LocalAddress:Port Scheduler Flags\n",
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n",
+            "TCP  192.0.2.10:80 mh\n",
+            "  -> 10.0.0.11:80                 Route   1      12         30        \n",
+            "  -> 10.0.0.12:80                 Route   0      3          41        \n",
+        );
         assert_eq!(list(&[web()], Listing::Default, None), want);
     }
 
     #[test]
     fn list_stats_matches_ipvsadm() {
-        let want = "IP Virtual Server version 1.2.1 (size=262144)\n\
-Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\n\
-TCP  192.0.2.10:80                  113786 19495479        0    2110M        0\n\
-  -> 10.0.0.11:80                    12883  1679941        0  181747K        0\n\
-  -> 10.0.0.12:80                        0        0        0        0        0\n";
+        let want = concat!(
+            "IP Virtual Server version 1.2.1 (size=262144)\n",
+            "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n",
+            "  -> RemoteAddress:Port\n",
+            "TCP  192.0.2.10:80                  113786 19495479        0    2110M        0\n",
+            "  -> 10.0.0.11:80                    12883  1679941        0  181747K        0\n",
+            "  -> 10.0.0.12:80                        0        0        0        0        0\n",
+        );
         assert_eq!(list(&[web()], Listing::Stats, None), want);
     }
 
@@ -222,11 +228,13 @@ TCP  192.0.2.10:80                  113786 19495479        0    2110M        0\n
             Listing::Default,
             Some((Protocol::Udp, "[2001:db8::10]:53".parse().unwrap())),
         );
-        assert_eq!(
-            out,
-            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
-UDP  [2001:db8::10]:53 mh\n  -> [2001:db8::11]:53            Route   5      0          7         \n"
+        let want = concat!(
+            "Prot LocalAddress:Port Scheduler Flags\n",
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n",
+            "UDP  [2001:db8::10]:53 mh\n",
+            "  -> [2001:db8::11]:53            Route   5      0          7         \n",
         );
+        assert_eq!(out, want);
     }
 
     #[test]

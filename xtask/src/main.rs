@@ -41,6 +41,9 @@ enum Cmd {
         /// Leave the lab running, and print how to enter it and how to remove it.
         #[arg(long)]
         keep: bool,
+        /// Remove a lab left running by --keep.
+        #[arg(long, conflicts_with = "keep")]
+        clean: bool,
     },
 }
 
@@ -55,10 +58,10 @@ fn main() -> Result<()> {
             setup()?;
             test(&args)
         }
-        Cmd::Lab { keep } => {
+        Cmd::Lab { keep, clean } => {
             setup()?;
             build()?;
-            lab(keep)
+            lab(keep, clean)
         }
     }
 }
@@ -184,13 +187,16 @@ fn test(args: &[String]) -> Result<()> {
         .current_dir(workspace()))
 }
 
-fn lab(keep: bool) -> Result<()> {
+fn lab(keep: bool, clean: bool) -> Result<()> {
     require_root("the lab")?;
     let mut cmd = Command::new(workspace().join("target/release/lb-lab"));
     cmd.arg("--config")
         .arg(workspace().join("examples/lab.yaml"));
     if keep {
         cmd.arg("--keep");
+    }
+    if clean {
+        cmd.arg("--clean");
     }
     run(&mut cmd)
 }

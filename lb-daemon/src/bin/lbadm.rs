@@ -17,7 +17,6 @@ use lb_daemon::ipvsadm::{self, Listing};
     version,
     about = "ipvsadm-compatible admin command for lbd"
 )]
-#[command(args_conflicts_with_subcommands = true)]
 #[command(group(ArgGroup::new("action").args(["list", "edit_server"])))]
 #[command(group(ArgGroup::new("service").args(["tcp_service", "udp_service"])))]
 struct Cli {

@@ -46,7 +46,8 @@ pub fn spawn<E: From<Report> + Send + 'static>(
     target: Target,
     tx: mpsc::Sender<E>,
 ) -> JoinHandle<()> {
-    let span = info_span!("check", real = %target.addr, kind = ?target.check.kind, index = target.check_index);
+    // A root span: checks outlive whatever (config apply, reload) started them.
+    let span = info_span!(parent: None, "check", real = %target.addr, kind = ?target.check.kind, index = target.check_index);
     tokio::spawn(run(target, tx).instrument(span))
 }
 
