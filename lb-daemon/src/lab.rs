@@ -191,6 +191,20 @@ impl Lab {
         Ok(())
     }
 
+    /// Sends a signal to a process started by [`Lab::spawn`].
+    pub fn signal(&self, role: &str, what: &str, signal: i32) -> Result<()> {
+        let (_, _, child) = self
+            .processes
+            .iter()
+            .find(|(r, w, _)| r == role && w == what)
+            .with_context(|| format!("no {what} running in {role}"))?;
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            bail!("kill {}: {}", child.id(), std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn log(&self, role: &str, what: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{role}-{what}.log"))).unwrap_or_default()
     }

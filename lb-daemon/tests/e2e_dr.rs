@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,35 @@ struct Director {
     socket: PathBuf,
 }
 
+/// The test's config: web (http check, quiesce) and dns (tcp check, remove) on the VIP,
+/// the three reals weighted as given.
+fn config_text(socket: &Path, weights: [u32; 3]) -> String {
+    let reals = |port: u16| -> String {
+        REALS
+            .iter()
+            .zip(weights)
+            .map(|(a, w)| format!("      - address: {a}:{port}\n        weight: {w}\n"))
+            .collect()
+    };
+    let check = |kind: &str, extra: &str| {
+        format!(
+            "    check:\n      type: {kind}\n{extra}      interval: {INTERVAL_MS}ms\n      timeout: {TIMEOUT_MS}ms\n      rise: {RISE}\n      fall: {FALL}\n"
+        )
+    };
+    [
+        "director:\n  interfaces: [eth0]\n".to_string(),
+        format!("  socket: {}\n", socket.display()),
+        "services:\n".into(),
+        format!("  - name: web\n    vip: {VIP}:80\n    protocol: tcp\n    forwarding: dr\n    on_failure: quiesce\n"),
+        check("http", "      path: /healthz\n      expect_body: ok\n"),
+        format!("    reals:\n{}", reals(80)),
+        format!("  - name: dns\n    vip: {VIP}:53\n    protocol: udp\n    forwarding: dr\n    on_failure: remove\n"),
+        check("tcp", "      port: 53\n"),
+        format!("    reals:\n{}", reals(53)),
+    ]
+    .concat()
+}
+
 fn web() -> SocketAddr {
     SocketAddr::new(VIP.into(), 80)
 }
@@ -36,32 +65,8 @@ impl Director {
             lab.start_dns(i).expect("dnsmasq");
         }
         let socket = lab.dir().join("lbd.sock");
-        let reals = |port: u16| -> String {
-            REALS
-                .iter()
-                .zip([1, 1, 2])
-                .map(|(a, w)| format!("      - address: {a}:{port}\n        weight: {w}\n"))
-                .collect()
-        };
-        let check = |kind: &str, extra: &str| {
-            format!(
-                "    check:\n      type: {kind}\n{extra}      interval: {INTERVAL_MS}ms\n      timeout: {TIMEOUT_MS}ms\n      rise: {RISE}\n      fall: {FALL}\n"
-            )
-        };
-        let config = [
-            "director:\n  interfaces: [eth0]\n".to_string(),
-            format!("  socket: {}\n", socket.display()),
-            "services:\n".into(),
-            format!("  - name: web\n    vip: {VIP}:80\n    protocol: tcp\n    forwarding: dr\n    on_failure: quiesce\n"),
-            check("http", "      path: /healthz\n      expect_body: ok\n"),
-            format!("    reals:\n{}", reals(80)),
-            format!("  - name: dns\n    vip: {VIP}:53\n    protocol: udp\n    forwarding: dr\n"),
-            check("tcp", "      port: 53\n"),
-            format!("    reals:\n{}", reals(53)),
-        ]
-        .concat();
         let path = lab.dir().join("lb.yaml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config_text(&socket, [1, 1, 2])).unwrap();
         let check = Command::new(env!("CARGO_BIN_EXE_lbd"))
             .arg("--config")
             .arg(&path)
@@ -273,16 +278,98 @@ fn a_dead_real_leaves_in_time_and_comes_back() {
     let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 100).unwrap());
     assert!(!count.contains_key("real1"), "{count:?}");
     assert_eq!(d.web_health(victim), Some(Health::Down));
+    // on_failure: quiesce keeps the dead real listed with weight 0.
+    let list = d.lbadm(&["-L", "-n", "-t", &format!("{VIP}:80")]);
+    assert!(
+        list.contains(&format!(
+            "  -> {:<28} Route   0      ",
+            format!("{}:80", REALS[victim])
+        )),
+        "{list}"
+    );
+
+    // on_failure: remove takes a dead DNS real out of the listing.
+    d.lab.stop(&lab::real_role(1), "dnsmasq").unwrap();
+    let bound = Duration::from_millis(INTERVAL_MS * FALL + TIMEOUT_MS + 1000);
+    d.wait_until("real2's DNS down", bound, |s| {
+        s.reals
+            .iter()
+            .any(|r| r.service == "dns" && r.address.ip() == REALS[1] && r.health == Health::Down)
+    });
+    let list = d.lbadm(&["-L", "-n", "-u", &format!("{VIP}:53")]);
+    assert!(!list.contains(&REALS[1].to_string()), "{list}");
+    let reals_listed = list
+        .lines()
+        .filter(|l| l.starts_with("  -> ") && l.contains(":53 "))
+        .count();
+    assert_eq!(reals_listed, 2, "{list}");
 
     d.lab.start_nginx(victim).unwrap();
     let bound = Duration::from_millis(INTERVAL_MS * RISE + TIMEOUT_MS + 1000);
     let took = d.wait_until("real1 up again", bound, |s| {
-        s.reals.iter().all(|r| r.health == Health::Up)
+        s.reals
+            .iter()
+            .filter(|r| r.service == "web")
+            .all(|r| r.health == Health::Up)
     });
     eprintln!("real1 came back {took:?} after nginx started (bound {bound:?})");
     let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 100).unwrap());
     assert!(
         count.contains_key("real1"),
         "real1 gets no new connections after coming back: {count:?}"
+    );
+}
+
+#[test]
+fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
+    let d = Director::start();
+    let path = d.lab.dir().join("lb.yaml");
+    let mut conn = d.lab.connect(ROLE_CLIENT, web()).unwrap();
+    let owner = lab::http_get_on(&mut conn).unwrap();
+    let before = d.lbadm(&["-L", "-n"]);
+
+    // A config with an error: refused, nothing changes, the error names file and line.
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replacen("protocol: tcp", "protocol: sctp", 1)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lbadm"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("reload")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:", path.display())) && err.contains("sctp"),
+        "{err}"
+    );
+    assert_eq!(d.lbadm(&["-L", "-n"]), before);
+
+    // A valid one with new weights, by SIGHUP: applied, the established connection stays.
+    std::fs::write(&path, config_text(&d.socket, [3, 0, 1])).unwrap();
+    d.lab.signal(ROLE_DIRECTOR, "lbd", libc::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = format!("  -> {:<28} Route   3      ", format!("{}:80", REALS[0]));
+    while !d.lbadm(&["-L", "-n"]).contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied: {}",
+            d.lbadm(&["-L", "-n"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        lab::http_get_on(&mut conn).unwrap(),
+        owner,
+        "the reload moved an established connection"
+    );
+    let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 80).unwrap());
+    assert!(
+        !count.contains_key("real2"),
+        "weight 0 real got new connections: {count:?}"
+    );
+    assert!(
+        count.get("real1").copied().unwrap_or(0) > count.get("real3").copied().unwrap_or(0),
+        "{count:?}"
     );
 }

@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's own set-up and entry points, so that a fresh machine needs
 //! only the two commands of the README. Every step is idempotent and says what it does.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -179,12 +180,44 @@ fn build() -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     require_root("the test suite")?;
-    // One test thread per binary: end-to-end tests share names of namespaces and ports.
-    run(Command::new("cargo")
+    // One test thread per binary: end-to-end tests each build a lab of namespaces, and two
+    // at once would only compete for the two cores.
+    let mut child = Command::new("cargo")
         .args(["test", "--release"])
         .args(args)
         .args(["--", "--test-threads=1"])
-        .current_dir(workspace()))
+        .current_dir(workspace())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next())
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    // The sum over every test binary, as one closing line.
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
 
 fn lab(keep: bool, clean: bool) -> Result<()> {
