@@ -85,6 +85,15 @@ mod tests {
         (0..n).map(|i| format!("10.0.0.{}:80", i + 11)).collect()
     }
 
+    fn equal(keys: &[String]) -> Vec<Entry<'_>> {
+        let entry = |(i, k): (usize, &String)| Entry {
+            key: k.as_bytes(),
+            weight: 1,
+            id: i as u32,
+        };
+        keys.iter().enumerate().map(entry).collect()
+    }
+
     fn shares(table: &[u32], n: usize) -> Vec<f64> {
         let mut count = vec![0usize; n];
         for &id in table {
@@ -99,15 +108,7 @@ mod tests {
     #[test]
     fn equal_weights_get_equal_shares() {
         let keys = keys(10);
-        let entries: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Entry {
-                key: k.as_bytes(),
-                weight: 1,
-                id: i as u32,
-            })
-            .collect();
+        let entries = equal(&keys);
         let table = build(&entries, MAGLEV_SIZE);
         for share in shares(&table, 10) {
             assert!((share - 0.1).abs() <= 0.1 * 0.01, "share {share}");
@@ -117,15 +118,7 @@ mod tests {
     #[test]
     fn removing_one_of_ten_moves_few_slots() {
         let keys = keys(10);
-        let entries: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Entry {
-                key: k.as_bytes(),
-                weight: 1,
-                id: i as u32,
-            })
-            .collect();
+        let entries = equal(&keys);
         let before = build(&entries, MAGLEV_SIZE);
         let after = build(&entries[1..], MAGLEV_SIZE);
         let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();

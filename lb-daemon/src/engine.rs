@@ -206,10 +206,7 @@ impl Engine {
             let mut state = match kept.take() {
                 Some(s) => s,
                 None => {
-                    let index = (0..MAX_VIPS)
-                        .find(|i| !used_vips.contains(i))
-                        .context("no free VIP slot")?;
-                    used_vips.insert(index);
+                    let index = take_free(&mut used_vips, MAX_VIPS).context("no free VIP slot")?;
                     self.dp.reset_vip_counters(index)?;
                     info!(service = %spec.name, vip = %spec.vip, "service added");
                     ServiceState {
@@ -241,10 +238,8 @@ impl Engine {
                         r
                     }
                     None => {
-                        let id = (0..MAX_REALS)
-                            .find(|i| !used_reals.contains(i))
-                            .context("no free real slot")?;
-                        used_reals.insert(id);
+                        let id =
+                            take_free(&mut used_reals, MAX_REALS).context("no free real slot")?;
                         self.dp.reset_real_counters(id)?;
                         let mut r = RealState {
                             id,
@@ -571,6 +566,13 @@ impl Engine {
             reals,
         }
     }
+}
+
+/// The lowest id below `max` not in `used`, now marked used.
+fn take_free(used: &mut HashSet<u32>, max: u32) -> Option<u32> {
+    let id = (0..max).find(|i| !used.contains(i))?;
+    used.insert(id);
+    Some(id)
 }
 
 fn stats(c: lb_common::Counters) -> Stats {
