@@ -86,12 +86,14 @@ mod tests {
     }
 
     fn equal(keys: &[String]) -> Vec<Entry<'_>> {
-        let entry = |(i, k): (usize, &String)| Entry {
-            key: k.as_bytes(),
-            weight: 1,
-            id: i as u32,
-        };
-        keys.iter().enumerate().map(entry).collect()
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| Entry {
+                key: k.as_bytes(),
+                weight: 1,
+                id: i as u32,
+            })
+            .collect()
     }
 
     fn shares(table: &[u32], n: usize) -> Vec<f64> {
