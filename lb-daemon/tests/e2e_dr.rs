@@ -210,8 +210,11 @@ fn http_and_dns_through_the_vip_follow_the_weights() {
         .lines()
         .find(|l| l.starts_with(&format!("UDP  {VIP}:53")))
         .expect(&stats);
-    let dns_conns: u64 = dns_line.split_whitespace().nth(2).unwrap().parse().unwrap();
-    assert_eq!(dns_conns, 40, "{stats}");
+    let column = |n: usize| -> u64 { dns_line.split_whitespace().nth(n).unwrap().parse().unwrap() };
+    // Every query is one packet; a UDP flow is a (source port) 5-tuple, and dig's random
+    // ports may repeat within 40 queries, so a connection may carry two of them.
+    assert_eq!(column(3), 40, "{stats}");
+    assert!((35..=40).contains(&column(2)), "{stats}");
 
     let list = d.lbadm(&["-L", "-n"]);
     assert!(list.contains(&format!("TCP  {VIP}:80 mh\n")), "{list}");
