@@ -261,3 +261,27 @@ fn an_established_flow_keeps_its_real_when_the_table_changes() {
     let (_, out) = run(&mut dp, &other);
     assert_eq!(&out[..6], &second.mac);
 }
+
+#[test]
+fn a_syn_on_a_closed_tuple_is_a_new_connection() {
+    let mut dp = dataplane();
+    let syn = tcp4(VIP4, 80, true);
+    run(&mut dp, &syn);
+    let mut fin = tcp4(VIP4, 80, false);
+    fin[14 + 20 + 13] |= 0x01;
+    run(&mut dp, &fin);
+    // The same tuple again, after the close: counted, and scheduled by the current table.
+    let second = RealInfo {
+        mac: [0x02, 0, 0, 0, 0, 0x12],
+        flags: REAL_PRESENT,
+        family: FAMILY_V4,
+        vip: 0,
+        ..Default::default()
+    };
+    dp.set_real(10, second).unwrap();
+    dp.set_maglev(0, &vec![10; MAGLEV_SIZE as usize]).unwrap();
+    let (action, out) = run(&mut dp, &syn);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[..6], &second.mac);
+    assert_eq!(dp.vip_counters(0).unwrap().conns, 2);
+}

@@ -65,7 +65,10 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, 
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
         let flow = unsafe { &mut *flow };
-        if let Some(real) = serving_real(flow.real, vip) {
+        // A SYN on a tuple whose connection closed is a new connection (the client reused
+        // its port): schedule it afresh, as IPVS does with conn_reuse_mode.
+        let reused = flow.flags & FLOW_CLOSING != 0 && packet.opens_connection();
+        if let Some(real) = serving_real(flow.real, vip).filter(|_| !reused) {
             flow.last_seen_ns = now;
             if packet.closes_connection() {
                 flow.flags |= FLOW_CLOSING;
