@@ -18,8 +18,9 @@ use lb_common::{
 
 use crate::config;
 
-/// The compiled data plane, built by build.rs from lb-ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+/// The compiled data plane, built by build.rs from lb-ebpf: `lb_xdp`, and `floor`, the
+/// benchmark's reference program.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 pub struct Dataplane {
     ebpf: Ebpf,

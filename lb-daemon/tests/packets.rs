@@ -1,89 +1,12 @@
 //! BPF_PROG_TEST_RUN packet tests: the real XDP program, loaded by the real loader, run on
 //! hand-built frames; the output is compared byte for byte. Needs root (CAP_BPF).
 
-use aya::programs::{TestRun, TestRunOptions};
+mod common;
+
+use common::*;
 use etherparse::PacketBuilder;
-use lb_common::{
-    FAMILY_V4, FAMILY_V6, Forwarding, MAGLEV_SIZE, NO_REAL, PROTO_TCP, PROTO_UDP, REAL_PRESENT,
-    RealInfo, Reason, VipInfo, VipKey,
-};
+use lb_common::{FAMILY_V4, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason};
 use lb_daemon::dataplane::Dataplane;
-
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const REAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-const VIP4: [u8; 4] = [192, 0, 2, 10];
-const VIP6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-
-fn addr16(a: &[u8]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..a.len()].copy_from_slice(a);
-    out
-}
-
-/// A data plane with one VIP per family and protocol, all served by real 0.
-fn dataplane() -> Dataplane {
-    let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
-    // BPF_PROG_TEST_RUN frames arrive on the namespace's loopback unless ctx_in says otherwise.
-    dp.set_iface(1, DIRECTOR_MAC).unwrap();
-    let vips = [
-        (addr16(&VIP4), 80u16, PROTO_TCP, FAMILY_V4, 0u32),
-        (addr16(&VIP4), 53, PROTO_UDP, FAMILY_V4, 1),
-        (VIP6, 80, PROTO_TCP, FAMILY_V6, 2),
-        (VIP6, 53, PROTO_UDP, FAMILY_V6, 3),
-    ];
-    for (i, (addr, port, proto, family, index)) in vips.into_iter().enumerate() {
-        dp.set_vip(
-            VipKey {
-                addr,
-                port_be: port.to_be(),
-                proto,
-                family,
-            },
-            VipInfo {
-                index,
-                forwarding: Forwarding::Dr as u8,
-                _pad: [0; 3],
-            },
-        )
-        .unwrap();
-        dp.set_real(
-            i as u32,
-            RealInfo {
-                addr: addr16(&[10, 0, 0, 11]),
-                mac: REAL_MAC,
-                family,
-                flags: REAL_PRESENT,
-                ifindex: 0,
-                vip: index,
-            },
-        )
-        .unwrap();
-        dp.set_maglev(index, &vec![i as u32; MAGLEV_SIZE as usize])
-            .unwrap();
-    }
-    dp
-}
-
-fn run(dp: &mut Dataplane, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
-    let result = dp
-        .program()
-        .unwrap()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
-}
 
 fn reason_count(dp: &Dataplane, reason: Reason) -> u64 {
     dp.reasons()
@@ -92,27 +15,6 @@ fn reason_count(dp: &Dataplane, reason: Reason) -> u64 {
         .find(|(r, _)| *r == reason)
         .unwrap()
         .1
-}
-
-fn tcp4(dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
-        .ipv4([198, 51, 100, 7], dst, 64)
-        .tcp(40000, dport, 1, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    v
-}
-
-fn udp6(dst: [u8; 16], dport: u16) -> Vec<u8> {
-    let src = addr16(&[0x20, 0x01, 0x0d, 0xb8, 0, 1]);
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
-        .ipv6(src, dst, 64)
-        .udp(41000, dport)
-        .write(&mut v, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00")
-        .unwrap();
-    v
 }
 
 /// What direct routing must produce: the same frame with only the MACs changed.

@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod floor;
 mod maps;
 mod parse;
 

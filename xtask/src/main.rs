@@ -37,6 +37,8 @@ enum Cmd {
         /// Extra arguments for `cargo test` (a test name filter, for example).
         args: Vec<String>,
     },
+    /// Set up, then measure ns per packet of each data plane path (see docs/BENCHMARKS.md).
+    Bench,
     /// Set up, build, and run the lab: namespaces, real servers, lbd, traffic, lbadm.
     Lab {
         /// Leave the lab running, and print how to enter it and how to remove it.
@@ -58,6 +60,13 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup()?;
             test(&args)
+        }
+        Cmd::Bench => {
+            setup()?;
+            require_root("the benchmark")?;
+            run(Command::new("cargo")
+                .args(["bench", "-p", "lb-daemon", "--bench", "xdp"])
+                .current_dir(workspace()))
         }
         Cmd::Lab { keep, clean } => {
             setup()?;
@@ -106,11 +115,9 @@ fn setup() -> Result<()> {
 }
 
 /// bpf-linker from crates.io wants LLVM 21+, Debian has 14: link it against the LLVM shared
-/// library the nightly toolchain ships (TOOLCHAIN.md).
+/// library the nightly toolchain ships (TOOLCHAIN.md). The binary's rpath points at
+/// `$prefix/lib`, which holds the library under both names it is asked for.
 fn setup_bpf_linker() -> Result<()> {
-    if succeeds(Command::new("bpf-linker").arg("--version")) {
-        return Ok(());
-    }
     let home = std::env::var("HOME").context("HOME is not set")?;
     let prefix = PathBuf::from(home).join(".local/share/lb-llvm");
     std::fs::create_dir_all(prefix.join("lib"))?;
@@ -126,12 +133,16 @@ fn setup_bpf_linker() -> Result<()> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so"))
         })
         .context("the nightly toolchain ships no libLLVM.so")?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&lib, &link)?;
-    let llvm_major = lib
-        .file_name()
-        .unwrap_or_default()
+    let soname = lib.file_name().context("library name")?.to_owned();
+    for name in [std::ffi::OsStr::new("libLLVM.so"), soname.as_os_str()] {
+        let link = prefix.join("lib").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)?;
+    }
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let major = soname
         .to_string_lossy()
         .trim_start_matches("libLLVM.so.")
         .split('.')
@@ -141,11 +152,12 @@ fn setup_bpf_linker() -> Result<()> {
     run(Command::new("cargo")
         .args([
             "install",
+            "--force",
             "bpf-linker",
             "--no-default-features",
             "--features",
         ])
-        .arg(format!("llvm-{llvm_major}"))
+        .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix))
 }
 

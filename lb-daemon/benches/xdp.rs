@@ -1,0 +1,168 @@
+//! Nanoseconds per packet for each path of lb_xdp, measured as Katran's tester measures:
+//! BPF_PROG_TEST_RUN with repeat = 1 in a loop, averaging the kernel-reported duration
+//! (with repeat > 1 the kernel would rerun the program on the already rewritten frame).
+//! The `floor` program (parse Ethernet and IP, swap MACs, XDP_TX) runs in the same rounds,
+//! so every path also reads as a ratio to it. Needs root; run by `cargo xtask bench`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use common::*;
+
+/// Runs per path and round; rounds interleave the paths so drift hits them all alike.
+const RUNS: usize = 4000;
+const ROUNDS: usize = 5;
+
+/// A frame source: the same frame each time, or a new flow each time.
+enum Frames {
+    Same(Vec<u8>),
+    /// A template whose source address/port bytes at `at` are overwritten by a counter.
+    NewFlow {
+        template: Vec<u8>,
+        at: usize,
+        next: u32,
+    },
+}
+
+impl Frames {
+    fn next(&mut self) -> &[u8] {
+        match self {
+            Frames::Same(f) => f,
+            Frames::NewFlow { template, at, next } => {
+                *next += 1;
+                template[*at..*at + 4].copy_from_slice(&next.to_be_bytes());
+                template
+            }
+        }
+    }
+}
+
+struct Path {
+    name: &'static str,
+    frames: Frames,
+    want: u32,
+    samples: Vec<u64>,
+}
+
+fn floor_program(ebpf: &mut aya::Ebpf) -> &mut Xdp {
+    ebpf.program_mut("floor")
+        .expect("floor program")
+        .try_into()
+        .expect("an XDP program")
+}
+
+fn main() {
+    let mut dp = dataplane();
+    let mut floor_obj = aya::Ebpf::load(lb_daemon::dataplane::OBJECT).expect("load object");
+    floor_program(&mut floor_obj).load().expect("load floor");
+
+    let established_tcp = tcp4(VIP4, 80, false);
+    let established_udp6 = udp6(VIP6, 53);
+    // Open the flows the "established" paths reuse.
+    run(&mut dp, &tcp4(VIP4, 80, true));
+    run(&mut dp, &established_udp6);
+
+    // IPv4 source address (26..30) and IPv6 source's last 4 bytes + ports region (34..38).
+    let mut paths = vec![
+        Path {
+            name: "floor (parse, swap MACs, XDP_TX)",
+            frames: Frames::Same(tcp4(VIP4, 80, false)),
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "not a VIP (IPv4 TCP)",
+            frames: Frames::Same(tcp4([192, 0, 2, 11], 80, false)),
+            want: XDP_PASS,
+            samples: vec![],
+        },
+        Path {
+            name: "dr, new flow (IPv4 TCP SYN)",
+            frames: Frames::NewFlow {
+                template: tcp4(VIP4, 80, true),
+                at: 26,
+                next: 0,
+            },
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "dr, established flow (IPv4 TCP)",
+            frames: Frames::Same(established_tcp),
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "dr, new flow (IPv6 UDP)",
+            frames: Frames::NewFlow {
+                template: udp6(VIP6, 53),
+                at: 34,
+                next: 0,
+            },
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "dr, established flow (IPv6 UDP)",
+            frames: Frames::Same(established_udp6),
+            want: XDP_TX,
+            samples: vec![],
+        },
+    ];
+
+    for _ in 0..ROUNDS {
+        for (i, path) in paths.iter_mut().enumerate() {
+            for _ in 0..RUNS {
+                let frame = path.frames.next().to_vec();
+                let (verdict, took) = if i == 0 {
+                    run_floor(floor_program(&mut floor_obj), &frame)
+                } else {
+                    run_timed(&mut dp, &frame)
+                };
+                assert_eq!(verdict, path.want, "{}: unexpected verdict", path.name);
+                path.samples.push(took.as_nanos() as u64);
+            }
+        }
+    }
+
+    let stats: Vec<(f64, u64)> = paths
+        .iter_mut()
+        .map(|p| summarize(&mut p.samples))
+        .collect();
+    let (floor_mean, floor_median) = stats[0];
+    println!(
+        "BPF_PROG_TEST_RUN, repeat = 1, {} runs per path in {ROUNDS} interleaved rounds",
+        RUNS * ROUNDS
+    );
+    println!();
+    println!("| path | mean ns | median ns | mean / floor | median / floor |");
+    println!("|---|---:|---:|---:|---:|");
+    for (p, (mean, median)) in paths.iter().zip(&stats) {
+        println!(
+            "| {} | {mean:.0} | {median} | {:.2} | {:.2} |",
+            p.name,
+            mean / floor_mean,
+            *median as f64 / floor_median as f64
+        );
+    }
+}
+
+fn run_floor(program: &mut Xdp, frame: &[u8]) -> (u32, Duration) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    (result.return_value, result.duration)
+}
+
+fn summarize(samples: &mut [u64]) -> (f64, u64) {
+    samples.sort_unstable();
+    let mean = samples.iter().sum::<u64>() as f64 / samples.len() as f64;
+    (mean, samples[samples.len() / 2])
+}
