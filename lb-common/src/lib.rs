@@ -19,8 +19,6 @@ pub const MAX_VIPS: u32 = 64;
 pub const MAX_REALS: u32 = 4096;
 /// Entries in the connection table (LRU: the oldest idle flow goes first).
 pub const MAX_FLOWS: u32 = 262_144;
-/// Interfaces whose MAC the data plane may use as a source address.
-pub const MAX_IFACES: u32 = 64;
 /// Maglev slot value of a VIP without any real in service.
 pub const NO_REAL: u32 = u32::MAX;
 
@@ -35,7 +33,6 @@ pub mod map_names {
     pub const MAGLEV: &str = "MAGLEV";
     pub const REALS: &str = "REALS";
     pub const FLOWS: &str = "FLOWS";
-    pub const IFACES: &str = "IFACES";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASONS: &str = "REASONS";
@@ -87,7 +84,11 @@ pub struct RealInfo {
     pub mac: [u8; 6],
     pub family: u8,
     pub flags: u8,
-    /// The interface the real is reached through.
+    /// The MAC of the director's interface the real is reached through: the source of
+    /// frames to it.
+    pub src_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// That interface's index: XDP_TX when it is the ingress one, a redirect otherwise.
     pub ifindex: u32,
     /// The VIP (`VipInfo::index`) this real serves: a flow whose VIP no longer owns its
     /// real is scheduled again.
@@ -118,15 +119,6 @@ pub struct FlowValue {
     pub flags: u32,
     /// bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC).
     pub last_seen_ns: u64,
-}
-
-/// Value of `IFACES`, indexed by ifindex: the interface's own MAC, the source of DR frames.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IfaceInfo {
-    pub mac: [u8; 6],
-    pub present: u8,
-    pub _pad: u8,
 }
 
 /// Per-CPU value of `VIP_STATS` and `REAL_STATS` (ipvsadm's Conns, InPkts, InBytes).
@@ -163,10 +155,8 @@ pub enum Reason {
     PassIpv6ExtHeader,
     /// A VIP whose Maglev table has no real (every real down or weight 0).
     PassNoReal,
-    /// The chosen real's MAC is not resolved yet.
+    /// The chosen real's MAC (or the interface to reach it) is not known.
     PassRealUnresolved,
-    /// The ingress interface has no entry in `IFACES`.
-    PassNoIface,
     /// A map lookup that cannot fail did (a bug, counted rather than hidden).
     PassInternal,
 }
@@ -185,7 +175,6 @@ impl Reason {
         Reason::PassIpv6ExtHeader,
         Reason::PassNoReal,
         Reason::PassRealUnresolved,
-        Reason::PassNoIface,
         Reason::PassInternal,
     ];
 
@@ -203,7 +192,6 @@ impl Reason {
             Reason::PassIpv6ExtHeader => "pass_ipv6_ext_header",
             Reason::PassNoReal => "pass_no_real",
             Reason::PassRealUnresolved => "pass_real_unresolved",
-            Reason::PassNoIface => "pass_no_iface",
             Reason::PassInternal => "pass_internal",
         }
     }
@@ -213,10 +201,9 @@ impl Reason {
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 8);
-    assert!(core::mem::size_of::<RealInfo>() == 32);
+    assert!(core::mem::size_of::<RealInfo>() == 40);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 16);
-    assert!(core::mem::size_of::<IfaceInfo>() == 8);
     assert!(core::mem::size_of::<Counters>() == 24);
 };
 
@@ -230,6 +217,5 @@ mod pod {
     unsafe impl aya::Pod for RealInfo {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for Counters {}
 }

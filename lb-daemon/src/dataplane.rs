@@ -12,8 +12,8 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, IfaceInfo, MAGLEV_SIZE, RealInfo, Reason, VipInfo, VipKey,
-    XDP_PROGRAM, map_names,
+    Counters, FlowKey, FlowValue, MAGLEV_SIZE, RealInfo, Reason, VipInfo, VipKey, XDP_PROGRAM,
+    map_names,
 };
 
 use crate::config;
@@ -28,12 +28,13 @@ pub struct Dataplane {
     maglev: Array<MapData, u32>,
     reals: Array<MapData, RealInfo>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    ifaces: HashMap<MapData, u32, IfaceInfo>,
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
     /// The Maglev table last written per VIP index, so a rebuild writes only changed slots.
     written: StdHashMap<u32, Vec<u32>>,
+    /// Interfaces the program is attached to: ifindex to MAC.
+    links: StdHashMap<u32, [u8; 6]>,
 }
 
 /// How the program ended up attached to an interface.
@@ -69,12 +70,12 @@ impl Dataplane {
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
             reals: take(&mut ebpf, map_names::REALS)?,
             flows: take(&mut ebpf, map_names::FLOWS)?,
-            ifaces: take(&mut ebpf, map_names::IFACES)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             reasons: take(&mut ebpf, map_names::REASONS)?,
             ebpf,
             written: StdHashMap::new(),
+            links: StdHashMap::new(),
         })
     }
 
@@ -87,13 +88,13 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// Attaches to `interface` and records its MAC as the source of forwarded frames.
+    /// Attaches to `interface` and returns the mode it got.
     /// `auto` takes native mode on interfaces backed by a device driver and generic mode on
     /// virtual ones: on veth, native XDP_TX frames are only delivered when the peer runs an
     /// XDP program itself (see TOOLCHAIN.md), so generic is the mode that forwards.
     pub fn attach(&mut self, interface: &str, mode: config::XdpMode) -> Result<Attached> {
         let link = LinkInfo::read(interface)?;
-        self.set_iface(link.ifindex, link.mac)?;
+        self.links.insert(link.ifindex, link.mac);
         let wanted = match mode {
             config::XdpMode::Native => Attached::Native,
             config::XdpMode::Generic => Attached::Generic,
@@ -118,19 +119,9 @@ impl Dataplane {
         }
     }
 
-    /// Records the MAC frames leave `ifindex` with (attach does this for its interfaces).
-    pub fn set_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
-        self.ifaces
-            .insert(
-                ifindex,
-                IfaceInfo {
-                    mac,
-                    present: 1,
-                    _pad: 0,
-                },
-                0,
-            )
-            .context("writing IFACES")
+    /// The MAC of an interface the program is attached to.
+    pub fn link_mac(&self, ifindex: u32) -> Option<[u8; 6]> {
+        self.links.get(&ifindex).copied()
     }
 
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {

@@ -67,7 +67,9 @@ struct RealState {
     checks: Vec<CheckState>,
     checkers: Vec<JoinHandle<()>>,
     mac: Option<[u8; 6]>,
-    ifindex: u32,
+    /// The interface the real is reached through, and its MAC (our frames' source); None
+    /// while the real is unresolved or behind an interface XDP is not attached to.
+    link: Option<(u32, [u8; 6])>,
     health: Health,
     since: Instant,
 }
@@ -92,7 +94,7 @@ impl RealState {
 
     /// Receives new connections: up, weighted, and with a MAC to send to.
     fn schedulable(&self) -> bool {
-        self.health == Health::Up && self.weight > 0 && self.mac.is_some()
+        self.health == Health::Up && self.weight > 0 && self.mac.is_some() && self.link.is_some()
     }
 
     /// Listed by lbadm and kept by established flows: everything but a failed real of an
@@ -248,7 +250,7 @@ impl Engine {
                             checks: Vec::new(),
                             checkers: Vec::new(),
                             mac: None,
-                            ifindex: 0,
+                            link: None,
                             health: Health::Unknown,
                             since: Instant::now(),
                         };
@@ -321,7 +323,9 @@ impl Engine {
                 } else {
                     0
                 },
-                ifindex: r.ifindex,
+                src_mac: r.link.map(|l| l.1).unwrap_or_default(),
+                _pad: [0; 2],
+                ifindex: r.link.map_or(0, |l| l.0),
                 vip: s.index,
             };
             self.dp.set_real(r.id, info)?;
@@ -394,11 +398,22 @@ impl Engine {
     }
 
     fn on_neighbor(&mut self, resolved: Resolved) -> Result<()> {
+        let link = self
+            .dp
+            .link_mac(resolved.ifindex)
+            .map(|mac| (resolved.ifindex, mac));
+        if resolved.mac.is_some() && link.is_none() {
+            warn!(
+                real = %resolved.ip,
+                ifindex = resolved.ifindex,
+                "real is reached through an interface XDP is not attached to: it gets no traffic"
+            );
+        }
         let mut touched = Vec::new();
         for (i, s) in self.services.iter_mut().enumerate() {
             for r in s.reals.iter_mut().filter(|r| r.addr.ip() == resolved.ip) {
                 r.mac = resolved.mac;
-                r.ifindex = resolved.ifindex;
+                r.link = link;
                 touched.push(i);
             }
         }

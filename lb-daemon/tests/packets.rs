@@ -144,6 +144,7 @@ fn an_established_flow_keeps_its_real_when_the_table_changes() {
     let mut dp = dataplane();
     let second = RealInfo {
         mac: [0x02, 0, 0, 0, 0, 0x12],
+        src_mac: DIRECTOR_MAC,
         flags: REAL_PRESENT,
         family: FAMILY_V4,
         vip: 0,
@@ -175,6 +176,7 @@ fn a_syn_on_a_closed_tuple_is_a_new_connection() {
     // The same tuple again, after the close: counted, and scheduled by the current table.
     let second = RealInfo {
         mac: [0x02, 0, 0, 0, 0, 0x12],
+        src_mac: DIRECTOR_MAC,
         flags: REAL_PRESENT,
         family: FAMILY_V4,
         vip: 0,

@@ -19,7 +19,7 @@ use lb_common::{
     FLOW_CLOSING, FlowValue, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
     VipInfo, VipKey, hash::maglev_slot,
 };
-use maps::{FLOWS, IFACES, MAGLEV, REAL_STATS, REALS, REASONS, VIP_STATS, VIPS};
+use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, VIP_STATS, VIPS};
 use parse::Packet;
 
 #[xdp]
@@ -112,19 +112,19 @@ fn serving_real(real_id: u32, vip: &VipInfo) -> Option<&'static RealInfo> {
 /// (the real carries the VIP on its loopback and answers the client directly).
 #[inline(always)]
 fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason> {
-    if real.mac == [0u8; 6] {
+    if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] {
         return Err(Reason::PassRealUnresolved);
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let eth = unsafe { &mut *parse::bytes_at::<12>(ctx, 0)? };
+    eth[..6].copy_from_slice(&real.mac);
+    eth[6..].copy_from_slice(&real.src_mac);
+    // ifindex 0: the daemon does not know the interface; answer where the packet came in.
     let egress = if real.ifindex == 0 {
         ingress
     } else {
         real.ifindex
     };
-    let iface = unsafe { IFACES.get(&egress) }.ok_or(Reason::PassNoIface)?;
-    let eth = unsafe { &mut *parse::bytes_at::<12>(ctx, 0)? };
-    eth[..6].copy_from_slice(&real.mac);
-    eth[6..].copy_from_slice(&iface.mac);
     if egress == ingress {
         Ok((XDP_TX, Reason::Transmitted))
     } else {

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, IfaceInfo, MAGLEV_SIZE, MAX_FLOWS, MAX_IFACES, MAX_REALS,
-    MAX_VIPS, RealInfo, Reason, VipInfo, VipKey,
+    Counters, FlowKey, FlowValue, MAGLEV_SIZE, MAX_FLOWS, MAX_REALS, MAX_VIPS, RealInfo, Reason,
+    VipInfo, VipKey,
 };
 
 /// Services by (address, port, protocol). Writer: daemon.
@@ -25,12 +25,13 @@ pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 
 /// The connection table: 5-tuple to real, so established flows ignore weight changes.
 /// Writer: data plane (new flows); the daemon only reads it (ipvsadm -c, ActiveConn).
+/// Each CPU keeps its own LRU list (BPF_F_NO_COMMON_LRU): inserting a new flow takes no
+/// lock shared with the other CPUs.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
-/// Interfaces by ifindex: the MAC a forwarded frame leaves with. Writer: daemon.
-#[map]
-pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Per-VIP counters, by `VipInfo::index`. Writer: data plane.
 #[map]

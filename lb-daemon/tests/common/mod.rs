@@ -29,8 +29,6 @@ pub fn addr16(a: &[u8]) -> [u8; 16] {
 /// A data plane with one VIP per family and protocol, all served by real 0.
 pub fn dataplane() -> Dataplane {
     let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
-    // BPF_PROG_TEST_RUN frames arrive on the namespace's loopback unless ctx_in says otherwise.
-    dp.set_iface(1, DIRECTOR_MAC).unwrap();
     let vips = [
         (addr16(&VIP4), 80u16, PROTO_TCP, FAMILY_V4, 0u32),
         (addr16(&VIP4), 53, PROTO_UDP, FAMILY_V4, 1),
@@ -59,6 +57,9 @@ pub fn dataplane() -> Dataplane {
                 mac: REAL_MAC,
                 family,
                 flags: REAL_PRESENT,
+                src_mac: DIRECTOR_MAC,
+                _pad: [0; 2],
+                // 0: leave by the ingress interface (XDP_TX), as BPF_PROG_TEST_RUN has no other.
                 ifindex: 0,
                 vip: index,
             },
