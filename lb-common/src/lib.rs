@@ -117,7 +117,8 @@ pub const FLOW_CLOSING: u32 = 1;
 pub struct FlowValue {
     pub real: u32,
     pub flags: u32,
-    /// bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC).
+    /// bpf_ktime_get_coarse_ns() of the last packet (CLOCK_MONOTONIC_COARSE: a tick's
+    /// resolution is plenty for timeouts in seconds, and it costs less than the fine clock).
     pub last_seen_ns: u64,
 }
 

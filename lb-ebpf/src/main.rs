@@ -11,7 +11,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_PASS, XDP_TX},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::xdp,
     programs::XdpContext,
 };
@@ -63,7 +63,7 @@ fn find_vip(packet: &Packet) -> Result<VipInfo, Reason> {
 /// its real while the real still serves this VIP, whatever the weights say.
 #[inline(always)]
 fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, bool), Reason> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
         let flow = unsafe { &mut *flow };
         // A SYN on a tuple whose connection closed is a new connection (the client reused
