@@ -10,10 +10,7 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -70,22 +67,10 @@ mod tests {
         };
         let h = flow_hash(&base);
         let variants = [
-            FlowKey {
-                sport_be: 40001u16.to_be(),
-                ..base
-            },
-            FlowKey {
-                dport_be: 81u16.to_be(),
-                ..base
-            },
-            FlowKey {
-                proto: crate::PROTO_UDP,
-                ..base
-            },
-            FlowKey {
-                family: crate::FAMILY_V6,
-                ..base
-            },
+            FlowKey { sport_be: 40001u16.to_be(), ..base },
+            FlowKey { dport_be: 81u16.to_be(), ..base },
+            FlowKey { proto: crate::PROTO_UDP, ..base },
+            FlowKey { family: crate::FAMILY_V6, ..base },
             FlowKey {
                 src: {
                     let mut s = base.src;
@@ -113,12 +98,7 @@ mod tests {
         // 10 000 client ports must land in every tenth of the ring about equally.
         let mut buckets = [0u32; 10];
         for port in 20000u16..30000 {
-            let key = FlowKey {
-                sport_be: port.to_be(),
-                proto: 6,
-                family: 4,
-                ..FlowKey::default()
-            };
+            let key = FlowKey { sport_be: port.to_be(), proto: 6, family: 4, ..FlowKey::default() };
             buckets[(maglev_slot(&key) as usize * 10) / crate::MAGLEV_SIZE as usize] += 1;
         }
         for b in buckets {

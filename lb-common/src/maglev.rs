@@ -40,11 +40,7 @@ pub fn build(entries: &[Entry<'_>], size: u32) -> Vec<u32> {
     }
     // The turn order must not depend on the order of the configuration.
     reals.sort_by(|a, b| a.0.key.cmp(b.0.key));
-    let max_weight = reals
-        .iter()
-        .map(|r| u64::from(r.0.weight))
-        .max()
-        .unwrap_or(1);
+    let max_weight = reals.iter().map(|r| u64::from(r.0.weight)).max().unwrap_or(1);
     let mut next = vec![0u64; reals.len()];
     let mut credit = vec![0u64; reals.len()];
     let mut filled = 0u64;
@@ -88,11 +84,7 @@ mod tests {
     fn equal(keys: &[String]) -> Vec<Entry<'_>> {
         keys.iter()
             .enumerate()
-            .map(|(i, k)| Entry {
-                key: k.as_bytes(),
-                weight: 1,
-                id: i as u32,
-            })
+            .map(|(i, k)| Entry { key: k.as_bytes(), weight: 1, id: i as u32 })
             .collect()
     }
 
@@ -101,10 +93,7 @@ mod tests {
         for &id in table {
             count[id as usize] += 1;
         }
-        count
-            .iter()
-            .map(|&c| c as f64 / table.len() as f64)
-            .collect()
+        count.iter().map(|&c| c as f64 / table.len() as f64).collect()
     }
 
     #[test]
@@ -135,16 +124,8 @@ mod tests {
     #[test]
     fn weights_one_to_two_give_shares_one_to_two() {
         let entries = [
-            Entry {
-                key: b"10.0.0.11:80",
-                weight: 100,
-                id: 0,
-            },
-            Entry {
-                key: b"10.0.0.12:80",
-                weight: 200,
-                id: 1,
-            },
+            Entry { key: b"10.0.0.11:80", weight: 100, id: 0 },
+            Entry { key: b"10.0.0.12:80", weight: 200, id: 1 },
         ];
         let s = shares(&build(&entries, MAGLEV_SIZE), 2);
         assert!((s[1] / s[0] - 2.0).abs() <= 0.02, "{s:?}");
@@ -152,36 +133,15 @@ mod tests {
 
     #[test]
     fn zero_weight_and_empty_tables() {
-        let entries = [
-            Entry {
-                key: b"a",
-                weight: 0,
-                id: 0,
-            },
-            Entry {
-                key: b"b",
-                weight: 3,
-                id: 1,
-            },
-        ];
+        let entries =
+            [Entry { key: b"a", weight: 0, id: 0 }, Entry { key: b"b", weight: 3, id: 1 }];
         assert!(build(&entries, 13).iter().all(|&id| id == 1));
         assert!(build(&entries[..1], 13).iter().all(|&id| id == NO_REAL));
     }
 
     #[test]
     fn order_of_entries_does_not_matter() {
-        let a = [
-            Entry {
-                key: b"x",
-                weight: 1,
-                id: 0,
-            },
-            Entry {
-                key: b"y",
-                weight: 2,
-                id: 1,
-            },
-        ];
+        let a = [Entry { key: b"x", weight: 1, id: 0 }, Entry { key: b"y", weight: 2, id: 1 }];
         let b = [a[1], a[0]];
         assert_eq!(build(&a, 251), build(&b, 251));
     }

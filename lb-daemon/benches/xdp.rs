@@ -48,10 +48,7 @@ struct Path {
 }
 
 fn floor_program(ebpf: &mut aya::Ebpf) -> &mut Xdp {
-    ebpf.program_mut("floor")
-        .expect("floor program")
-        .try_into()
-        .expect("an XDP program")
+    ebpf.program_mut("floor").expect("floor program").try_into().expect("an XDP program")
 }
 
 fn main() {
@@ -81,11 +78,7 @@ fn main() {
         },
         Path {
             name: "dr, new flow (IPv4 TCP SYN)",
-            frames: Frames::NewFlow {
-                template: tcp4(VIP4, 80, true),
-                at: 26,
-                next: 0,
-            },
+            frames: Frames::NewFlow { template: tcp4(VIP4, 80, true), at: 26, next: 0 },
             want: XDP_TX,
             samples: vec![],
         },
@@ -97,11 +90,7 @@ fn main() {
         },
         Path {
             name: "dr, new flow (IPv6 UDP)",
-            frames: Frames::NewFlow {
-                template: udp6(VIP6, 53),
-                at: 34,
-                next: 0,
-            },
+            frames: Frames::NewFlow { template: udp6(VIP6, 53), at: 34, next: 0 },
             want: XDP_TX,
             samples: vec![],
         },
@@ -128,10 +117,7 @@ fn main() {
         }
     }
 
-    let stats: Vec<(f64, u64)> = paths
-        .iter_mut()
-        .map(|p| summarize(&mut p.samples))
-        .collect();
+    let stats: Vec<(f64, u64)> = paths.iter_mut().map(|p| summarize(&mut p.samples)).collect();
     let (floor_mean, floor_median) = stats[0];
     println!(
         "BPF_PROG_TEST_RUN, repeat = 1, {} runs per path in {ROUNDS} interleaved rounds",
@@ -152,11 +138,8 @@ fn main() {
 
 fn run_floor(program: &mut Xdp, frame: &[u8]) -> (u32, Duration) {
     let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
+    let opts =
+        TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
     let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
     (result.return_value, result.duration)
 }

@@ -21,14 +21,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
     }
 }
 
@@ -164,12 +157,7 @@ fn keyword<'de, D: Deserializer<'de>>(
     } else {
         Err(D::Error::custom(format!(
             "{key}: unknown value `{s}`, expected one of: {}",
-            built
-                .iter()
-                .chain(planned)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ")
+            built.iter().chain(planned).copied().collect::<Vec<_>>().join(", ")
         )))
     }
 }
@@ -235,9 +223,7 @@ impl FromStr for Seconds {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: f64 = num.parse().map_err(|_| {
             format!("`{s}` is not a duration: write a number and a unit, like 2s or 100ms")
@@ -249,9 +235,7 @@ impl FromStr for Seconds {
             "h" => 3600.0,
             "" => return Err(format!("`{s}` has no unit: write {s}s or {s}ms")),
             other => {
-                return Err(format!(
-                    "unknown unit `{other}` in `{s}`: use ms, s, m or h"
-                ));
+                return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m or h"));
             }
         };
         Ok(Seconds(Duration::from_secs_f64(n * scale)))
@@ -261,16 +245,13 @@ impl FromStr for Seconds {
 /// Deserializes the duration under `key`; a bare number (`interval: 2`) is refused.
 fn duration<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Duration, D::Error> {
     match yaml_serde::Value::deserialize(d)? {
-        yaml_serde::Value::String(s) => s
-            .parse::<Seconds>()
-            .map(|s| s.0)
-            .map_err(|e| D::Error::custom(format!("{key}: {e}"))),
-        yaml_serde::Value::Number(n) => Err(D::Error::custom(format!(
-            "{key}: `{n}` has no unit: write {n}s or {n}ms"
-        ))),
-        _ => Err(D::Error::custom(format!(
-            "{key}: expected a duration such as 2s or 100ms"
-        ))),
+        yaml_serde::Value::String(s) => {
+            s.parse::<Seconds>().map(|s| s.0).map_err(|e| D::Error::custom(format!("{key}: {e}")))
+        }
+        yaml_serde::Value::Number(n) => {
+            Err(D::Error::custom(format!("{key}: `{n}` has no unit: write {n}s or {n}ms")))
+        }
+        _ => Err(D::Error::custom(format!("{key}: expected a duration such as 2s or 100ms"))),
     }
 }
 
@@ -377,15 +358,7 @@ impl TryFrom<RawCheck> for Check {
             }
             _ => None,
         };
-        Ok(Check {
-            kind: r.kind,
-            port: r.port,
-            interval,
-            timeout,
-            rise,
-            fall,
-            http,
-        })
+        Ok(Check { kind: r.kind, port: r.port, interval, timeout, rise, fall, http })
     }
 }
 
@@ -416,10 +389,7 @@ impl<'de> Deserialize<'de> for RealAddress {
             return Ok(RealAddress { ip, port: None });
         }
         match s.parse::<SocketAddr>() {
-            Ok(sa) => Ok(RealAddress {
-                ip: sa.ip(),
-                port: Some(sa.port()),
-            }),
+            Ok(sa) => Ok(RealAddress { ip: sa.ip(), port: Some(sa.port()) }),
             Err(_) => Err(D::Error::custom(format!(
                 "`{s}` is not an address: write 10.0.0.11, 10.0.0.11:80 or [2001:db8::11]:80"
             ))),
@@ -456,30 +426,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
             None => full,
         };
         let (line, column, message) = refine(text, line, column, message);
-        Invalid(vec![Problem {
-            file: path.into(),
-            line,
-            column,
-            message,
-        }])
+        Invalid(vec![Problem { file: path.into(), line, column, message }])
     })?;
     let problems = validate(&config, text)
         .into_iter()
         .map(|(needle, message)| {
             let (line, column) = locate(text, &needle);
-            Problem {
-                file: path.into(),
-                line,
-                column,
-                message,
-            }
+            Problem { file: path.into(), line, column, message }
         })
         .collect::<Vec<_>>();
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(Invalid(problems))
-    }
+    if problems.is_empty() { Ok(config) } else { Err(Invalid(problems)) }
 }
 
 /// Moves a `path: key: message` error, which the parser marks at the mapping holding
@@ -496,15 +452,10 @@ fn refine(text: &str, line: usize, column: usize, message: String) -> (usize, us
         return (line, column, message);
     }
     let prefix = format!("{key}:");
-    let found = text
-        .lines()
-        .enumerate()
-        .skip(line.saturating_sub(1))
-        .find_map(|(i, l)| {
-            let body = l.trim_start().trim_start_matches("- ");
-            body.starts_with(&prefix)
-                .then(|| (i + 1, l.len() - body.len() + 1))
-        });
+    let found = text.lines().enumerate().skip(line.saturating_sub(1)).find_map(|(i, l)| {
+        let body = l.trim_start().trim_start_matches("- ");
+        body.starts_with(&prefix).then(|| (i + 1, l.len() - body.len() + 1))
+    });
     match found {
         Some((line, column)) => (line, column, format!("{path}.{key}: {detail}")),
         None => (line, column, message),
@@ -619,11 +570,7 @@ fn raw_address(r: &Real) -> String {
 fn find_value(text: &str, key: &str, n: usize) -> String {
     let prefix = format!("{key}:");
     text.lines()
-        .filter_map(|l| {
-            l.trim_start()
-                .trim_start_matches("- ")
-                .strip_prefix(&prefix)
-        })
+        .filter_map(|l| l.trim_start().trim_start_matches("- ").strip_prefix(&prefix))
         .nth(n)
         .map(|v| v.trim().to_string())
         .unwrap_or_default()
@@ -683,26 +630,17 @@ services:
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let text = GOOD.replace(
-            "    forwarding: dr\n",
-            "    forwarding: dr\n    colour: blue\n",
-        );
+        let text = GOOD.replace("    forwarding: dr\n", "    forwarding: dr\n    colour: blue\n");
         let p = problems(&text);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].starts_with("lb.yaml:8:5: services[0]: unknown field `colour`"),
-            "{p:?}"
-        );
+        assert!(p[0].starts_with("lb.yaml:8:5: services[0]: unknown field `colour`"), "{p:?}");
     }
 
     #[test]
     fn unbuilt_forwarding_is_refused_clearly() {
         let p = problems(&GOOD.replace("forwarding: dr", "forwarding: nat"));
         assert!(p[0].starts_with("lb.yaml:7:"), "{p:?}");
-        assert!(
-            p[0].contains("services[0].forwarding: `nat` is not built yet"),
-            "{p:?}"
-        );
+        assert!(p[0].contains("services[0].forwarding: `nat` is not built yet"), "{p:?}");
     }
 
     #[test]
@@ -723,13 +661,11 @@ services:
         let p = problems(&text);
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(
-            p.iter()
-                .any(|l| l.contains("reals[1].address: 10.0.0.11:80 is listed twice")),
+            p.iter().any(|l| l.contains("reals[1].address: 10.0.0.11:80 is listed twice")),
             "{p:?}"
         );
         assert!(
-            p.iter()
-                .any(|l| l.starts_with("lb.yaml:19:") && l.contains("above 65535")),
+            p.iter().any(|l| l.starts_with("lb.yaml:19:") && l.contains("above 65535")),
             "{p:?}"
         );
     }

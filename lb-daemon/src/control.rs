@@ -23,12 +23,7 @@ pub enum Request {
     /// Health of every real and HA state of the director.
     Status,
     /// `lbadm -e`: a real's weight at run time, until the next reload.
-    SetWeight {
-        protocol: Protocol,
-        vip: SocketAddr,
-        real: SocketAddr,
-        weight: u32,
-    },
+    SetWeight { protocol: Protocol, vip: SocketAddr, real: SocketAddr, weight: u32 },
     /// Reread the config file, as SIGHUP does.
     Reload,
 }
@@ -118,10 +113,7 @@ pub async fn serve<E: From<Call> + Send + 'static>(
     engine: mpsc::Sender<E>,
 ) -> Result<()> {
     loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .context("accepting on the control socket")?;
+        let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
         let engine = engine.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(stream, engine).await {
@@ -160,9 +152,7 @@ async fn answer<E: From<Call>>(stream: UnixStream, engine: mpsc::Sender<E>) -> R
                 .map_err(|_| anyhow::anyhow!("engine stopped"))?;
             rx.await.context("engine dropped the request")?
         }
-        Err(e) => Response::Error {
-            message: format!("bad request: {e}"),
-        },
+        Err(e) => Response::Error { message: format!("bad request: {e}") },
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -173,12 +163,8 @@ async fn answer<E: From<Call>>(stream: UnixStream, engine: mpsc::Sender<E>) -> R
 /// The client side, for lbadm and the tests: one request, one response.
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
     use std::io::{BufRead as _, Write as _};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to lbd at {} (is lbd running?)",
-            socket.display()
-        )
-    })?;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to lbd at {} (is lbd running?)", socket.display()))?;
     let mut out = serde_json::to_vec(request)?;
     out.push(b'\n');
     stream.write_all(&out)?;

@@ -48,9 +48,8 @@ fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    let map =
+        ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -62,9 +61,7 @@ impl Dataplane {
             .program_mut(XDP_PROGRAM)
             .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing"))?
             .try_into()?;
-        program
-            .load()
-            .context("loading the XDP program (verifier)")?;
+        program.load().context("loading the XDP program (verifier)")?;
         Ok(Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
@@ -152,9 +149,7 @@ impl Dataplane {
             if previous.as_ref().is_some_and(|p| p[slot] == real) {
                 continue;
             }
-            self.maglev
-                .set(base + slot as u32, real, 0)
-                .context("writing MAGLEV")?;
+            self.maglev.set(base + slot as u32, real, 0).context("writing MAGLEV")?;
             changed += 1;
         }
         self.written.insert(index, table.to_vec());
@@ -171,16 +166,12 @@ impl Dataplane {
 
     /// Zeroes a real's counters, when its id is given to another real.
     pub fn reset_real_counters(&mut self, id: u32) -> Result<()> {
-        self.real_stats
-            .set(id, zero_counters()?, 0)
-            .context("resetting REAL_STATS")
+        self.real_stats.set(id, zero_counters()?, 0).context("resetting REAL_STATS")
     }
 
     /// Zeroes a VIP's counters, when its index is given to another service.
     pub fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
-        self.vip_stats
-            .set(index, zero_counters()?, 0)
-            .context("resetting VIP_STATS")
+        self.vip_stats.set(index, zero_counters()?, 0).context("resetting VIP_STATS")
     }
 
     /// Packets per reason since the program was loaded, summed over CPUs.
@@ -199,10 +190,7 @@ impl Dataplane {
 
 fn zero_counters() -> Result<aya::maps::PerCpuValues<Counters>> {
     let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?;
-    Ok(aya::maps::PerCpuValues::try_from(vec![
-        Counters::default();
-        cpus
-    ])?)
+    Ok(aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?)
 }
 
 fn sum<'a>(values: impl Iterator<Item = &'a Counters>) -> Result<Counters> {
@@ -225,20 +213,14 @@ impl LinkInfo {
     pub fn read(interface: &str) -> Result<Self> {
         let dir = Path::new("/sys/class/net").join(interface);
         let read = |f: &str| {
-            std::fs::read_to_string(dir.join(f))
-                .map(|s| s.trim().to_string())
-                .with_context(|| {
-                    format!("interface {interface}: reading {}", dir.join(f).display())
-                })
+            std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string()).with_context(|| {
+                format!("interface {interface}: reading {}", dir.join(f).display())
+            })
         };
         let ifindex = read("ifindex")?.parse().context("ifindex")?;
         let mac =
             parse_mac(&read("address")?).with_context(|| format!("interface {interface}: MAC"))?;
-        Ok(LinkInfo {
-            ifindex,
-            mac,
-            has_device: dir.join("device").exists(),
-        })
+        Ok(LinkInfo { ifindex, mac, has_device: dir.join("device").exists() })
     }
 }
 

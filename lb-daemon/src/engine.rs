@@ -104,11 +104,7 @@ impl RealState {
     }
 
     fn effective_weight(&self) -> u32 {
-        if self.health == Health::Up {
-            self.weight
-        } else {
-            0
-        }
+        if self.health == Health::Up { self.weight } else { 0 }
     }
 }
 
@@ -177,11 +173,8 @@ impl Engine {
     /// flows; new ones start unknown; removed ones leave the data plane.
     pub fn apply(&mut self, config: &Config) -> Result<()> {
         let _span = info_span!("apply").entered();
-        let mut old: HashMap<(SocketAddr, Protocol), ServiceState> = self
-            .services
-            .drain(..)
-            .map(|s| ((s.spec.vip, s.spec.protocol), s))
-            .collect();
+        let mut old: HashMap<(SocketAddr, Protocol), ServiceState> =
+            self.services.drain(..).map(|s| ((s.spec.vip, s.spec.protocol), s)).collect();
         let mut used_vips: HashSet<u32> = HashSet::new();
         let mut used_reals: HashSet<u32> = HashSet::new();
         // First pass: keep what survives, so its ids are taken before new ones are handed out.
@@ -271,11 +264,8 @@ impl Engine {
         for i in 0..self.services.len() {
             self.publish(i)?;
         }
-        let mut targets: Vec<IpAddr> = self
-            .services
-            .iter()
-            .flat_map(|s| s.reals.iter().map(|r| r.addr.ip()))
-            .collect();
+        let mut targets: Vec<IpAddr> =
+            self.services.iter().flat_map(|s| s.reals.iter().map(|r| r.addr.ip())).collect();
         targets.sort();
         targets.dedup();
         self.neighbor_targets.send_replace(targets);
@@ -285,11 +275,7 @@ impl Engine {
     fn start_checks(&self, real: &mut RealState, checks: &[Check]) {
         real.checks = checks
             .iter()
-            .map(|c| CheckState {
-                spec: c.clone(),
-                health: Health::Unknown,
-                last: None,
-            })
+            .map(|c| CheckState { spec: c.clone(), health: Health::Unknown, last: None })
             .collect();
         real.health = real.combined_health();
         real.since = Instant::now();
@@ -318,11 +304,7 @@ impl Engine {
                 addr,
                 mac: r.mac.unwrap_or_default(),
                 family,
-                flags: if r.present(on_failure) {
-                    REAL_PRESENT
-                } else {
-                    0
-                },
+                flags: if r.present(on_failure) { REAL_PRESENT } else { 0 },
                 src_mac: r.link.map(|l| l.1).unwrap_or_default(),
                 _pad: [0; 2],
                 ifindex: r.link.map_or(0, |l| l.0),
@@ -336,24 +318,14 @@ impl Engine {
             .iter()
             .zip(&keys)
             .filter(|(r, _)| r.schedulable())
-            .map(|(r, k)| maglev::Entry {
-                key: k.as_bytes(),
-                weight: r.weight,
-                id: r.id,
-            })
+            .map(|(r, k)| maglev::Entry { key: k.as_bytes(), weight: r.weight, id: r.id })
             .collect();
         let serving = entries.len();
         let table = maglev::build(&entries, MAGLEV_SIZE);
         let (index, key) = (s.index, s.key);
         let changed = self.dp.set_maglev(index, &table)?;
-        self.dp.set_vip(
-            key,
-            VipInfo {
-                index,
-                forwarding: DpForwarding::Dr as u8,
-                _pad: [0; 3],
-            },
-        )?;
+        self.dp
+            .set_vip(key, VipInfo { index, forwarding: DpForwarding::Dr as u8, _pad: [0; 3] })?;
         let s = &mut self.services[i];
         let was = std::mem::replace(&mut s.serving, serving);
         if changed > 0 {
@@ -398,10 +370,7 @@ impl Engine {
     }
 
     fn on_neighbor(&mut self, resolved: Resolved) -> Result<()> {
-        let link = self
-            .dp
-            .link_mac(resolved.ifindex)
-            .map(|mac| (resolved.ifindex, mac));
+        let link = self.dp.link_mac(resolved.ifindex).map(|mac| (resolved.ifindex, mac));
         if resolved.mac.is_some() && link.is_none() {
             warn!(
                 real = %resolved.ip,
@@ -428,17 +397,12 @@ impl Engine {
         let result = match request {
             Request::List => self.list().map(|services| Response::List { services }),
             Request::Status => Ok(Response::Status(self.status())),
-            Request::SetWeight {
-                protocol,
-                vip,
-                real,
-                weight,
-            } => self.set_weight(protocol, vip, real, weight),
+            Request::SetWeight { protocol, vip, real, weight } => {
+                self.set_weight(protocol, vip, real, weight)
+            }
             Request::Reload => self.reload(),
         };
-        result.unwrap_or_else(|e| Response::Error {
-            message: format!("{e:#}"),
-        })
+        result.unwrap_or_else(|e| Response::Error { message: format!("{e:#}") })
     }
 
     /// Rereads the config file. An invalid file changes nothing; a valid one is applied as
@@ -459,9 +423,7 @@ impl Engine {
         }
         self.apply(&config)?;
         info!(services = self.services.len(), "reloaded");
-        Ok(Response::Ok {
-            message: format!("reloaded {}", self.config_path.display()),
-        })
+        Ok(Response::Ok { message: format!("reloaded {}", self.config_path.display()) })
     }
 
     fn set_weight(
@@ -474,15 +436,10 @@ impl Engine {
         if weight > 65535 {
             bail!("weight {weight} is above 65535");
         }
-        let Some(i) = self
-            .services
-            .iter()
-            .position(|s| s.spec.vip == vip && s.spec.protocol == protocol)
+        let Some(i) =
+            self.services.iter().position(|s| s.spec.vip == vip && s.spec.protocol == protocol)
         else {
-            bail!(
-                "no service {} {vip}",
-                format!("{protocol:?}").to_uppercase()
-            );
+            bail!("no service {} {vip}", format!("{protocol:?}").to_uppercase());
         };
         let Some(r) = self.services[i].reals.iter_mut().find(|r| r.addr == real) else {
             bail!("service {vip} has no real server {real}");
@@ -491,9 +448,7 @@ impl Engine {
         info!(from = r.weight, to = weight, "weight set by lbadm");
         r.weight = weight;
         self.publish(i)?;
-        Ok(Response::Ok {
-            message: format!("{real} weight {weight}"),
-        })
+        Ok(Response::Ok { message: format!("{real} weight {weight}") })
     }
 
     fn list(&self) -> Result<Vec<ServiceView>> {
@@ -593,23 +548,12 @@ fn take_free(used: &mut HashSet<u32>, max: u32) -> Option<u32> {
 fn stats(c: lb_common::Counters) -> Stats {
     // The data plane sees only client-to-real packets (direct routing answers bypass the
     // director), so the Out columns stay 0, as with IPVS/DR.
-    Stats {
-        conns: c.conns,
-        in_packets: c.packets,
-        out_packets: 0,
-        in_bytes: c.bytes,
-        out_bytes: 0,
-    }
+    Stats { conns: c.conns, in_packets: c.packets, out_packets: 0, in_bytes: c.bytes, out_bytes: 0 }
 }
 
 fn vip_key(s: &Service) -> VipKey {
     let (addr, family) = addr16(s.vip.ip());
-    VipKey {
-        addr,
-        port_be: s.vip.port().to_be(),
-        proto: s.protocol.number(),
-        family,
-    }
+    VipKey { addr, port_be: s.vip.port().to_be(), proto: s.protocol.number(), family }
 }
 
 fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
@@ -623,13 +567,10 @@ fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+/// CLOCK_MONOTONIC_COARSE in ns, the clock of bpf_ktime_get_coarse_ns().
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

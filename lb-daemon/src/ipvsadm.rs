@@ -28,18 +28,10 @@ pub fn list(
     let mut out = String::new();
     if one.is_none() {
         // size: the connection table's size, as IPVS prints its hash table size.
-        writeln!(
-            out,
-            "IP Virtual Server version 1.2.1 (size={})",
-            lb_common::MAX_FLOWS
-        )
-        .ok();
+        writeln!(out, "IP Virtual Server version 1.2.1 (size={})", lb_common::MAX_FLOWS).ok();
     }
     out.push_str(title(listing));
-    for s in services
-        .iter()
-        .filter(|s| one.is_none_or(|(p, v)| s.protocol == p && s.vip == v))
-    {
+    for s in services.iter().filter(|s| one.is_none_or(|(p, v)| s.protocol == p && s.vip == v)) {
         service(&mut out, s, listing);
     }
     out
@@ -76,11 +68,8 @@ fn service(out: &mut String, s: &ServiceView, listing: Listing) {
     }
     match listing {
         Listing::Default => {
-            let scheduler = if s.scheduler == "maglev" {
-                MAGLEV_SCHEDULER
-            } else {
-                s.scheduler.as_str()
-            };
+            let scheduler =
+                if s.scheduler == "maglev" { MAGLEV_SCHEDULER } else { s.scheduler.as_str() };
             writeln!(out, "{svc} {scheduler}").ok();
             for r in &s.reals {
                 real_default(out, r);
@@ -116,13 +105,7 @@ fn real_default(out: &mut String, r: &RealView) {
 }
 
 fn largenums(out: &mut String, s: &Stats) {
-    for n in [
-        s.conns,
-        s.in_packets,
-        s.out_packets,
-        s.in_bytes,
-        s.out_bytes,
-    ] {
+    for n in [s.conns, s.in_packets, s.out_packets, s.in_bytes, s.out_bytes] {
         largenum(out, n);
     }
 }

@@ -91,10 +91,8 @@ impl Lab {
         let sw = self.add_ns("switch")?;
         self.exec_ok("switch", &["ip", "link", "add", "br0", "type", "bridge"])?;
         self.exec_ok("switch", &["ip", "link", "set", "br0", "up"])?;
-        let mut hosts: Vec<(String, Ipv4Addr)> = vec![
-            (ROLE_CLIENT.into(), CLIENT),
-            (ROLE_DIRECTOR.into(), DIRECTOR),
-        ];
+        let mut hosts: Vec<(String, Ipv4Addr)> =
+            vec![(ROLE_CLIENT.into(), CLIENT), (ROLE_DIRECTOR.into(), DIRECTOR)];
         hosts.extend(REALS.iter().enumerate().map(|(i, a)| (real_role(i), *a)));
         for (i, (role, addr)) in hosts.iter().enumerate() {
             let ns = self.add_ns(role)?;
@@ -103,34 +101,20 @@ impl Lab {
                 "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
                 "netns", &sw,
             ])?;
-            self.exec_ok(
-                "switch",
-                &["ip", "link", "set", &port, "master", "br0", "up"],
-            )?;
-            self.exec_ok(
-                role,
-                &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
-            )?;
+            self.exec_ok("switch", &["ip", "link", "set", &port, "master", "br0", "up"])?;
+            self.exec_ok(role, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             self.exec_ok(role, &["ip", "link", "set", "eth0", "up"])?;
             // Generic XDP sees TSO/GSO super-packets whole; keep frames at MTU size, and
             // compute checksums in software so a rewriting bug cannot hide (TOOLCHAIN.md).
             self.exec_ok(
                 role,
-                &[
-                    "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "tx", "off",
-                ],
+                &["ethtool", "-K", "eth0", "tso", "off", "gso", "off", "tx", "off"],
             )?;
         }
-        self.exec_ok(
-            ROLE_DIRECTOR,
-            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-        )?;
+        self.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         for i in 0..REALS.len() {
             let role = real_role(i);
-            self.exec_ok(
-                &role,
-                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-            )?;
+            self.exec_ok(&role, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             // The LVS "ARP problem": reals must not answer ARP for the VIP they carry.
             for (key, value) in [
                 ("net.ipv4.conf.all.arp_ignore", "1"),
@@ -156,10 +140,7 @@ impl Lab {
     pub fn exec_ok(&self, role: &str, args: &[&str]) -> Result<String> {
         let out = self.exec(role, args)?;
         if !out.status.success() {
-            bail!(
-                "{args:?} in {role} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("{args:?} in {role} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -230,22 +211,14 @@ impl Lab {
         let p = path.display().to_string();
         let prefix = tmp.display().to_string();
         let err = format!("{prefix}/error.log");
-        self.spawn(
-            &role,
-            "nginx",
-            &["nginx", "-p", &prefix, "-e", &err, "-c", &p],
-        )?;
+        self.spawn(&role, "nginx", &["nginx", "-p", &prefix, "-e", &err, "-c", &p])?;
         self.wait_port(&role, REALS[i], 80)
     }
 
     /// dnsmasq on real `i`, answering TXT `whoami.lab` with its role name, UDP and TCP.
     pub fn start_dns(&mut self, i: usize) -> Result<()> {
         let role = real_role(i);
-        let pid = self
-            .dir
-            .join(format!("{role}-dnsmasq.pid"))
-            .display()
-            .to_string();
+        let pid = self.dir.join(format!("{role}-dnsmasq.pid")).display().to_string();
         let txt = format!("--txt-record=whoami.lab,{role}");
         let pid = format!("--pid-file={pid}");
         self.spawn(
@@ -298,10 +271,7 @@ impl Lab {
             // SAFETY: setns on this thread only, with a namespace fd we hold open.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             if rc != 0 {
-                return Err(anyhow::anyhow!(
-                    "setns: {}",
-                    std::io::Error::last_os_error()
-                ));
+                return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
             }
             Ok(f())
         })
@@ -322,10 +292,8 @@ impl Lab {
 
     /// Opens a keep-alive HTTP/1.1 connection from a role's namespace.
     pub fn connect(&self, role: &str, vip: SocketAddr) -> Result<TcpStream> {
-        self.in_ns(role, move || {
-            TcpStream::connect_timeout(&vip, Duration::from_secs(3))
-        })?
-        .with_context(|| format!("connecting to {vip}"))
+        self.in_ns(role, move || TcpStream::connect_timeout(&vip, Duration::from_secs(3)))?
+            .with_context(|| format!("connecting to {vip}"))
     }
 }
 
@@ -333,10 +301,8 @@ impl Lab {
 pub fn http_get(addr: SocketAddr) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n").map_err(|e| format!("send: {e}"))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&buf);
@@ -364,9 +330,7 @@ pub fn http_get_on(s: &mut TcpStream) -> Result<String> {
             let len: usize = head
                 .lines()
                 .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse())
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse())
                 })
                 .context("no Content-Length")??;
             if body.len() >= len {
@@ -377,16 +341,10 @@ pub fn http_get_on(s: &mut TcpStream) -> Result<String> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip {args:?}"))?;
+    let out =
+        Command::new("ip").args(args).output().with_context(|| format!("running ip {args:?}"))?;
     if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

@@ -115,9 +115,8 @@ async fn dump(
 
 /// Makes the kernel resolve `ip`: a datagram to the discard port needs its MAC.
 fn probe(ip: IpAddr) {
-    let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .expect("literal");
+    let bind: SocketAddr =
+        if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
     let sent = UdpSocket::bind(bind).and_then(|s| s.send_to(&[], SocketAddr::new(ip, 9)));
     if let Err(e) = sent {
         debug!(real = %ip, error = %e, "neighbour probe");
@@ -125,8 +124,5 @@ fn probe(ip: IpAddr) {
 }
 
 pub fn fmt_mac(m: [u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }

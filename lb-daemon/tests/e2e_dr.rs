@@ -73,26 +73,16 @@ impl Director {
             .arg("--check")
             .output()
             .unwrap();
-        assert!(
-            check.status.success(),
-            "{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
         lab.spawn(
             ROLE_DIRECTOR,
             "lbd",
-            &[
-                env!("CARGO_BIN_EXE_lbd"),
-                "--config",
-                path.to_str().unwrap(),
-            ],
+            &[env!("CARGO_BIN_EXE_lbd"), "--config", path.to_str().unwrap()],
         )
         .unwrap();
         let d = Director { lab, socket };
         d.wait_until("every real up and resolved", Duration::from_secs(20), |s| {
-            s.reals
-                .iter()
-                .all(|r| r.health == Health::Up && r.mac.is_some())
+            s.reals.iter().all(|r| r.health == Health::Up && r.mac.is_some())
         });
         d
     }
@@ -134,11 +124,7 @@ impl Director {
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "lbadm {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "lbadm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -190,26 +176,16 @@ fn http_and_dns_through_the_vip_follow_the_weights() {
     let answers: Vec<&str> = out.lines().filter(|l| l.starts_with("\"real")).collect();
     assert_eq!(answers.len(), 40, "dig output:\n{out}");
     assert!(
-        answers
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-            >= 2,
+        answers.iter().collect::<std::collections::HashSet<_>>().len() >= 2,
         "all DNS answers from one real: {out}"
     );
 
     // The counters saw every connection and datagram.
     let stats = d.lbadm(&["-L", "-n", "--stats"]);
-    let web_line = stats
-        .lines()
-        .find(|l| l.starts_with(&format!("TCP  {VIP}:80")))
-        .expect(&stats);
+    let web_line = stats.lines().find(|l| l.starts_with(&format!("TCP  {VIP}:80"))).expect(&stats);
     let conns: u64 = web_line.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(conns >= n as u64, "{stats}");
-    let dns_line = stats
-        .lines()
-        .find(|l| l.starts_with(&format!("UDP  {VIP}:53")))
-        .expect(&stats);
+    let dns_line = stats.lines().find(|l| l.starts_with(&format!("UDP  {VIP}:53"))).expect(&stats);
     let column = |n: usize| -> u64 { dns_line.split_whitespace().nth(n).unwrap().parse().unwrap() };
     // Every query is one packet; a UDP flow is a (source port) 5-tuple, and dig's random
     // ports may repeat within 40 queries, so a connection may carry two of them.
@@ -219,10 +195,7 @@ fn http_and_dns_through_the_vip_follow_the_weights() {
     let list = d.lbadm(&["-L", "-n"]);
     assert!(list.contains(&format!("TCP  {VIP}:80 mh\n")), "{list}");
     assert!(
-        list.contains(&format!(
-            "  -> {:<28} Route   2      ",
-            format!("{}:80", REALS[2])
-        )),
+        list.contains(&format!("  -> {:<28} Route   2      ", format!("{}:80", REALS[2]))),
         "{list}"
     );
 }
@@ -233,15 +206,7 @@ fn an_established_connection_stays_when_its_real_is_quiesced() {
     let mut conn = d.lab.connect(ROLE_CLIENT, web()).unwrap();
     let owner = lab::http_get_on(&mut conn).unwrap();
     let i: usize = owner.trim_start_matches("real").parse::<usize>().unwrap() - 1;
-    d.lbadm(&[
-        "-e",
-        "-t",
-        &format!("{VIP}:80"),
-        "-r",
-        &REALS[i].to_string(),
-        "-w",
-        "0",
-    ]);
+    d.lbadm(&["-e", "-t", &format!("{VIP}:80"), "-r", &REALS[i].to_string(), "-w", "0"]);
     let one = d.lbadm(&["-L", "-n", "-t", &format!("{VIP}:80")]);
     assert!(
         one.contains(&format!(
@@ -252,11 +217,7 @@ fn an_established_connection_stays_when_its_real_is_quiesced() {
     );
 
     for _ in 0..5 {
-        assert_eq!(
-            lab::http_get_on(&mut conn).unwrap(),
-            owner,
-            "the long-lived connection moved"
-        );
+        assert_eq!(lab::http_get_on(&mut conn).unwrap(), owner, "the long-lived connection moved");
     }
     let fresh = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 60).unwrap());
     assert!(
@@ -284,10 +245,7 @@ fn a_dead_real_leaves_in_time_and_comes_back() {
     // on_failure: quiesce keeps the dead real listed with weight 0.
     let list = d.lbadm(&["-L", "-n", "-t", &format!("{VIP}:80")]);
     assert!(
-        list.contains(&format!(
-            "  -> {:<28} Route   0      ",
-            format!("{}:80", REALS[victim])
-        )),
+        list.contains(&format!("  -> {:<28} Route   0      ", format!("{}:80", REALS[victim]))),
         "{list}"
     );
 
@@ -301,19 +259,14 @@ fn a_dead_real_leaves_in_time_and_comes_back() {
     });
     let list = d.lbadm(&["-L", "-n", "-u", &format!("{VIP}:53")]);
     assert!(!list.contains(&REALS[1].to_string()), "{list}");
-    let reals_listed = list
-        .lines()
-        .filter(|l| l.starts_with("  -> ") && l.contains(":53 "))
-        .count();
+    let reals_listed =
+        list.lines().filter(|l| l.starts_with("  -> ") && l.contains(":53 ")).count();
     assert_eq!(reals_listed, 2, "{list}");
 
     d.lab.start_nginx(victim).unwrap();
     let bound = Duration::from_millis(INTERVAL_MS * RISE + TIMEOUT_MS + 1000);
     let took = d.wait_until("real1 up again", bound, |s| {
-        s.reals
-            .iter()
-            .filter(|r| r.service == "web")
-            .all(|r| r.health == Health::Up)
+        s.reals.iter().filter(|r| r.service == "web").all(|r| r.health == Health::Up)
     });
     eprintln!("real1 came back {took:?} after nginx started (bound {bound:?})");
     let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 100).unwrap());
@@ -342,10 +295,7 @@ fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("{}:", path.display())) && err.contains("sctp"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{}:", path.display())) && err.contains("sctp"), "{err}");
     assert_eq!(d.lbadm(&["-L", "-n"]), before);
 
     // A valid one with new weights, by SIGHUP: applied, the established connection stays.
@@ -354,11 +304,7 @@ fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let want = format!("  -> {:<28} Route   3      ", format!("{}:80", REALS[0]));
     while !d.lbadm(&["-L", "-n"]).contains(&want) {
-        assert!(
-            Instant::now() < deadline,
-            "reload not applied: {}",
-            d.lbadm(&["-L", "-n"])
-        );
+        assert!(Instant::now() < deadline, "reload not applied: {}", d.lbadm(&["-L", "-n"]));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
@@ -367,10 +313,7 @@ fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
         "the reload moved an established connection"
     );
     let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 80).unwrap());
-    assert!(
-        !count.contains_key("real2"),
-        "weight 0 real got new connections: {count:?}"
-    );
+    assert!(!count.contains_key("real2"), "weight 0 real got new connections: {count:?}");
     assert!(
         count.get("real1").copied().unwrap_or(0) > count.get("real3").copied().unwrap_or(0),
         "{count:?}"

@@ -9,12 +9,7 @@ use lb_common::{FAMILY_V4, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason}
 use lb_daemon::dataplane::Dataplane;
 
 fn reason_count(dp: &Dataplane, reason: Reason) -> u64 {
-    dp.reasons()
-        .unwrap()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
+    dp.reasons().unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
 }
 
 /// What direct routing must produce: the same frame with only the MACs changed.
@@ -73,11 +68,7 @@ fn ipv4_options_are_skipped() {
 #[test]
 fn not_for_a_vip_passes_untouched() {
     let mut dp = dataplane();
-    for frame in [
-        tcp4([192, 0, 2, 11], 80, true),
-        tcp4(VIP4, 81, true),
-        udp6(VIP6, 54),
-    ] {
+    for frame in [tcp4([192, 0, 2, 11], 80, true), tcp4(VIP4, 81, true), udp6(VIP6, 54)] {
         let (action, out) = run(&mut dp, &frame);
         assert_eq!((action, &out), (XDP_PASS, &frame));
     }
@@ -131,8 +122,7 @@ fn truncated_and_malformed_frames_pass_untouched() {
 #[test]
 fn a_vip_without_reals_passes() {
     let mut dp = dataplane();
-    dp.set_maglev(0, &vec![NO_REAL; MAGLEV_SIZE as usize])
-        .unwrap();
+    dp.set_maglev(0, &vec![NO_REAL; MAGLEV_SIZE as usize]).unwrap();
     let frame = tcp4(VIP4, 80, true);
     let (action, out) = run(&mut dp, &frame);
     assert_eq!((action, &out), (XDP_PASS, &frame));

@@ -83,22 +83,10 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, 
         return Err(Reason::PassNoReal);
     }
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
-    let flags = if packet.closes_connection() {
-        FLOW_CLOSING
-    } else {
-        0
-    };
+    let flags = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
     // A failed insert (map full of flows being updated at once) only costs stickiness:
     // the next packet is scheduled again, to the same real while the table is unchanged.
-    let _ = FLOWS.insert(
-        &packet.key,
-        &FlowValue {
-            real: real_id,
-            flags,
-            last_seen_ns: now,
-        },
-        0,
-    );
+    let _ = FLOWS.insert(&packet.key, &FlowValue { real: real_id, flags, last_seen_ns: now }, 0);
     Ok((real_id, real, packet.opens_connection()))
 }
 
@@ -120,18 +108,11 @@ fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason
     eth[..6].copy_from_slice(&real.mac);
     eth[6..].copy_from_slice(&real.src_mac);
     // ifindex 0: the daemon does not know the interface; answer where the packet came in.
-    let egress = if real.ifindex == 0 {
-        ingress
-    } else {
-        real.ifindex
-    };
+    let egress = if real.ifindex == 0 { ingress } else { real.ifindex };
     if egress == ingress {
         Ok((XDP_TX, Reason::Transmitted))
     } else {
-        Ok((
-            unsafe { bpf_redirect(egress, 0) } as u32,
-            Reason::Redirected,
-        ))
+        Ok((unsafe { bpf_redirect(egress, 0) } as u32, Reason::Redirected))
     }
 }
 

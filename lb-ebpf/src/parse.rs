@@ -74,11 +74,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         _ => return Err(Reason::PassNotIp),
     };
     let tcp_flags = parse_ports(ctx, l4, &mut key)?;
-    Ok(Packet {
-        key,
-        tcp_flags,
-        len: (ctx.data_end() - ctx.data()) as u64,
-    })
+    Ok(Packet { key, tcp_flags, len: (ctx.data_end() - ctx.data()) as u64 })
 }
 
 /// Fills addresses and protocol; returns the transport header's offset.
@@ -132,10 +128,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, R
 /// experimental: headers that would have to be walked to find the ports.
 #[inline(always)]
 fn is_ipv6_extension(next: u8) -> bool {
-    matches!(
-        next,
-        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
-    )
+    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
 /// Fills the ports; returns the TCP flags (0 for UDP).

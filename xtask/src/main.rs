@@ -9,15 +9,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 /// Debian packages the lab and the tests run: real servers, and the tools to drive them.
-const PACKAGES: &[&str] = &[
-    "iproute2",
-    "ethtool",
-    "nginx-light",
-    "dnsmasq-base",
-    "dnsutils",
-    "curl",
-    "bpftool",
-];
+const PACKAGES: &[&str] =
+    &["iproute2", "ethtool", "nginx-light", "dnsmasq-base", "dnsutils", "curl", "bpftool"];
 
 #[derive(Parser)]
 #[command(about = "Set-up, build, test and lab for the load balancer")]
@@ -77,10 +70,7 @@ fn main() -> Result<()> {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .into()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").into()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -97,10 +87,7 @@ fn succeeds(cmd: &mut Command) -> bool {
 }
 
 fn require_root(what: &str) -> Result<()> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .context("running id -u")?;
+    let uid = Command::new("id").arg("-u").output().context("running id -u")?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         bail!("{what} needs root: it loads XDP programs and creates network namespaces");
     }
@@ -121,17 +108,12 @@ fn setup_bpf_linker() -> Result<()> {
     let home = std::env::var("HOME").context("HOME is not set")?;
     let prefix = PathBuf::from(home).join(".local/share/lb-llvm");
     std::fs::create_dir_all(prefix.join("lib"))?;
-    let sysroot = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
-        .output()?;
+    let sysroot = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()?;
     let sysroot = PathBuf::from(String::from_utf8(sysroot.stdout)?.trim());
     let lib = std::fs::read_dir(sysroot.join("lib"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so"))
-        })
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so")))
         .context("the nightly toolchain ships no libLLVM.so")?;
     let soname = lib.file_name().context("library name")?.to_owned();
     for name in [std::ffi::OsStr::new("libLLVM.so"), soname.as_os_str()] {
@@ -150,13 +132,7 @@ fn setup_bpf_linker() -> Result<()> {
         .unwrap_or("22")
         .to_string();
     run(Command::new("cargo")
-        .args([
-            "install",
-            "--force",
-            "bpf-linker",
-            "--no-default-features",
-            "--features",
-        ])
+        .args(["install", "--force", "bpf-linker", "--no-default-features", "--features"])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix))
 }
@@ -185,9 +161,7 @@ fn setup_packages() -> Result<()> {
 }
 
 fn build() -> Result<()> {
-    run(Command::new("cargo")
-        .args(["build", "--release", "--bins"])
-        .current_dir(workspace()))
+    run(Command::new("cargo").args(["build", "--release", "--bins"]).current_dir(workspace()))
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -235,8 +209,7 @@ fn test(args: &[String]) -> Result<()> {
 fn lab(keep: bool, clean: bool) -> Result<()> {
     require_root("the lab")?;
     let mut cmd = Command::new(workspace().join("target/release/lb-lab"));
-    cmd.arg("--config")
-        .arg(workspace().join("examples/lab.yaml"));
+    cmd.arg("--config").arg(workspace().join("examples/lab.yaml"));
     if keep {
         cmd.arg("--keep");
     }

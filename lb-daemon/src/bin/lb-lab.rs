@@ -18,10 +18,7 @@ use lb_daemon::lab::{Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP};
 const PREFIX: &str = "lblab";
 
 #[derive(Parser)]
-#[command(
-    name = "lb-lab",
-    about = "Run the load balancer in a lab of network namespaces"
-)]
+#[command(name = "lb-lab", about = "Run the load balancer in a lab of network namespaces")]
 struct Args {
     /// lbd's config (the lab's addresses are those of examples/lab.yaml).
     #[arg(long, default_value = "examples/lab.yaml")]
@@ -58,10 +55,7 @@ fn step(what: &str) {
 fn run(args: &Args) -> Result<()> {
     let cfg = config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let socket = cfg.director.socket.clone();
-    if Path::new("/run/netns")
-        .join(format!("{PREFIX}-director"))
-        .exists()
-    {
+    if Path::new("/run/netns").join(format!("{PREFIX}-director")).exists() {
         bail!("a lab is already running (from --keep): remove it with `cargo xtask lab --clean`");
     }
     step("building the lab: namespaces client, director, real1-3 on one bridge (198.51.100.0/24)");
@@ -75,39 +69,24 @@ fn run(args: &Args) -> Result<()> {
             REALS[i]
         );
     }
-    step(&format!(
-        "starting lbd --config {} in the director namespace",
-        args.config.display()
-    ));
+    step(&format!("starting lbd --config {} in the director namespace", args.config.display()));
     let lbd = sibling("lbd")?;
     let config_path = std::fs::canonicalize(&args.config)?;
     lab.spawn(
         ROLE_DIRECTOR,
         "lbd",
-        &[
-            lbd.to_str().context("path")?,
-            "--config",
-            config_path.to_str().context("path")?,
-        ],
+        &[lbd.to_str().context("path")?, "--config", config_path.to_str().context("path")?],
     )?;
     let start = Instant::now();
     loop {
         if let Ok(Response::Status(s)) = control::call(&socket, &Request::Status)
-            && s.reals
-                .iter()
-                .all(|r| r.health == Health::Up && r.mac.is_some())
+            && s.reals.iter().all(|r| r.health == Health::Up && r.mac.is_some())
         {
-            println!(
-                "every real server is up and resolved after {:.1?}",
-                start.elapsed()
-            );
+            println!("every real server is up and resolved after {:.1?}", start.elapsed());
             break;
         }
         if start.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "reals not up after 30 s; lbd's log:\n{}",
-                lab.log(ROLE_DIRECTOR, "lbd")
-            );
+            bail!("reals not up after 30 s; lbd's log:\n{}", lab.log(ROLE_DIRECTOR, "lbd"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -117,9 +96,7 @@ fn run(args: &Args) -> Result<()> {
     let web = SocketAddr::new(VIP.into(), 80);
     let mut served: BTreeMap<String, usize> = BTreeMap::new();
     for answer in lab.http_gets(ROLE_CLIENT, web, 200)? {
-        *served
-            .entry(answer.unwrap_or_else(|e| format!("FAILED ({e})")))
-            .or_default() += 1;
+        *served.entry(answer.unwrap_or_else(|e| format!("FAILED ({e})"))).or_default() += 1;
     }
     for (who, n) in &served {
         println!("  {who:<8} {n:>4}");
@@ -140,22 +117,10 @@ fn run(args: &Args) -> Result<()> {
     }
 
     let lbadm = sibling("lbadm")?;
-    for cmd in [
-        vec!["-L", "-n", "--stats"],
-        vec!["-L", "-n"],
-        vec!["status"],
-    ] {
+    for cmd in [vec!["-L", "-n", "--stats"], vec!["-L", "-n"], vec!["status"]] {
         step(&format!("lbadm {}", cmd.join(" ")));
-        let out = Command::new(&lbadm)
-            .arg("--socket")
-            .arg(&socket)
-            .args(&cmd)
-            .output()?;
-        print!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(&lbadm).arg("--socket").arg(&socket).args(&cmd).output()?;
+        print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
 
     if args.keep {
@@ -181,9 +146,8 @@ fn run(args: &Args) -> Result<()> {
 fn clean() -> Result<()> {
     let list = Command::new("ip").args(["netns", "list"]).output()?;
     let mut removed = 0;
-    for ns in String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
+    for ns in
+        String::from_utf8_lossy(&list.stdout).lines().filter_map(|l| l.split_whitespace().next())
     {
         if !ns.starts_with(&format!("{PREFIX}-")) {
             continue;
@@ -201,11 +165,7 @@ fn clean() -> Result<()> {
         removed += 1;
     }
     for entry in std::fs::read_dir(std::env::temp_dir())?.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&format!("{PREFIX}-"))
-        {
+        if entry.file_name().to_string_lossy().starts_with(&format!("{PREFIX}-")) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

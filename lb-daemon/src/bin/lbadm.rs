@@ -12,21 +12,12 @@ use lb_daemon::control::{self, Request, Response};
 use lb_daemon::ipvsadm::{self, Listing};
 
 #[derive(Parser)]
-#[command(
-    name = "lbadm",
-    version,
-    about = "ipvsadm-compatible admin command for lbd"
-)]
+#[command(name = "lbadm", version, about = "ipvsadm-compatible admin command for lbd")]
 #[command(group(ArgGroup::new("action").args(["list", "edit_server"])))]
 #[command(group(ArgGroup::new("service").args(["tcp_service", "udp_service"])))]
 struct Cli {
     /// lbd's control socket.
-    #[arg(
-        long,
-        env = "LBD_SOCKET",
-        default_value = "/run/lbd/lbd.sock",
-        global = true
-    )]
+    #[arg(long, env = "LBD_SOCKET", default_value = "/run/lbd/lbd.sock", global = true)]
     socket: PathBuf,
     /// List services and real servers (-L, --list).
     #[arg(short = 'L', visible_short_alias = 'l', long = "list")]
@@ -98,23 +89,13 @@ fn run(cli: Cli) -> Result<()> {
         None => {}
     }
     if cli.edit_server {
-        let Some((protocol, vip)) = service else {
-            bail!("-e needs -t or -u VIP:PORT")
-        };
-        let real = cli
-            .real_server
-            .as_deref()
-            .context("-e needs -r RIP[:PORT]")?;
+        let Some((protocol, vip)) = service else { bail!("-e needs -t or -u VIP:PORT") };
+        let real = cli.real_server.as_deref().context("-e needs -r RIP[:PORT]")?;
         let weight = cli.weight.context("-e needs -w WEIGHT")?;
         let real = parse_real(real, vip.port())?;
         return match control::call(
             &cli.socket,
-            &Request::SetWeight {
-                protocol,
-                vip,
-                real,
-                weight,
-            },
+            &Request::SetWeight { protocol, vip, real, weight },
         )? {
             Response::Ok { .. } => Ok(()),
             other => fail(other),
@@ -122,11 +103,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     // ipvsadm with no command lists, and so does lbadm.
     let _ = cli.numeric;
-    let listing = if cli.stats {
-        Listing::Stats
-    } else {
-        Listing::Default
-    };
+    let listing = if cli.stats { Listing::Stats } else { Listing::Default };
     match control::call(&cli.socket, &Request::List)? {
         Response::List { services } => {
             if let Some((p, v)) = service
@@ -146,9 +123,7 @@ fn parse_real(s: &str, default_port: u16) -> Result<SocketAddr> {
         return Ok(addr);
     }
     let ip = s.trim_start_matches('[').trim_end_matches(']');
-    let ip = ip
-        .parse()
-        .with_context(|| format!("`{s}` is not RIP or RIP:PORT"))?;
+    let ip = ip.parse().with_context(|| format!("`{s}` is not RIP or RIP:PORT"))?;
     Ok(SocketAddr::new(ip, default_port))
 }
 
@@ -160,17 +135,9 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    let ifaces: Vec<String> = view
-        .director
-        .interfaces
-        .iter()
-        .map(|i| format!("{} ({})", i.name, i.xdp_mode))
-        .collect();
-    println!(
-        "Director  HA state: {}  Interfaces: {}",
-        view.director.ha_state,
-        ifaces.join(", ")
-    );
+    let ifaces: Vec<String> =
+        view.director.interfaces.iter().map(|i| format!("{} ({})", i.name, i.xdp_mode)).collect();
+    println!("Director  HA state: {}  Interfaces: {}", view.director.ha_state, ifaces.join(", "));
     println!(
         "SERVICE      REAL                       HEALTH   WEIGHT MAC                  SINCE  LAST CHECK"
     );

@@ -13,9 +13,7 @@ use crate::config::HttpCheck;
 const MAX_RESPONSE: u64 = 64 * 1024;
 
 pub async fn check(addr: SocketAddr, spec: &HttpCheck) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let host = spec.host.clone().unwrap_or_else(|| match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -24,10 +22,7 @@ pub async fn check(addr: SocketAddr, spec: &HttpCheck) -> Result<String, String>
         "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: lbd-healthcheck\r\nConnection: close\r\n\r\n",
         spec.path
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send to {addr}: {e}"))?;
     let mut response = Vec::new();
     stream
         .take(MAX_RESPONSE)
@@ -76,15 +71,9 @@ mod tests {
     fn status_and_body_are_judged() {
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         assert!(judge(ok, &spec(Some("ok"))).is_ok());
-        assert_eq!(
-            judge(ok, &spec(Some("ready"))),
-            Err("body lacks \"ready\"".into())
-        );
+        assert_eq!(judge(ok, &spec(Some("ready"))), Err("body lacks \"ready\"".into()));
         let err = b"HTTP/1.1 503 Service Unavailable\r\n\r\n";
-        assert_eq!(
-            judge(err, &spec(None)),
-            Err("status 503, expected 200".into())
-        );
+        assert_eq!(judge(err, &spec(None)), Err("status 503, expected 200".into()));
         assert!(judge(b"SSH-2.0-OpenSSH\r\n", &spec(None)).is_err());
     }
 }

@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 pub async fn check(addr: SocketAddr) -> Result<String, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     drop(stream);
     Ok(format!("connected to {addr}"))
 }

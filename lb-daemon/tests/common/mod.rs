@@ -16,9 +16,7 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const REAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 pub const VIP4: [u8; 4] = [192, 0, 2, 10];
-pub const VIP6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
+pub const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
 
 pub fn addr16(a: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
@@ -37,17 +35,8 @@ pub fn dataplane() -> Dataplane {
     ];
     for (i, (addr, port, proto, family, index)) in vips.into_iter().enumerate() {
         dp.set_vip(
-            VipKey {
-                addr,
-                port_be: port.to_be(),
-                proto,
-                family,
-            },
-            VipInfo {
-                index,
-                forwarding: Forwarding::Dr as u8,
-                _pad: [0; 3],
-            },
+            VipKey { addr, port_be: port.to_be(), proto, family },
+            VipInfo { index, forwarding: Forwarding::Dr as u8, _pad: [0; 3] },
         )
         .unwrap();
         dp.set_real(
@@ -65,24 +54,16 @@ pub fn dataplane() -> Dataplane {
             },
         )
         .unwrap();
-        dp.set_maglev(index, &vec![i as u32; MAGLEV_SIZE as usize])
-            .unwrap();
+        dp.set_maglev(index, &vec![i as u32; MAGLEV_SIZE as usize]).unwrap();
     }
     dp
 }
 
 pub fn run(dp: &mut Dataplane, frame: &[u8]) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
-    let result = dp
-        .program()
-        .unwrap()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
+    let opts =
+        TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+    let result = dp.program().unwrap().test_run(opts).expect("BPF_PROG_TEST_RUN");
     out.truncate(result.data_size_out as usize);
     (result.return_value, out)
 }
@@ -111,15 +92,8 @@ pub fn udp6(dst: [u8; 16], dport: u16) -> Vec<u8> {
 /// One BPF_PROG_TEST_RUN with repeat = 1: the verdict and the kernel-measured duration.
 pub fn run_timed(dp: &mut Dataplane, frame: &[u8]) -> (u32, std::time::Duration) {
     let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ..Default::default()
-    };
-    let result = dp
-        .program()
-        .unwrap()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
+    let opts =
+        TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+    let result = dp.program().unwrap().test_run(opts).expect("BPF_PROG_TEST_RUN");
     (result.return_value, result.duration)
 }
