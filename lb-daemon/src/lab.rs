@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,6 +22,16 @@ pub const REALS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 51, 100, 11),
     Ipv4Addr::new(198, 51, 100, 12),
     Ipv4Addr::new(198, 51, 100, 13),
+];
+
+/// The same hosts over IPv6 (documentation prefix, RFC 3849).
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const DIRECTOR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+pub const REALS6: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x11),
+    Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x12),
+    Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x13),
 ];
 
 /// Namespace roles; their names carry a per-lab prefix so labs never collide.
@@ -91,10 +101,12 @@ impl Lab {
         let sw = self.add_ns("switch")?;
         self.exec_ok("switch", &["ip", "link", "add", "br0", "type", "bridge"])?;
         self.exec_ok("switch", &["ip", "link", "set", "br0", "up"])?;
-        let mut hosts: Vec<(String, Ipv4Addr)> =
-            vec![(ROLE_CLIENT.into(), CLIENT), (ROLE_DIRECTOR.into(), DIRECTOR)];
-        hosts.extend(REALS.iter().enumerate().map(|(i, a)| (real_role(i), *a)));
-        for (i, (role, addr)) in hosts.iter().enumerate() {
+        let mut hosts: Vec<(String, Ipv4Addr, Ipv6Addr)> = vec![
+            (ROLE_CLIENT.into(), CLIENT, CLIENT6),
+            (ROLE_DIRECTOR.into(), DIRECTOR, DIRECTOR6),
+        ];
+        hosts.extend((0..REALS.len()).map(|i| (real_role(i), REALS[i], REALS6[i])));
+        for (i, (role, addr, addr6)) in hosts.iter().enumerate() {
             let ns = self.add_ns(role)?;
             let port = format!("port{i}");
             ip(&[
@@ -103,6 +115,8 @@ impl Lab {
             ])?;
             self.exec_ok("switch", &["ip", "link", "set", &port, "master", "br0", "up"])?;
             self.exec_ok(role, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            let addr6 = format!("{addr6}/64");
+            self.exec_ok(role, &["ip", "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
             self.exec_ok(role, &["ip", "link", "set", "eth0", "up"])?;
             // Generic XDP sees TSO/GSO super-packets whole; keep frames at MTU size, and
             // compute checksums in software so a rewriting bug cannot hide (TOOLCHAIN.md).
@@ -112,9 +126,20 @@ impl Lab {
             )?;
         }
         self.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        // IPv6 answers neighbour solicitations only for addresses of the asking interface,
+        // so the director carries the IPv6 VIP on eth0 (the reals' lo copies stay silent).
+        // Deprecated (preferred_lft 0), or the kernel would pick it as the source of the
+        // director's own connections to the reals (longest matching prefix), and the reals
+        // would answer their health checks to themselves.
+        let vip6 = format!("{VIP6}/128");
+        self.exec_ok(
+            ROLE_DIRECTOR,
+            &["ip", "addr", "add", &vip6, "dev", "eth0", "nodad", "preferred_lft", "0"],
+        )?;
         for i in 0..REALS.len() {
             let role = real_role(i);
             self.exec_ok(&role, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            self.exec_ok(&role, &["ip", "addr", "add", &vip6, "dev", "lo"])?;
             // The LVS "ARP problem": reals must not answer ARP for the VIP they carry.
             for (key, value) in [
                 ("net.ipv4.conf.all.arp_ignore", "1"),

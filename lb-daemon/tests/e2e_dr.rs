@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lb_daemon::control::{self, Request, Response, StatusView};
 use lb_daemon::health::Health;
-use lb_daemon::lab::{self, Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP};
+use lb_daemon::lab::{self, Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
 
 const INTERVAL_MS: u64 = 500;
 const TIMEOUT_MS: u64 = 300;
@@ -32,6 +32,9 @@ fn config_text(socket: &Path, weights: [u32; 3]) -> String {
             .map(|(a, w)| format!("      - address: {a}:{port}\n        weight: {w}\n"))
             .collect()
     };
+    let reals6 = |port: u16| -> String {
+        REALS6.iter().map(|a| format!("      - address: \"[{a}]:{port}\"\n")).collect()
+    };
     let check = |kind: &str, extra: &str| {
         format!(
             "    check:\n      type: {kind}\n{extra}      interval: {INTERVAL_MS}ms\n      timeout: {TIMEOUT_MS}ms\n      rise: {RISE}\n      fall: {FALL}\n"
@@ -47,6 +50,12 @@ fn config_text(socket: &Path, weights: [u32; 3]) -> String {
         format!("  - name: dns\n    vip: {VIP}:53\n    protocol: udp\n    forwarding: dr\n    on_failure: remove\n"),
         check("tcp", "      port: 53\n"),
         format!("    reals:\n{}", reals(53)),
+        format!("  - name: web6\n    vip: \"[{VIP6}]:80\"\n    protocol: tcp\n    forwarding: dr\n"),
+        check("http", "      path: /healthz\n"),
+        format!("    reals:\n{}", reals6(80)),
+        format!("  - name: dns6\n    vip: \"[{VIP6}]:53\"\n    protocol: udp\n    forwarding: dr\n"),
+        check("tcp", "      port: 53\n"),
+        format!("    reals:\n{}", reals6(53)),
     ]
     .concat()
 }
@@ -318,4 +327,29 @@ fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
         count.get("real1").copied().unwrap_or(0) > count.get("real3").copied().unwrap_or(0),
         "{count:?}"
     );
+}
+
+#[test]
+fn ipv6_http_and_dns_through_the_vip() {
+    let d = Director::start();
+    let n = 300;
+    let count = tally(&d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(VIP6.into(), 80), n).unwrap());
+    for i in 0..REALS6.len() {
+        let got = *count.get(&lab::real_role(i)).unwrap_or(&0) as f64;
+        let want = n as f64 / 3.0;
+        assert!((got - want).abs() <= want * 0.3, "real{}: {got} of {n} ({count:?})", i + 1);
+    }
+    let mut dig = vec!["dig", "-6", "+short", "+tries=1", "+time=2"];
+    let server = format!("@{VIP6}");
+    dig.push(&server);
+    for _ in 0..20 {
+        dig.extend(["whoami.lab", "TXT"]);
+    }
+    let out = d.lab.exec_ok(ROLE_CLIENT, &dig).unwrap();
+    assert_eq!(out.lines().filter(|l| l.starts_with("\"real")).count(), 20, "dig output:\n{out}");
+    // The reals' MACs came from IPv6 neighbour discovery.
+    let status = d.status().unwrap();
+    assert!(status.reals.iter().filter(|r| r.address.is_ipv6()).all(|r| r.mac.is_some()));
+    let list = d.lbadm(&["-L", "-n", "-t", &format!("[{VIP6}]:80")]);
+    assert!(list.contains(&format!("TCP  [{VIP6}]:80 mh\n")), "{list}");
 }

@@ -13,7 +13,7 @@ use clap::Parser;
 use lb_daemon::config;
 use lb_daemon::control::{self, Request, Response};
 use lb_daemon::health::Health;
-use lb_daemon::lab::{Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP};
+use lb_daemon::lab::{Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
 
 const PREFIX: &str = "lblab";
 
@@ -58,15 +58,18 @@ fn run(args: &Args) -> Result<()> {
     if Path::new("/run/netns").join(format!("{PREFIX}-director")).exists() {
         bail!("a lab is already running (from --keep): remove it with `cargo xtask lab --clean`");
     }
-    step("building the lab: namespaces client, director, real1-3 on one bridge (198.51.100.0/24)");
+    step(
+        "building the lab: client, director, real1-3 on one bridge (198.51.100.0/24, 2001:db8:100::/64)",
+    );
     let mut lab = Lab::new(PREFIX)?;
     for i in 0..REALS.len() {
         lab.start_nginx(i)?;
         lab.start_dns(i)?;
         println!(
-            "real{}  {}  nginx on :80, dnsmasq on :53, VIP {VIP} on lo (arp_ignore=1, arp_announce=2)",
+            "real{}  {} {}  nginx on :80, dnsmasq on :53, VIPs {VIP} {VIP6} on lo (arp_ignore=1, arp_announce=2)",
             i + 1,
-            REALS[i]
+            REALS[i],
+            REALS6[i]
         );
     }
     step(&format!("starting lbd --config {} in the director namespace", args.config.display()));
@@ -92,14 +95,15 @@ fn run(args: &Args) -> Result<()> {
     }
     print!("{}", indent(&lab.log(ROLE_DIRECTOR, "lbd")));
 
-    step("client: 200 HTTP requests to http://198.51.100.10/, one connection each");
-    let web = SocketAddr::new(VIP.into(), 80);
-    let mut served: BTreeMap<String, usize> = BTreeMap::new();
-    for answer in lab.http_gets(ROLE_CLIENT, web, 200)? {
-        *served.entry(answer.unwrap_or_else(|e| format!("FAILED ({e})"))).or_default() += 1;
-    }
-    for (who, n) in &served {
-        println!("  {who:<8} {n:>4}");
+    for vip in [SocketAddr::new(VIP.into(), 80), SocketAddr::new(VIP6.into(), 80)] {
+        step(&format!("client: 200 HTTP requests to http://{vip}/, one connection each"));
+        let mut served: BTreeMap<String, usize> = BTreeMap::new();
+        for answer in lab.http_gets(ROLE_CLIENT, vip, 200)? {
+            *served.entry(answer.unwrap_or_else(|e| format!("FAILED ({e})"))).or_default() += 1;
+        }
+        for (who, n) in &served {
+            println!("  {who:<8} {n:>4}");
+        }
     }
 
     step("client: 30 DNS queries (UDP) for whoami.lab TXT at 198.51.100.10");
