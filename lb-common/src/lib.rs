@@ -36,6 +36,8 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASONS: &str = "REASONS";
+    pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    pub const SETTINGS: &str = "SETTINGS";
 }
 
 /// The name of the XDP program in the eBPF object.
@@ -58,6 +60,9 @@ pub struct VipKey {
 pub enum Forwarding {
     /// Direct routing (LVS "gatewaying"): only the MACs change.
     Dr = 1,
+    /// NAT (LVS "masquerading"): destination address and port become the real's, and the
+    /// real's answers, routed back through the director, get the VIP's back.
+    Nat = 2,
 }
 
 /// Value of `VIPS`: where the VIP's Maglev table starts and how to forward.
@@ -87,7 +92,8 @@ pub struct RealInfo {
     /// The MAC of the director's interface the real is reached through: the source of
     /// frames to it.
     pub src_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The real's port (network byte order): NAT rewrites the VIP's port to it.
+    pub port_be: u16,
     /// That interface's index: XDP_TX when it is the ingress one, a redirect otherwise.
     pub ifindex: u32,
     /// The VIP (`VipInfo::index`) this real serves: a flow whose VIP no longer owns its
@@ -122,13 +128,37 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
 }
 
-/// Per-CPU value of `VIP_STATS` and `REAL_STATS` (ipvsadm's Conns, InPkts, InBytes).
+/// Value of `NAT_REPLIES`, keyed by the reply's 5-tuple (source = real, destination =
+/// client): what the reply's source becomes and where it goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReply {
+    pub vip_addr: [u8; 16],
+    /// The client side's next hop (the request's source MAC) and our MAC on that side.
+    pub client_mac: [u8; 6],
+    pub director_mac: [u8; 6],
+    pub vip_port_be: u16,
+    pub _pad: [u8; 2],
+    /// The interface the request came in on, where the reply leaves.
+    pub ifindex: u32,
+    pub vip_index: u32,
+    pub real: u32,
+    pub _pad2: u32,
+}
+
+/// `SETTINGS[0]` bits.
+pub const SETTING_NAT: u32 = 1;
+
+/// Per-CPU value of `VIP_STATS` and `REAL_STATS`: ipvsadm's Conns, InPkts, InBytes, and
+/// OutPkts, OutBytes (the replies NAT sees; direct routing never sees them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub conns: u64,
     pub packets: u64,
     pub bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
 }
 
 /// Why the data plane passed, dropped or forwarded a packet: the index into `REASONS`.
@@ -205,7 +235,8 @@ const _: () = {
     assert!(core::mem::size_of::<RealInfo>() == 40);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 16);
-    assert!(core::mem::size_of::<Counters>() == 24);
+    assert!(core::mem::size_of::<Counters>() == 40);
+    assert!(core::mem::size_of::<NatReply>() == 48);
 };
 
 #[cfg(feature = "std")]
@@ -219,4 +250,5 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for NatReply {}
 }

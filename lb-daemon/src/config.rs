@@ -165,13 +165,19 @@ fn keyword<'de, D: Deserializer<'de>>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
+    /// Direct routing (LVS gatewaying).
     #[default]
     Dr,
+    /// NAT (LVS masquerading): the reals' route back goes through the director.
+    Nat,
 }
 
 impl<'de> Deserialize<'de> for Forwarding {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        keyword(d, &["dr"], &["nat", "tunnel"], "forwarding").map(|_| Forwarding::Dr)
+        match keyword(d, &["dr", "nat"], &["tunnel"], "forwarding")?.as_str() {
+            "nat" => Ok(Forwarding::Nat),
+            _ => Ok(Forwarding::Dr),
+        }
     }
 }
 
@@ -520,7 +526,8 @@ fn validate(config: &Config, text: &str) -> Vec<(String, String)> {
                     format!("services[{i}].reals[{j}].address: {addr} is not of the VIP's address family"),
                 ));
             }
-            if r.address.port.is_some_and(|p| p != s.vip.port()) {
+            if s.forwarding != Forwarding::Nat && r.address.port.is_some_and(|p| p != s.vip.port())
+            {
                 problems.push((
                     format!("address: {}", raw_address(r)),
                     format!(
@@ -638,9 +645,9 @@ services:
 
     #[test]
     fn unbuilt_forwarding_is_refused_clearly() {
-        let p = problems(&GOOD.replace("forwarding: dr", "forwarding: nat"));
+        let p = problems(&GOOD.replace("forwarding: dr", "forwarding: tunnel"));
         assert!(p[0].starts_with("lb.yaml:7:"), "{p:?}");
-        assert!(p[0].contains("services[0].forwarding: `nat` is not built yet"), "{p:?}");
+        assert!(p[0].contains("services[0].forwarding: `tunnel` is not built yet"), "{p:?}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, u32>,
     /// The Maglev table last written per VIP index, so a rebuild writes only changed slots.
     written: StdHashMap<u32, Vec<u32>>,
     /// Interfaces the program is attached to: ifindex to MAC.
@@ -70,6 +71,7 @@ impl Dataplane {
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             reasons: take(&mut ebpf, map_names::REASONS)?,
+            settings: take(&mut ebpf, map_names::SETTINGS)?,
             ebpf,
             written: StdHashMap::new(),
             links: StdHashMap::new(),
@@ -119,6 +121,12 @@ impl Dataplane {
     /// The MAC of an interface the program is attached to.
     pub fn link_mac(&self, ifindex: u32) -> Option<[u8; 6]> {
         self.links.get(&ifindex).copied()
+    }
+
+    /// Turns the data plane's search for NAT replies on or off.
+    pub fn set_nat(&mut self, on: bool) -> Result<()> {
+        let value = if on { lb_common::SETTING_NAT } else { 0 };
+        self.settings.set(0, value, 0).context("writing SETTINGS")
     }
 
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
@@ -198,6 +206,8 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counters>) -> Result<Counters> {
         conns: a.conns + c.conns,
         packets: a.packets + c.packets,
         bytes: a.bytes + c.bytes,
+        out_packets: a.out_packets + c.out_packets,
+        out_bytes: a.out_bytes + c.out_bytes,
     }))
 }
 

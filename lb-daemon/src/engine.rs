@@ -261,6 +261,9 @@ impl Engine {
             services.push(state);
         }
         self.services = services;
+        // Replies are looked for only while some VIP uses NAT (before its VIP goes live).
+        let nat = self.services.iter().any(|s| s.spec.forwarding == config::Forwarding::Nat);
+        self.dp.set_nat(nat)?;
         for i in 0..self.services.len() {
             self.publish(i)?;
         }
@@ -298,6 +301,7 @@ impl Engine {
     fn publish(&mut self, i: usize) -> Result<()> {
         let s = &self.services[i];
         let on_failure = s.spec.on_failure;
+        let forwarding = s.spec.forwarding;
         for r in &s.reals {
             let (addr, family) = addr16(r.addr.ip());
             let info = RealInfo {
@@ -306,7 +310,7 @@ impl Engine {
                 family,
                 flags: if r.present(on_failure) { REAL_PRESENT } else { 0 },
                 src_mac: r.link.map(|l| l.1).unwrap_or_default(),
-                _pad: [0; 2],
+                port_be: r.addr.port().to_be(),
                 ifindex: r.link.map_or(0, |l| l.0),
                 vip: s.index,
             };
@@ -324,8 +328,10 @@ impl Engine {
         let table = maglev::build(&entries, MAGLEV_SIZE);
         let (index, key) = (s.index, s.key);
         let changed = self.dp.set_maglev(index, &table)?;
-        self.dp
-            .set_vip(key, VipInfo { index, forwarding: DpForwarding::Dr as u8, _pad: [0; 3] })?;
+        self.dp.set_vip(
+            key,
+            VipInfo { index, forwarding: dp_forwarding(forwarding) as u8, _pad: [0; 3] },
+        )?;
         let s = &mut self.services[i];
         let was = std::mem::replace(&mut s.serving, serving);
         if changed > 0 {
@@ -546,9 +552,22 @@ fn take_free(used: &mut HashSet<u32>, max: u32) -> Option<u32> {
 }
 
 fn stats(c: lb_common::Counters) -> Stats {
-    // The data plane sees only client-to-real packets (direct routing answers bypass the
-    // director), so the Out columns stay 0, as with IPVS/DR.
-    Stats { conns: c.conns, in_packets: c.packets, out_packets: 0, in_bytes: c.bytes, out_bytes: 0 }
+    // Out counts the replies NAT rewrites; direct routing's answers bypass the director,
+    // so there they stay 0, as with IPVS/DR.
+    Stats {
+        conns: c.conns,
+        in_packets: c.packets,
+        out_packets: c.out_packets,
+        in_bytes: c.bytes,
+        out_bytes: c.out_bytes,
+    }
+}
+
+fn dp_forwarding(f: config::Forwarding) -> DpForwarding {
+    match f {
+        config::Forwarding::Dr => DpForwarding::Dr,
+        config::Forwarding::Nat => DpForwarding::Nat,
+    }
 }
 
 fn vip_key(s: &Service) -> VipKey {

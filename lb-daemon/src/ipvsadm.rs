@@ -91,6 +91,7 @@ fn service(out: &mut String, s: &ServiceView, listing: Listing) {
 fn real_default(out: &mut String, r: &RealView) {
     let forward = match r.forwarding {
         Forwarding::Dr => "Route",
+        Forwarding::Nat => "Masq",
     };
     writeln!(
         out,

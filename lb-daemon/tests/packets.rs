@@ -68,7 +68,7 @@ fn ipv4_options_are_skipped() {
 #[test]
 fn not_for_a_vip_passes_untouched() {
     let mut dp = dataplane();
-    for frame in [tcp4([192, 0, 2, 11], 80, true), tcp4(VIP4, 81, true), udp6(VIP6, 54)] {
+    for frame in [tcp4([192, 0, 2, 11], 80, true), tcp4(VIP4, 82, true), udp6(VIP6, 55)] {
         let (action, out) = run(&mut dp, &frame);
         assert_eq!((action, &out), (XDP_PASS, &frame));
     }
@@ -178,4 +178,107 @@ fn a_syn_on_a_closed_tuple_is_a_new_connection() {
     assert_eq!(action, XDP_TX);
     assert_eq!(&out[..6], &second.mac);
     assert_eq!(dp.vip_counters(0).unwrap().conns, 2);
+}
+
+/// NAT, both directions, for every family and protocol: the output must equal the frame
+/// etherparse builds for the rewritten addresses, checksums included.
+#[test]
+fn nat_rewrites_requests_and_replies_with_correct_checksums() {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut dp = dataplane();
+    let cases = [
+        (
+            IpAddr::V4(Ipv4Addr::from(VIP4)),
+            IpAddr::V4(Ipv4Addr::from(NAT_REAL4)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
+        ),
+        (
+            IpAddr::V6(Ipv6Addr::from(VIP6)),
+            IpAddr::V6(Ipv6Addr::from(NAT_REAL6)),
+            IpAddr::V6("2001:db8:1::7".parse().unwrap()),
+        ),
+    ];
+    for (vip, real, client) in cases {
+        for udp in [false, true] {
+            let (vip_port, real_port) = if udp {
+                (NAT_VIP_PORT_UDP, NAT_REAL_PORT_UDP)
+            } else {
+                (NAT_VIP_PORT_TCP, NAT_REAL_PORT_TCP)
+            };
+            let client = SocketAddr::new(client, 40000 + udp as u16);
+            let vip = SocketAddr::new(vip, vip_port);
+            let real = SocketAddr::new(real, real_port);
+            let request = Frame {
+                src_mac: CLIENT_MAC,
+                dst_mac: DIRECTOR_MAC,
+                src: client,
+                dst: vip,
+                udp,
+                syn: true,
+                payload: b"request".to_vec(),
+            };
+            let (action, out) = run(&mut dp, &request.build());
+            let want = Frame { src_mac: DIRECTOR_MAC, dst_mac: REAL_MAC, dst: real, ..request };
+            assert_eq!(action, XDP_TX, "{client} -> {vip}");
+            assert_eq!(out, want.build(), "request {client} -> {vip} udp={udp}");
+
+            let reply = Frame {
+                src_mac: REAL_MAC,
+                dst_mac: DIRECTOR_MAC,
+                src: real,
+                dst: client,
+                udp,
+                syn: false,
+                payload: b"the answer".to_vec(),
+            };
+            let (action, out) = run(&mut dp, &reply.build());
+            let want = Frame { src_mac: DIRECTOR_MAC, dst_mac: CLIENT_MAC, src: vip, ..reply };
+            assert_eq!(action, XDP_TX, "{real} -> {client}");
+            assert_eq!(out, want.build(), "reply {real} -> {client} udp={udp}");
+        }
+    }
+    let out_packets: u64 = (4..8).map(|i| dp.vip_counters(i).unwrap().out_packets).sum();
+    assert_eq!(out_packets, 4);
+}
+
+#[test]
+fn nat_keeps_an_absent_ipv4_udp_checksum_absent() {
+    let mut dp = dataplane();
+    let client: std::net::SocketAddr = "198.51.100.7:41000".parse().unwrap();
+    let vip = std::net::SocketAddr::new(std::net::Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_UDP);
+    let request = Frame {
+        src_mac: CLIENT_MAC,
+        dst_mac: DIRECTOR_MAC,
+        src: client,
+        dst: vip,
+        udp: true,
+        syn: false,
+        payload: b"q".to_vec(),
+    };
+    let mut frame = request.build();
+    frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let (action, out) = run(&mut dp, &frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+    assert_eq!(&out[14 + 16..14 + 20], &NAT_REAL4);
+}
+
+#[test]
+fn a_reply_without_a_nat_flow_passes_untouched() {
+    let mut dp = dataplane();
+    let reply = Frame {
+        src_mac: REAL_MAC,
+        dst_mac: DIRECTOR_MAC,
+        src: std::net::SocketAddr::new(
+            std::net::Ipv4Addr::from(NAT_REAL4).into(),
+            NAT_REAL_PORT_TCP,
+        ),
+        dst: "198.51.100.9:40000".parse().unwrap(),
+        udp: false,
+        syn: false,
+        payload: vec![],
+    }
+    .build();
+    let (action, out) = run(&mut dp, &reply);
+    assert_eq!((action, &out), (XDP_PASS, &reply));
 }

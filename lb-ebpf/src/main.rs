@@ -5,8 +5,10 @@
 #![no_std]
 #![no_main]
 
+mod csum;
 mod floor;
 mod maps;
+mod nat;
 mod parse;
 
 use aya_ebpf::{
@@ -35,10 +37,18 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     let packet = parse::parse(ctx)?;
-    let vip = find_vip(&packet)?;
-    let (real_id, real, new_connection) = find_real(&packet, &vip)?;
+    let vip = match find_vip(&packet) {
+        Ok(vip) => vip,
+        // Not for a VIP: maybe a real's answer to a NAT flow, on its way back.
+        Err(Reason::PassNotVip) => return nat::reply(ctx, &packet),
+        Err(other) => return Err(other),
+    };
+    let (real_id, real, new_flow, new_connection) = find_real(&packet, &vip)?;
     let done = match vip.forwarding {
         f if f == Forwarding::Dr as u8 => forward_dr(ctx, real)?,
+        f if f == Forwarding::Nat as u8 => {
+            nat::forward(ctx, &packet, real, real_id, &vip, new_flow)?
+        }
         _ => return Err(Reason::PassInternal),
     };
     count_traffic(vip.index, real_id, new_connection, packet.len);
@@ -60,9 +70,13 @@ fn find_vip(packet: &Packet) -> Result<VipInfo, Reason> {
 }
 
 /// The real of an established flow, or a new one from the VIP's Maglev table. A flow keeps
-/// its real while the real still serves this VIP, whatever the weights say.
+/// its real while the real still serves this VIP, whatever the weights say. Returns the
+/// real, whether the flow is new to the table, and whether the packet opens a connection.
 #[inline(always)]
-fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, bool), Reason> {
+fn find_real(
+    packet: &Packet,
+    vip: &VipInfo,
+) -> Result<(u32, &'static RealInfo, bool, bool), Reason> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
         let flow = unsafe { &mut *flow };
@@ -74,7 +88,7 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, 
             if packet.closes_connection() {
                 flow.flags |= FLOW_CLOSING;
             }
-            return Ok((flow.real, real, false));
+            return Ok((flow.real, real, false, false));
         }
     }
     let slot = vip.index * MAGLEV_SIZE + maglev_slot(&packet.key);
@@ -87,7 +101,7 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<(u32, &'static RealInfo, 
     // A failed insert (map full of flows being updated at once) only costs stickiness:
     // the next packet is scheduled again, to the same real while the table is unchanged.
     let _ = FLOWS.insert(&packet.key, &FlowValue { real: real_id, flags, last_seen_ns: now }, 0);
-    Ok((real_id, real, packet.opens_connection()))
+    Ok((real_id, real, true, packet.opens_connection()))
 }
 
 #[inline(always)]
@@ -103,16 +117,21 @@ fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason
     if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] {
         return Err(Reason::PassRealUnresolved);
     }
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let eth = unsafe { &mut *parse::bytes_at::<12>(ctx, 0)? };
     eth[..6].copy_from_slice(&real.mac);
     eth[6..].copy_from_slice(&real.src_mac);
-    // ifindex 0: the daemon does not know the interface; answer where the packet came in.
-    let egress = if real.ifindex == 0 { ingress } else { real.ifindex };
-    if egress == ingress {
-        Ok((XDP_TX, Reason::Transmitted))
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    Ok(transmit(ingress, real.ifindex))
+}
+
+/// Sends the rewritten frame out of `egress`: XDP_TX when it is where the frame came in
+/// (or unknown, 0), a redirect otherwise.
+#[inline(always)]
+pub(crate) fn transmit(ingress: u32, egress: u32) -> (u32, Reason) {
+    if egress == 0 || egress == ingress {
+        (XDP_TX, Reason::Transmitted)
     } else {
-        Ok((unsafe { bpf_redirect(egress, 0) } as u32, Reason::Redirected))
+        (unsafe { bpf_redirect(egress, 0) } as u32, Reason::Redirected)
     }
 }
 
@@ -130,6 +149,21 @@ fn count_traffic(vip_index: u32, real_id: u32, new_connection: bool, bytes: u64)
         c.conns += conns;
         c.packets += 1;
         c.bytes += bytes;
+    }
+}
+
+/// A NAT reply: ipvsadm's OutPkts and OutBytes.
+#[inline(always)]
+pub(crate) fn count_reply(vip_index: u32, real_id: u32, bytes: u64) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip_index) {
+        let c = unsafe { &mut *c };
+        c.out_packets += 1;
+        c.out_bytes += bytes;
+    }
+    if let Some(c) = REAL_STATS.get_ptr_mut(real_id) {
+        let c = unsafe { &mut *c };
+        c.out_packets += 1;
+        c.out_bytes += bytes;
     }
 }
 

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, MAGLEV_SIZE, MAX_FLOWS, MAX_REALS, MAX_VIPS, RealInfo, Reason,
-    VipInfo, VipKey,
+    Counters, FlowKey, FlowValue, MAGLEV_SIZE, MAX_FLOWS, MAX_REALS, MAX_VIPS, NatReply, RealInfo,
+    Reason, VipInfo, VipKey,
 };
 
 /// Services by (address, port, protocol). Writer: daemon.
@@ -30,6 +30,17 @@ pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// NAT's reverse flows: a real's reply 5-tuple to the VIP and client side it goes back to.
+/// Writer: data plane (on a NAT flow's first packet).
+#[map]
+pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Switches, index 0: `SETTING_NAT` while some VIP uses NAT, so hosts without NAT pay no
+/// reverse-flow lookup for their own traffic. Writer: daemon.
+#[map]
+pub static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
 
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 

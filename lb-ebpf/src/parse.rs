@@ -25,6 +25,9 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Frame length, for the byte counters.
     pub len: u64,
+    /// Offsets of the IP and transport headers, for the paths that rewrite them.
+    pub l3: usize,
+    pub l4: usize,
 }
 
 impl Packet {
@@ -74,7 +77,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         _ => return Err(Reason::PassNotIp),
     };
     let tcp_flags = parse_ports(ctx, l4, &mut key)?;
-    Ok(Packet { key, tcp_flags, len: (ctx.data_end() - ctx.data()) as u64 })
+    Ok(Packet { key, tcp_flags, len: (ctx.data_end() - ctx.data()) as u64, l3, l4 })
 }
 
 /// Fills addresses and protocol; returns the transport header's offset.

@@ -24,30 +24,71 @@ pub fn addr16(a: &[u8]) -> [u8; 16] {
     out
 }
 
-/// A data plane with one VIP per family and protocol, all served by real 0.
+/// The NAT services' reals: a port other than the VIP's, as NAT allows.
+pub const NAT_REAL4: [u8; 4] = [10, 0, 0, 21];
+pub const NAT_REAL6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x21];
+pub const NAT_REAL_PORT_TCP: u16 = 8080;
+pub const NAT_REAL_PORT_UDP: u16 = 5353;
+/// VIP ports of the NAT services (the DR ones use 80 and 53).
+pub const NAT_VIP_PORT_TCP: u16 = 81;
+pub const NAT_VIP_PORT_UDP: u16 = 54;
+
+/// A data plane with a DR VIP per family and protocol (ports 80, 53; real 10.0.0.11) and
+/// a NAT VIP per family and protocol (ports 81, 54; reals 10.0.0.21 / 2001:db8::21 on
+/// ports 8080, 5353), VIP index i served by real i.
 pub fn dataplane() -> Dataplane {
     let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
+    let dr = Forwarding::Dr;
+    let nat = Forwarding::Nat;
+    let (dr4, dr6) = (
+        addr16(&[10, 0, 0, 11]),
+        addr16(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11]),
+    );
     let vips = [
-        (addr16(&VIP4), 80u16, PROTO_TCP, FAMILY_V4, 0u32),
-        (addr16(&VIP4), 53, PROTO_UDP, FAMILY_V4, 1),
-        (VIP6, 80, PROTO_TCP, FAMILY_V6, 2),
-        (VIP6, 53, PROTO_UDP, FAMILY_V6, 3),
+        (addr16(&VIP4), 80u16, PROTO_TCP, FAMILY_V4, dr, dr4, 0u16),
+        (addr16(&VIP4), 53, PROTO_UDP, FAMILY_V4, dr, dr4, 0),
+        (VIP6, 80, PROTO_TCP, FAMILY_V6, dr, dr6, 0),
+        (VIP6, 53, PROTO_UDP, FAMILY_V6, dr, dr6, 0),
+        (
+            addr16(&VIP4),
+            NAT_VIP_PORT_TCP,
+            PROTO_TCP,
+            FAMILY_V4,
+            nat,
+            addr16(&NAT_REAL4),
+            NAT_REAL_PORT_TCP,
+        ),
+        (
+            addr16(&VIP4),
+            NAT_VIP_PORT_UDP,
+            PROTO_UDP,
+            FAMILY_V4,
+            nat,
+            addr16(&NAT_REAL4),
+            NAT_REAL_PORT_UDP,
+        ),
+        (VIP6, NAT_VIP_PORT_TCP, PROTO_TCP, FAMILY_V6, nat, NAT_REAL6, NAT_REAL_PORT_TCP),
+        (VIP6, NAT_VIP_PORT_UDP, PROTO_UDP, FAMILY_V6, nat, NAT_REAL6, NAT_REAL_PORT_UDP),
     ];
-    for (i, (addr, port, proto, family, index)) in vips.into_iter().enumerate() {
+    dp.set_nat(true).unwrap();
+    for (i, (addr, port, proto, family, forwarding, real, real_port)) in
+        vips.into_iter().enumerate()
+    {
+        let index = i as u32;
         dp.set_vip(
             VipKey { addr, port_be: port.to_be(), proto, family },
-            VipInfo { index, forwarding: Forwarding::Dr as u8, _pad: [0; 3] },
+            VipInfo { index, forwarding: forwarding as u8, _pad: [0; 3] },
         )
         .unwrap();
         dp.set_real(
             i as u32,
             RealInfo {
-                addr: addr16(&[10, 0, 0, 11]),
+                addr: real,
                 mac: REAL_MAC,
                 family,
                 flags: REAL_PRESENT,
                 src_mac: DIRECTOR_MAC,
-                _pad: [0; 2],
+                port_be: real_port.to_be(),
                 // 0: leave by the ingress interface (XDP_TX), as BPF_PROG_TEST_RUN has no other.
                 ifindex: 0,
                 vip: index,
@@ -96,4 +137,38 @@ pub fn run_timed(dp: &mut Dataplane, frame: &[u8]) -> (u32, std::time::Duration)
         TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
     let result = dp.program().unwrap().test_run(opts).expect("BPF_PROG_TEST_RUN");
     (result.return_value, result.duration)
+}
+
+/// Any TCP or UDP frame, checksums computed by etherparse: the independent reference the
+/// rewriting paths are compared with.
+pub struct Frame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+    pub udp: bool,
+    /// TCP flags: SYN if true, else ACK.
+    pub syn: bool,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn build(&self) -> Vec<u8> {
+        use std::net::IpAddr;
+        let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let ip = match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+            _ => panic!("mixed families"),
+        };
+        let mut v = Vec::new();
+        if self.udp {
+            ip.udp(self.src.port(), self.dst.port()).write(&mut v, &self.payload).unwrap();
+        } else {
+            let tcp = ip.tcp(self.src.port(), self.dst.port(), 1000, 64240);
+            let tcp = if self.syn { tcp.syn() } else { tcp.ack(1) };
+            tcp.write(&mut v, &self.payload).unwrap();
+        }
+        v
+    }
 }
