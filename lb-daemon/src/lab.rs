@@ -34,6 +34,31 @@ pub const REALS6: [Ipv6Addr; 3] = [
     Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x13),
 ];
 
+/// The reals' own segment in the split topology (TEST-NET-3, RFC 5737; 2001:db8:200::/64),
+/// where the director's second interface is their default gateway.
+pub const DIRECTOR_BACK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const DIRECTOR_BACK6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 1);
+pub const BACK_REALS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(203, 0, 113, 11),
+    Ipv4Addr::new(203, 0, 113, 12),
+    Ipv4Addr::new(203, 0, 113, 13),
+];
+pub const BACK_REALS6: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x11),
+    Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x12),
+    Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x13),
+];
+
+/// How the hosts are wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One segment for all, reals carrying the VIP on lo: direct routing.
+    Shared,
+    /// Client and director's eth0 on one segment, director's eth1 and the reals on
+    /// another, the director their gateway: NAT.
+    Split,
+}
+
 /// Namespace roles; their names carry a per-lab prefix so labs never collide.
 pub const ROLE_CLIENT: &str = "client";
 pub const ROLE_DIRECTOR: &str = "director";
@@ -49,12 +74,22 @@ pub struct Lab {
     /// (role, what, process), killed on drop in reverse order.
     processes: Vec<(String, String, Child)>,
     keep: bool,
+    topology: Topology,
 }
 
 impl Lab {
-    /// Builds the topology: namespaces, bridge, links, addresses, VIP on the reals' lo with
-    /// arp_ignore=1 / arp_announce=2, and on the director's lo.
+    /// The shared segment of direct routing: namespaces, bridge, links, addresses, the VIP
+    /// on the reals' lo with arp_ignore=1 / arp_announce=2, and on the director.
     pub fn new(prefix: &str) -> Result<Self> {
+        Self::build_with(prefix, Topology::Shared)
+    }
+
+    /// The split segments of NAT: the reals behind the director, no VIP on them.
+    pub fn split(prefix: &str) -> Result<Self> {
+        Self::build_with(prefix, Topology::Split)
+    }
+
+    fn build_with(prefix: &str, topology: Topology) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut lab = Lab {
@@ -63,9 +98,18 @@ impl Lab {
             namespaces: Vec::new(),
             processes: Vec::new(),
             keep: false,
+            topology,
         };
         lab.build().context("building the lab's network")?;
         Ok(lab)
+    }
+
+    /// Real `i`'s addresses, on the segment the topology puts it.
+    pub fn real(&self, i: usize) -> (Ipv4Addr, Ipv6Addr) {
+        match self.topology {
+            Topology::Shared => (REALS[i], REALS6[i]),
+            Topology::Split => (BACK_REALS[i], BACK_REALS6[i]),
+        }
     }
 
     /// The directory for the lab's configs, logs and sockets.
@@ -99,31 +143,42 @@ impl Lab {
 
     fn build(&mut self) -> Result<()> {
         let sw = self.add_ns("switch")?;
-        self.exec_ok("switch", &["ip", "link", "add", "br0", "type", "bridge"])?;
-        self.exec_ok("switch", &["ip", "link", "set", "br0", "up"])?;
-        let mut hosts: Vec<(String, Ipv4Addr, Ipv6Addr)> = vec![
-            (ROLE_CLIENT.into(), CLIENT, CLIENT6),
-            (ROLE_DIRECTOR.into(), DIRECTOR, DIRECTOR6),
+        for bridge in ["br0", "br1"] {
+            self.exec_ok("switch", &["ip", "link", "add", bridge, "type", "bridge"])?;
+            self.exec_ok("switch", &["ip", "link", "set", bridge, "up"])?;
+        }
+        let split = self.topology == Topology::Split;
+        let real_bridge = if split { "br1" } else { "br0" };
+        // (role, interface, bridge, IPv4, IPv6)
+        let mut links: Vec<(String, &str, &str, Ipv4Addr, Ipv6Addr)> = vec![
+            (ROLE_CLIENT.into(), "eth0", "br0", CLIENT, CLIENT6),
+            (ROLE_DIRECTOR.into(), "eth0", "br0", DIRECTOR, DIRECTOR6),
         ];
-        hosts.extend((0..REALS.len()).map(|i| (real_role(i), REALS[i], REALS6[i])));
-        for (i, (role, addr, addr6)) in hosts.iter().enumerate() {
-            let ns = self.add_ns(role)?;
+        if split {
+            links.push((ROLE_DIRECTOR.into(), "eth1", "br1", DIRECTOR_BACK, DIRECTOR_BACK6));
+        }
+        for i in 0..REALS.len() {
+            let (a4, a6) = self.real(i);
+            links.push((real_role(i), "eth0", real_bridge, a4, a6));
+        }
+        for (i, (role, dev, bridge, addr, addr6)) in links.iter().enumerate() {
+            let ns = self.ns(role);
+            if !self.namespaces.contains(&ns) {
+                self.add_ns(role)?;
+            }
             let port = format!("port{i}");
             ip(&[
-                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
-                "netns", &sw,
+                "link", "add", dev, "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
+                &sw,
             ])?;
-            self.exec_ok("switch", &["ip", "link", "set", &port, "master", "br0", "up"])?;
-            self.exec_ok(role, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            self.exec_ok("switch", &["ip", "link", "set", &port, "master", bridge, "up"])?;
+            self.exec_ok(role, &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev])?;
             let addr6 = format!("{addr6}/64");
-            self.exec_ok(role, &["ip", "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
-            self.exec_ok(role, &["ip", "link", "set", "eth0", "up"])?;
+            self.exec_ok(role, &["ip", "addr", "add", &addr6, "dev", dev, "nodad"])?;
+            self.exec_ok(role, &["ip", "link", "set", dev, "up"])?;
             // Generic XDP sees TSO/GSO super-packets whole; keep frames at MTU size, and
             // compute checksums in software so a rewriting bug cannot hide (TOOLCHAIN.md).
-            self.exec_ok(
-                role,
-                &["ethtool", "-K", "eth0", "tso", "off", "gso", "off", "tx", "off"],
-            )?;
+            self.exec_ok(role, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "tx", "off"])?;
         }
         self.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         // IPv6 answers neighbour solicitations only for addresses of the asking interface,
@@ -138,6 +193,16 @@ impl Lab {
         )?;
         for i in 0..REALS.len() {
             let role = real_role(i);
+            if split {
+                // NAT: the director is the reals' way back; they never see the VIP.
+                self.exec_ok(
+                    &role,
+                    &["ip", "route", "add", "default", "via", &DIRECTOR_BACK.to_string()],
+                )?;
+                let via6 = DIRECTOR_BACK6.to_string();
+                self.exec_ok(&role, &["ip", "-6", "route", "add", "default", "via", &via6])?;
+                continue;
+            }
             self.exec_ok(&role, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             self.exec_ok(&role, &["ip", "addr", "add", &vip6, "dev", "lo"])?;
             // The LVS "ARP problem": reals must not answer ARP for the VIP they carry.
@@ -215,7 +280,8 @@ impl Lab {
         std::fs::read_to_string(self.dir.join(format!("{role}-{what}.log"))).unwrap_or_default()
     }
 
-    /// nginx on real `i`, answering `/` with its role name and `/healthz` with `ok`.
+    /// nginx on real `i`, on ports 80 and 8080, answering `/` with its role name and
+    /// `/healthz` with `ok`.
     pub fn start_nginx(&mut self, i: usize) -> Result<()> {
         let role = real_role(i);
         let tmp = self.dir.join(format!("{role}-nginx"));
@@ -227,7 +293,7 @@ impl Lab {
              http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n\
                fastcgi_temp_path {t}/fastcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n\
                keepalive_timeout 120s;\n\
-               server {{\n    listen 80;\n    listen [::]:80;\n    default_type text/plain;\n\
+               server {{\n    listen 80;\n    listen [::]:80;\n    listen 8080;\n    listen [::]:8080;\n    default_type text/plain;\n\
                  location = /healthz {{ return 200 \"ok\\n\"; }}\n\
                  location / {{ return 200 \"{role}\\n\"; }}\n  }}\n}}\n"
         );
@@ -237,7 +303,8 @@ impl Lab {
         let prefix = tmp.display().to_string();
         let err = format!("{prefix}/error.log");
         self.spawn(&role, "nginx", &["nginx", "-p", &prefix, "-e", &err, "-c", &p])?;
-        self.wait_port(&role, REALS[i], 80)
+        self.wait_port(&role, self.real(i).0, 80)?;
+        self.wait_port(&role, self.real(i).0, 8080)
     }
 
     /// dnsmasq on real `i`, answering TXT `whoami.lab` with its role name, UDP and TCP.
@@ -263,7 +330,7 @@ impl Lab {
                 "--address=/www.lab/198.51.100.10",
             ],
         )?;
-        self.wait_port(&role, REALS[i], 53)
+        self.wait_port(&role, self.real(i).0, 53)
     }
 
     fn wait_port(&self, role: &str, addr: Ipv4Addr, port: u16) -> Result<()> {

@@ -2,13 +2,14 @@
 //! XDP program, and three real servers running Debian's nginx and dnsmasq, in network
 //! namespaces. Needs root; run by `cargo xtask test`.
 
-use std::collections::HashMap;
+mod e2e;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lb_daemon::control::{self, Request, Response, StatusView};
+use e2e::{Director, tally};
 use lb_daemon::health::Health;
 use lb_daemon::lab::{self, Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
 
@@ -16,11 +17,6 @@ const INTERVAL_MS: u64 = 500;
 const TIMEOUT_MS: u64 = 300;
 const RISE: u64 = 2;
 const FALL: u64 = 2;
-
-struct Director {
-    lab: Lab,
-    socket: PathBuf,
-}
 
 /// The test's config: web (http check, quiesce) and dns (tcp check, remove) on the VIP,
 /// the three reals weighted as given.
@@ -65,102 +61,19 @@ fn web() -> SocketAddr {
 }
 
 impl Director {
-    /// The lab with nginx and dnsmasq on every real and lbd on the director, reals weighted
-    /// 1:1:2, waiting until every real is up and resolved.
-    fn start() -> Director {
-        let mut lab = Lab::new("lbt").expect("lab");
-        for i in 0..REALS.len() {
-            lab.start_nginx(i).expect("nginx");
-            lab.start_dns(i).expect("dnsmasq");
-        }
-        let socket = lab.dir().join("lbd.sock");
-        let path = lab.dir().join("lb.yaml");
-        std::fs::write(&path, config_text(&socket, [1, 1, 2])).unwrap();
-        let check = Command::new(env!("CARGO_BIN_EXE_lbd"))
-            .arg("--config")
-            .arg(&path)
-            .arg("--check")
-            .output()
-            .unwrap();
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-        lab.spawn(
-            ROLE_DIRECTOR,
-            "lbd",
-            &[env!("CARGO_BIN_EXE_lbd"), "--config", path.to_str().unwrap()],
-        )
-        .unwrap();
-        let d = Director { lab, socket };
-        d.wait_until("every real up and resolved", Duration::from_secs(20), |s| {
-            s.reals.iter().all(|r| r.health == Health::Up && r.mac.is_some())
-        });
-        d
-    }
-
-    fn status(&self) -> Option<StatusView> {
-        match control::call(&self.socket, &Request::Status) {
-            Ok(Response::Status(s)) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// Polls the status until `ok`; returns how long that took.
-    fn wait_until(
-        &self,
-        what: &str,
-        limit: Duration,
-        ok: impl Fn(&StatusView) -> bool,
-    ) -> Duration {
-        let start = Instant::now();
-        loop {
-            if self.status().as_ref().is_some_and(&ok) {
-                return start.elapsed();
-            }
-            if start.elapsed() > limit {
-                panic!(
-                    "{what}: not within {limit:?}\nstatus: {:#?}\nlbd log:\n{}",
-                    self.status(),
-                    self.lab.log(ROLE_DIRECTOR, "lbd")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn lbadm(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_lbadm"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "lbadm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn web_health(&self, real: usize) -> Option<Health> {
-        let addr = SocketAddr::new(REALS[real].into(), 80);
-        self.status()?
-            .reals
-            .iter()
-            .find(|r| r.service == "web" && r.address == addr)
-            .map(|r| r.health)
+    fn dr() -> Director {
+        Director::start(Lab::new("lbt").expect("lab"), |socket| config_text(socket, [1, 1, 2]))
     }
 }
 
-fn tally(answers: &[Result<String, String>]) -> HashMap<String, usize> {
-    let mut count = HashMap::new();
-    for a in answers {
-        match a {
-            Ok(name) => *count.entry(name.clone()).or_default() += 1,
-            Err(e) => panic!("a request through the VIP failed: {e}"),
-        }
-    }
-    count
+fn web_health(d: &Director, real: usize) -> Option<Health> {
+    let addr = SocketAddr::new(REALS[real].into(), 80);
+    d.status()?.reals.iter().find(|r| r.service == "web" && r.address == addr).map(|r| r.health)
 }
 
 #[test]
 fn http_and_dns_through_the_vip_follow_the_weights() {
-    let d = Director::start();
+    let d = Director::dr();
     let n = 400;
     let answers = d.lab.http_gets(ROLE_CLIENT, web(), n).unwrap();
     let count = tally(&answers);
@@ -211,7 +124,7 @@ fn http_and_dns_through_the_vip_follow_the_weights() {
 
 #[test]
 fn an_established_connection_stays_when_its_real_is_quiesced() {
-    let d = Director::start();
+    let d = Director::dr();
     let mut conn = d.lab.connect(ROLE_CLIENT, web()).unwrap();
     let owner = lab::http_get_on(&mut conn).unwrap();
     let i: usize = owner.trim_start_matches("real").parse::<usize>().unwrap() - 1;
@@ -238,7 +151,7 @@ fn an_established_connection_stays_when_its_real_is_quiesced() {
 
 #[test]
 fn a_dead_real_leaves_in_time_and_comes_back() {
-    let mut d = Director::start();
+    let mut d = Director::dr();
     let victim = 0;
     d.lab.stop(&lab::real_role(victim), "nginx").unwrap();
     let bound = Duration::from_millis(INTERVAL_MS * FALL + TIMEOUT_MS + 1000);
@@ -250,7 +163,7 @@ fn a_dead_real_leaves_in_time_and_comes_back() {
     eprintln!("real1 went down {took:?} after nginx stopped (bound {bound:?})");
     let count = tally(&d.lab.http_gets(ROLE_CLIENT, web(), 100).unwrap());
     assert!(!count.contains_key("real1"), "{count:?}");
-    assert_eq!(d.web_health(victim), Some(Health::Down));
+    assert_eq!(web_health(&d, victim), Some(Health::Down));
     // on_failure: quiesce keeps the dead real listed with weight 0.
     let list = d.lbadm(&["-L", "-n", "-t", &format!("{VIP}:80")]);
     assert!(
@@ -287,7 +200,7 @@ fn a_dead_real_leaves_in_time_and_comes_back() {
 
 #[test]
 fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
-    let d = Director::start();
+    let d = Director::dr();
     let path = d.lab.dir().join("lb.yaml");
     let mut conn = d.lab.connect(ROLE_CLIENT, web()).unwrap();
     let owner = lab::http_get_on(&mut conn).unwrap();
@@ -331,7 +244,7 @@ fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
 
 #[test]
 fn ipv6_http_and_dns_through_the_vip() {
-    let d = Director::start();
+    let d = Director::dr();
     let n = 300;
     let count = tally(&d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(VIP6.into(), 80), n).unwrap());
     for i in 0..REALS6.len() {
