@@ -58,9 +58,36 @@ fn main() {
 
     let established_tcp = tcp4(VIP4, 80, false);
     let established_udp6 = udp6(VIP6, 53);
+    let client: std::net::SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let nat_vip =
+        std::net::SocketAddr::new(std::net::Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_TCP);
+    let nat_real =
+        std::net::SocketAddr::new(std::net::Ipv4Addr::from(NAT_REAL4).into(), NAT_REAL_PORT_TCP);
+    let request = Frame {
+        src_mac: CLIENT_MAC,
+        dst_mac: DIRECTOR_MAC,
+        src: client,
+        dst: nat_vip,
+        udp: false,
+        syn: true,
+        payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+    };
+    let nat_syn = request.build();
+    let nat_established = Frame { syn: false, ..request }.build();
+    let nat_reply = Frame {
+        src_mac: REAL_MAC,
+        dst_mac: DIRECTOR_MAC,
+        src: nat_real,
+        dst: client,
+        udp: false,
+        syn: false,
+        payload: b"HTTP/1.0 200 OK\r\n\r\n".to_vec(),
+    }
+    .build();
     // Open the flows the "established" paths reuse.
     run(&mut dp, &tcp4(VIP4, 80, true));
     run(&mut dp, &established_udp6);
+    run(&mut dp, &nat_syn);
 
     // IPv4 source address (26..30) and IPv6 source's last 4 bytes + ports region (34..38).
     let mut paths = vec![
@@ -97,6 +124,24 @@ fn main() {
         Path {
             name: "dr, established flow (IPv6 UDP)",
             frames: Frames::Same(established_udp6),
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "nat, new flow (IPv4 TCP SYN)",
+            frames: Frames::NewFlow { template: nat_syn, at: 26, next: 0 },
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "nat, established flow (IPv4 TCP)",
+            frames: Frames::Same(nat_established),
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "nat, reply (IPv4 TCP)",
+            frames: Frames::Same(nat_reply),
             want: XDP_TX,
             samples: vec![],
         },
