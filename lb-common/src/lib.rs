@@ -63,6 +63,8 @@ pub enum Forwarding {
     /// NAT (LVS "masquerading"): destination address and port become the real's, and the
     /// real's answers, routed back through the director, get the VIP's back.
     Nat = 2,
+    /// IP-in-IP to the real (LVS "tunnel"), which decapsulates and answers directly.
+    Tunnel = 3,
 }
 
 /// Value of `VIPS`: where the VIP's Maglev table starts and how to forward.
@@ -99,6 +101,11 @@ pub struct RealInfo {
     /// The VIP (`VipInfo::index`) this real serves: a flow whose VIP no longer owns its
     /// real is scheduled again.
     pub vip: u32,
+    /// Tunnel: the outer source, the director's address on that interface.
+    pub tunnel_src: [u8; 16],
+    /// Tunnel: that interface's MTU, which an encapsulated packet must fit.
+    pub mtu: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Key of `FLOWS`: the 5-tuple as seen from the client (ports in network byte order).
@@ -190,10 +197,14 @@ pub enum Reason {
     PassRealUnresolved,
     /// A map lookup that cannot fail did (a bug, counted rather than hidden).
     PassInternal,
+    /// Too big to tunnel and no ICMP error possible (no DF, IPv4 options, VLAN): dropped.
+    DropTooBig,
+    /// Too big to tunnel: turned into ICMP fragmentation-needed / packet-too-big.
+    TooBigSent,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::PassInternal as u32 + 1;
+    pub const COUNT: u32 = Reason::TooBigSent as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::Transmitted,
         Reason::Redirected,
@@ -207,6 +218,8 @@ impl Reason {
         Reason::PassNoReal,
         Reason::PassRealUnresolved,
         Reason::PassInternal,
+        Reason::DropTooBig,
+        Reason::TooBigSent,
     ];
 
     /// The name used in logs and metrics.
@@ -224,6 +237,8 @@ impl Reason {
             Reason::PassNoReal => "pass_no_real",
             Reason::PassRealUnresolved => "pass_real_unresolved",
             Reason::PassInternal => "pass_internal",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::TooBigSent => "too_big_sent",
         }
     }
 }
@@ -232,7 +247,7 @@ impl Reason {
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 8);
-    assert!(core::mem::size_of::<RealInfo>() == 40);
+    assert!(core::mem::size_of::<RealInfo>() == 60);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Counters>() == 40);

@@ -170,12 +170,15 @@ pub enum Forwarding {
     Dr,
     /// NAT (LVS masquerading): the reals' route back goes through the director.
     Nat,
+    /// IP-in-IP (LVS tunnel): the reals decapsulate and answer directly.
+    Tunnel,
 }
 
 impl<'de> Deserialize<'de> for Forwarding {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match keyword(d, &["dr", "nat"], &["tunnel"], "forwarding")?.as_str() {
+        match keyword(d, &["dr", "nat", "tunnel"], &[], "forwarding")?.as_str() {
             "nat" => Ok(Forwarding::Nat),
+            "tunnel" => Ok(Forwarding::Tunnel),
             _ => Ok(Forwarding::Dr),
         }
     }
@@ -645,9 +648,18 @@ services:
 
     #[test]
     fn unbuilt_forwarding_is_refused_clearly() {
-        let p = problems(&GOOD.replace("forwarding: dr", "forwarding: tunnel"));
+        let p = problems(&GOOD.replace("forwarding: dr", "forwarding: gre"));
         assert!(p[0].starts_with("lb.yaml:7:"), "{p:?}");
-        assert!(p[0].contains("services[0].forwarding: `tunnel` is not built yet"), "{p:?}");
+        assert!(
+            p[0].contains(
+                "services[0].forwarding: unknown value `gre`, expected one of: dr, nat, tunnel"
+            ),
+            "{p:?}"
+        );
+        let p = problems(
+            &GOOD.replace("type: http", "type: ldap").replace("      path: /healthz\n", ""),
+        );
+        assert!(p[0].contains("check.type: `ldap` is not built yet"), "{p:?}");
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub struct Dataplane {
     settings: Array<MapData, u32>,
     /// The Maglev table last written per VIP index, so a rebuild writes only changed slots.
     written: StdHashMap<u32, Vec<u32>>,
-    /// Interfaces the program is attached to: ifindex to MAC.
-    links: StdHashMap<u32, [u8; 6]>,
+    /// Interfaces the program is attached to, by ifindex.
+    links: StdHashMap<u32, LinkInfo>,
 }
 
 /// How the program ended up attached to an interface.
@@ -93,11 +93,12 @@ impl Dataplane {
     /// XDP program itself (see TOOLCHAIN.md), so generic is the mode that forwards.
     pub fn attach(&mut self, interface: &str, mode: config::XdpMode) -> Result<Attached> {
         let link = LinkInfo::read(interface)?;
-        self.links.insert(link.ifindex, link.mac);
+        let has_device = link.has_device;
+        self.links.insert(link.ifindex, link);
         let wanted = match mode {
             config::XdpMode::Native => Attached::Native,
             config::XdpMode::Generic => Attached::Generic,
-            config::XdpMode::Auto if link.has_device => Attached::Native,
+            config::XdpMode::Auto if has_device => Attached::Native,
             config::XdpMode::Auto => Attached::Generic,
         };
         let program = self.program()?;
@@ -118,9 +119,9 @@ impl Dataplane {
         }
     }
 
-    /// The MAC of an interface the program is attached to.
-    pub fn link_mac(&self, ifindex: u32) -> Option<[u8; 6]> {
-        self.links.get(&ifindex).copied()
+    /// An interface the program is attached to.
+    pub fn link(&self, ifindex: u32) -> Option<&LinkInfo> {
+        self.links.get(&ifindex)
     }
 
     /// Turns the data plane's search for NAT replies on or off.
@@ -211,10 +212,15 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counters>) -> Result<Counters> {
     }))
 }
 
-/// What the data plane needs to know of an interface, from sysfs of the current namespace.
+/// What the data plane needs to know of an interface, from the current namespace.
+#[derive(Debug, Clone)]
 pub struct LinkInfo {
     pub ifindex: u32,
     pub mac: [u8; 6],
+    pub mtu: u16,
+    /// Its first IPv4 and first global IPv6 address: a tunnel's outer source.
+    pub addr4: Option<std::net::Ipv4Addr>,
+    pub addr6: Option<std::net::Ipv6Addr>,
     /// Backed by a device (a NIC with a driver), not a virtual link such as veth.
     pub has_device: bool,
 }
@@ -230,7 +236,23 @@ impl LinkInfo {
         let ifindex = read("ifindex")?.parse().context("ifindex")?;
         let mac =
             parse_mac(&read("address")?).with_context(|| format!("interface {interface}: MAC"))?;
-        Ok(LinkInfo { ifindex, mac, has_device: dir.join("device").exists() })
+        let mtu = read("mtu")?.parse().context("mtu")?;
+        let (mut addr4, mut addr6) = (None, None);
+        for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+            if ifa.interface_name != interface {
+                continue;
+            }
+            let Some(address) = ifa.address else { continue };
+            if let Some(a) = address.as_sockaddr_in() {
+                addr4 = addr4.or(Some(a.ip()));
+            } else if let Some(a) = address.as_sockaddr_in6() {
+                let ip = a.ip();
+                if !ip.is_unicast_link_local() {
+                    addr6 = addr6.or(Some(ip));
+                }
+            }
+        }
+        Ok(LinkInfo { ifindex, mac, mtu, addr4, addr6, has_device: dir.join("device").exists() })
     }
 }
 

@@ -67,9 +67,9 @@ struct RealState {
     checks: Vec<CheckState>,
     checkers: Vec<JoinHandle<()>>,
     mac: Option<[u8; 6]>,
-    /// The interface the real is reached through, and its MAC (our frames' source); None
-    /// while the real is unresolved or behind an interface XDP is not attached to.
-    link: Option<(u32, [u8; 6])>,
+    /// The interface the real is reached through; None while the real is unresolved or
+    /// behind an interface XDP is not attached to.
+    link: Option<u32>,
     health: Health,
     since: Instant,
 }
@@ -302,25 +302,40 @@ impl Engine {
         let s = &self.services[i];
         let on_failure = s.spec.on_failure;
         let forwarding = s.spec.forwarding;
+        let mut ready = Vec::new();
         for r in &s.reals {
             let (addr, family) = addr16(r.addr.ip());
+            let link = r.link.and_then(|l| self.dp.link(l));
+            // A tunnel leaves from the egress interface's address of the real's family.
+            let tunnel_src = link.and_then(|l| match r.addr.ip() {
+                IpAddr::V4(_) => l.addr4.map(|a| addr16(a.into()).0),
+                IpAddr::V6(_) => l.addr6.map(|a| addr16(a.into()).0),
+            });
             let info = RealInfo {
                 addr,
                 mac: r.mac.unwrap_or_default(),
                 family,
                 flags: if r.present(on_failure) { REAL_PRESENT } else { 0 },
-                src_mac: r.link.map(|l| l.1).unwrap_or_default(),
+                src_mac: link.map(|l| l.mac).unwrap_or_default(),
                 port_be: r.addr.port().to_be(),
-                ifindex: r.link.map_or(0, |l| l.0),
+                ifindex: r.link.unwrap_or(0),
                 vip: s.index,
+                tunnel_src: tunnel_src.unwrap_or_default(),
+                mtu: link.map_or(0, |l| l.mtu),
+                _pad: [0; 2],
             };
             self.dp.set_real(r.id, info)?;
+            let can_tunnel = forwarding != config::Forwarding::Tunnel || tunnel_src.is_some();
+            ready.push(r.schedulable() && can_tunnel);
         }
         let keys: Vec<String> = s.reals.iter().map(|r| r.addr.to_string()).collect();
         let entries: Vec<maglev::Entry<'_>> = s
             .reals
             .iter()
             .zip(&keys)
+            .zip(&ready)
+            .filter(|(_, ready)| **ready)
+            .map(|(r, _)| r)
             .filter(|(r, _)| r.schedulable())
             .map(|(r, k)| maglev::Entry { key: k.as_bytes(), weight: r.weight, id: r.id })
             .collect();
@@ -376,7 +391,7 @@ impl Engine {
     }
 
     fn on_neighbor(&mut self, resolved: Resolved) -> Result<()> {
-        let link = self.dp.link_mac(resolved.ifindex).map(|mac| (resolved.ifindex, mac));
+        let link = self.dp.link(resolved.ifindex).map(|_| resolved.ifindex);
         if resolved.mac.is_some() && link.is_none() {
             warn!(
                 real = %resolved.ip,
@@ -567,6 +582,7 @@ fn dp_forwarding(f: config::Forwarding) -> DpForwarding {
     match f {
         config::Forwarding::Dr => DpForwarding::Dr,
         config::Forwarding::Nat => DpForwarding::Nat,
+        config::Forwarding::Tunnel => DpForwarding::Tunnel,
     }
 }
 

@@ -92,6 +92,7 @@ fn real_default(out: &mut String, r: &RealView) {
     let forward = match r.forwarding {
         Forwarding::Dr => "Route",
         Forwarding::Nat => "Masq",
+        Forwarding::Tunnel => "Tunnel",
     };
     writeln!(
         out,

@@ -42,14 +42,14 @@ fn a_broken_config_fails_check_with_its_location() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/director.yaml"),
     )
     .unwrap();
-    std::fs::write(&path, text.replacen("forwarding: dr", "forwarding: tunnel", 1)).unwrap();
+    std::fs::write(&path, text.replacen("forwarding: dr", "forwarding: gre", 1)).unwrap();
     let out = check(&path);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with(&format!(
-            "{}:13:5: services[0].forwarding: `tunnel` is not built yet",
+            "{}:13:5: services[0].forwarding: unknown value `gre`",
             path.display()
         )),
         "{stderr}"

@@ -282,3 +282,109 @@ fn a_reply_without_a_nat_flow_passes_untouched() {
     let (action, out) = run(&mut dp, &reply);
     assert_eq!((action, &out), (XDP_PASS, &reply));
 }
+
+/// Tunnel: the frame leaves as [Ethernet to the real][outer header][the client's packet,
+/// byte for byte]; the outer header is checked field by field and its checksum with
+/// etherparse's.
+#[test]
+fn tunnel_wraps_the_packet_in_ip_in_ip() {
+    use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut dp = dataplane();
+    let clients =
+        [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V6("2001:db8:1::7".parse().unwrap())];
+    let vips = [IpAddr::V4(Ipv4Addr::from(VIP4)), IpAddr::V6(Ipv6Addr::from(VIP6))];
+    for (client, vip) in clients.into_iter().zip(vips) {
+        let request = Frame {
+            src_mac: CLIENT_MAC,
+            dst_mac: DIRECTOR_MAC,
+            src: SocketAddr::new(client, 40000),
+            dst: SocketAddr::new(vip, TUNNEL_VIP_PORT),
+            udp: false,
+            syn: true,
+            payload: b"hello".to_vec(),
+        }
+        .build();
+        let (action, out) = run(&mut dp, &request);
+        assert_eq!(action, XDP_TX, "{vip}");
+        assert_eq!(&out[..6], &REAL_MAC);
+        assert_eq!(&out[6..12], &DIRECTOR_MAC);
+        let inner = &request[14..];
+        if client.is_ipv4() {
+            assert_eq!(&out[12..14], &[0x08, 0x00]);
+            let outer = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
+            assert_eq!(outer.protocol.0, 4);
+            assert_eq!(outer.source, TUNNEL_SRC[0][..4]);
+            assert_eq!(outer.destination, TUNNEL_REAL4);
+            assert_eq!(outer.time_to_live, 64);
+            assert_eq!(outer.total_len as usize, 20 + inner.len());
+            // etherparse's builder sets DF on the inner packet; the outer copies it.
+            assert!(outer.dont_fragment);
+            assert_eq!(outer.header_checksum, outer.calc_header_checksum());
+            assert_eq!(&out[34..], inner);
+        } else {
+            assert_eq!(&out[12..14], &[0x86, 0xdd]);
+            let outer = Ipv6HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
+            assert_eq!(outer.next_header.0, 41);
+            assert_eq!(outer.source, TUNNEL_SRC[1]);
+            assert_eq!(outer.destination, TUNNEL_REAL6);
+            assert_eq!(outer.payload_length as usize, inner.len());
+            assert_eq!(&out[54..], inner);
+        }
+    }
+}
+
+/// Too big for the egress MTU once wrapped: the client gets ICMP fragmentation-needed
+/// (IPv4) or packet-too-big (IPv6) from the VIP, with correct checksums, quoting its packet.
+#[test]
+fn tunnel_answers_too_big_packets_with_icmp() {
+    use etherparse::{
+        Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice,
+        icmpv4::DestUnreachableHeader,
+    };
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut dp = dataplane();
+    let clients =
+        [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V6("2001:db8:1::7".parse().unwrap())];
+    let vips = [IpAddr::V4(Ipv4Addr::from(VIP4)), IpAddr::V6(Ipv6Addr::from(VIP6))];
+    for (client, vip) in clients.into_iter().zip(vips) {
+        let request = Frame {
+            src_mac: CLIENT_MAC,
+            dst_mac: DIRECTOR_MAC,
+            src: SocketAddr::new(client, 40000),
+            dst: SocketAddr::new(vip, SMALL_MTU_VIP_PORT),
+            udp: false,
+            syn: false,
+            payload: vec![0x5a; 200],
+        }
+        .build();
+        let (action, out) = run(&mut dp, &request);
+        assert_eq!(action, XDP_TX, "{vip}");
+        assert_eq!(&out[..6], &CLIENT_MAC);
+        assert_eq!(&out[6..12], &DIRECTOR_MAC);
+        if let (IpAddr::V4(c), IpAddr::V4(v)) = (client, vip) {
+            let ip = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
+            assert_eq!((ip.source, ip.destination, ip.protocol.0), (v.octets(), c.octets(), 1));
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+            assert_eq!(ip.total_len as usize, out.len() - 14);
+            let quoted = &out[42..];
+            assert_eq!(quoted, &request[14..14 + 28]);
+            let kind =
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: SMALL_MTU - 20,
+                });
+            assert_eq!(&out[34..42], &Icmpv4Header::with_checksum(kind, quoted).to_bytes()[..]);
+        } else if let (IpAddr::V6(c), IpAddr::V6(v)) = (client, vip) {
+            let ip = Ipv6HeaderSlice::from_slice(&out[14..]).unwrap().to_header();
+            assert_eq!((ip.source, ip.destination, ip.next_header.0), (v.octets(), c.octets(), 58));
+            assert_eq!(ip.payload_length as usize, out.len() - 54);
+            let quoted = &out[62..];
+            assert_eq!(quoted, &request[14..14 + 48]);
+            let kind = Icmpv6Type::PacketTooBig { mtu: (SMALL_MTU - 40) as u32 };
+            let header = Icmpv6Header::with_checksum(kind, v.octets(), c.octets(), quoted).unwrap();
+            assert_eq!(&out[54..62], &header.to_bytes()[..]);
+        }
+    }
+    let sent = dp.reasons().unwrap().into_iter().find(|(r, _)| *r == Reason::TooBigSent).unwrap().1;
+    assert_eq!(sent, 2);
+}

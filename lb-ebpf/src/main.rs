@@ -7,9 +7,11 @@
 
 mod csum;
 mod floor;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_PASS, XDP_TX},
@@ -46,6 +48,7 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     let (real_id, real, new_flow, new_connection) = find_real(&packet, &vip)?;
     let done = match vip.forwarding {
         f if f == Forwarding::Dr as u8 => forward_dr(ctx, real)?,
+        f if f == Forwarding::Tunnel as u8 => tunnel::forward(ctx, &packet, real)?,
         f if f == Forwarding::Nat as u8 => {
             nat::forward(ctx, &packet, real, real_id, &vip, new_flow)?
         }

@@ -24,11 +24,24 @@ pub fn addr16(a: &[u8]) -> [u8; 16] {
     out
 }
 
+/// The director's addresses a tunnel's outer header leaves from, by family (v4, v6).
+pub const TUNNEL_SRC: [[u8; 16]; 2] = [
+    [198, 51, 100, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02],
+];
+
 /// The NAT services' reals: a port other than the VIP's, as NAT allows.
 pub const NAT_REAL4: [u8; 4] = [10, 0, 0, 21];
 pub const NAT_REAL6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x21];
 pub const NAT_REAL_PORT_TCP: u16 = 8080;
 pub const NAT_REAL_PORT_UDP: u16 = 5353;
+/// The tunnel services: VIP port 90 (TCP) to reals 10.0.0.31 / 2001:db8::31, whose
+/// interface has an MTU of 1500; VIP port 91 (TCP) to a real behind an MTU of 120.
+pub const TUNNEL_REAL4: [u8; 4] = [10, 0, 0, 31];
+pub const TUNNEL_REAL6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x31];
+pub const TUNNEL_VIP_PORT: u16 = 90;
+pub const SMALL_MTU_VIP_PORT: u16 = 91;
+pub const SMALL_MTU: u16 = 120;
 /// VIP ports of the NAT services (the DR ones use 80 and 53).
 pub const NAT_VIP_PORT_TCP: u16 = 81;
 pub const NAT_VIP_PORT_UDP: u16 = 54;
@@ -40,6 +53,7 @@ pub fn dataplane() -> Dataplane {
     let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
     let dr = Forwarding::Dr;
     let nat = Forwarding::Nat;
+    let tun = Forwarding::Tunnel;
     let (dr4, dr6) = (
         addr16(&[10, 0, 0, 11]),
         addr16(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11]),
@@ -69,6 +83,26 @@ pub fn dataplane() -> Dataplane {
         ),
         (VIP6, NAT_VIP_PORT_TCP, PROTO_TCP, FAMILY_V6, nat, NAT_REAL6, NAT_REAL_PORT_TCP),
         (VIP6, NAT_VIP_PORT_UDP, PROTO_UDP, FAMILY_V6, nat, NAT_REAL6, NAT_REAL_PORT_UDP),
+        (
+            addr16(&VIP4),
+            TUNNEL_VIP_PORT,
+            PROTO_TCP,
+            FAMILY_V4,
+            tun,
+            addr16(&TUNNEL_REAL4),
+            TUNNEL_VIP_PORT,
+        ),
+        (VIP6, TUNNEL_VIP_PORT, PROTO_TCP, FAMILY_V6, tun, TUNNEL_REAL6, TUNNEL_VIP_PORT),
+        (
+            addr16(&VIP4),
+            SMALL_MTU_VIP_PORT,
+            PROTO_TCP,
+            FAMILY_V4,
+            tun,
+            addr16(&TUNNEL_REAL4),
+            SMALL_MTU_VIP_PORT,
+        ),
+        (VIP6, SMALL_MTU_VIP_PORT, PROTO_TCP, FAMILY_V6, tun, TUNNEL_REAL6, SMALL_MTU_VIP_PORT),
     ];
     dp.set_nat(true).unwrap();
     for (i, (addr, port, proto, family, forwarding, real, real_port)) in
@@ -89,6 +123,9 @@ pub fn dataplane() -> Dataplane {
                 flags: REAL_PRESENT,
                 src_mac: DIRECTOR_MAC,
                 port_be: real_port.to_be(),
+                tunnel_src: TUNNEL_SRC[family as usize / 6],
+                mtu: if port == SMALL_MTU_VIP_PORT { SMALL_MTU } else { 1500 },
+                _pad: [0; 2],
                 // 0: leave by the ingress interface (XDP_TX), as BPF_PROG_TEST_RUN has no other.
                 ifindex: 0,
                 vip: index,

@@ -1,0 +1,101 @@
+//! IP-in-IP tunnelling (LVS "tunnel"): the client's packet, untouched, inside an outer
+//! header to the real, IPv4 in IPv4 (protocol 4, RFC 2003) or IPv6 in IPv6 (next header
+//! 41, RFC 2473). The outer source is the director's address on the egress interface; the
+//! real decapsulates (lb_decap) and answers the client directly, from the VIP.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{FAMILY_V4, RealInfo, Reason};
+
+use crate::parse::{Packet, bytes_at};
+use crate::{icmp, transmit};
+
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const TTL: u8 = 64;
+
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    packet: &Packet,
+    real: &RealInfo,
+) -> Result<(u32, Reason), Reason> {
+    if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] || real.tunnel_src == [0u8; 16] {
+        return Err(Reason::PassRealUnresolved);
+    }
+    let v4 = packet.key.family == FAMILY_V4;
+    let outer_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let inner_len = ctx.data_end() - ctx.data() - packet.l3;
+    if inner_len + outer_len > real.mtu as usize {
+        // Too big once encapsulated: tell the client its path MTU, as a router would.
+        return icmp::too_big(ctx, packet, real.mtu as u32 - outer_len as u32);
+    }
+    // What the outer header copies from the inner one, read before the head moves.
+    let inner: [u8; 4] = unsafe { *bytes_at::<4>(ctx, packet.l3)? };
+    let (first, second) = (inner[0], inner[1]);
+    let flags = if v4 { unsafe { (*bytes_at::<8>(ctx, packet.l3)?)[6] } } else { 0 };
+    let dont_fragment = flags & 0x40;
+    let vlan = packet.l3 == 18;
+    let tag = if vlan { unsafe { *bytes_at::<4>(ctx, 14)? } } else { [0u8; 4] };
+
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
+        return Err(Reason::PassInternal);
+    }
+    // The frame is now [L2 header][outer IP][inner packet]: write the first two anew.
+    let ethertype: [u8; 2] = if v4 { [0x08, 0x00] } else { [0x86, 0xdd] };
+    let eth = unsafe { &mut *bytes_at::<14>(ctx, 0)? };
+    eth[..6].copy_from_slice(&real.mac);
+    eth[6..12].copy_from_slice(&real.src_mac);
+    if vlan {
+        let l2 = unsafe { &mut *bytes_at::<18>(ctx, 0)? };
+        l2[12..16].copy_from_slice(&tag);
+        l2[16..18].copy_from_slice(&ethertype);
+    } else {
+        eth[12..14].copy_from_slice(&ethertype);
+    }
+    if v4 {
+        let total = ((inner_len + IPV4_HLEN) as u16).to_be_bytes();
+        let mut h = [0u8; IPV4_HLEN];
+        h[0] = 0x45;
+        h[1] = second; // TOS copied from the inner header (RFC 2003, 3.1)
+        h[2..4].copy_from_slice(&total);
+        h[6] = dont_fragment;
+        h[8] = TTL;
+        h[9] = IPPROTO_IPIP;
+        h[12..16].copy_from_slice(&real.tunnel_src[..4]);
+        h[16..20].copy_from_slice(&real.addr[..4]);
+        let csum = ipv4_header_checksum(&h).to_be_bytes();
+        h[10..12].copy_from_slice(&csum);
+        let out = unsafe { &mut *bytes_at::<IPV4_HLEN>(ctx, packet.l3)? };
+        *out = h;
+    } else {
+        let out = unsafe { &mut *bytes_at::<IPV6_HLEN>(ctx, packet.l3)? };
+        // Version 6; traffic class and flow label copied from the inner header.
+        out[0] = first;
+        out[1] = second;
+        out[2] = inner[2];
+        out[3] = inner[3];
+        out[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
+        out[6] = IPPROTO_IPV6;
+        out[7] = TTL;
+        out[8..24].copy_from_slice(&real.tunnel_src);
+        out[24..40].copy_from_slice(&real.addr);
+    }
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    Ok(transmit(ingress, real.ifindex))
+}
+
+/// The IPv4 header checksum of a header whose checksum field is zero.
+#[inline(always)]
+pub fn ipv4_header_checksum(h: &[u8; IPV4_HLEN]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < IPV4_HLEN {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
