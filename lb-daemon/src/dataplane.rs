@@ -3,7 +3,6 @@
 //! speaks in lb-common's types.
 
 use std::collections::HashMap as StdHashMap;
-use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -17,10 +16,14 @@ use lb_common::{
 };
 
 use crate::config;
+pub use crate::link::LinkInfo;
 
 /// The compiled data plane, built by build.rs from lb-ebpf: `lb_xdp`, and `floor`, the
 /// benchmark's reference program.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The real servers' decapsulation program, `lb_decap` (lb-ebpf/src/decap.rs).
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
 
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -87,36 +90,13 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// Attaches to `interface` and returns the mode it got.
-    /// `auto` takes native mode on interfaces backed by a device driver and generic mode on
-    /// virtual ones: on veth, native XDP_TX frames are only delivered when the peer runs an
-    /// XDP program itself (see TOOLCHAIN.md), so generic is the mode that forwards.
+    /// Attaches to `interface` and returns the mode it got (see [`attach_xdp`]).
     pub fn attach(&mut self, interface: &str, mode: config::XdpMode) -> Result<Attached> {
         let link = LinkInfo::read(interface)?;
         let has_device = link.has_device;
         self.links.insert(link.ifindex, link);
-        let wanted = match mode {
-            config::XdpMode::Native => Attached::Native,
-            config::XdpMode::Generic => Attached::Generic,
-            config::XdpMode::Auto if has_device => Attached::Native,
-            config::XdpMode::Auto => Attached::Generic,
-        };
-        let program = self.program()?;
-        let flags = match wanted {
-            Attached::Native => XdpMode::Driver,
-            Attached::Generic => XdpMode::Skb,
-        };
-        match program.attach(interface, flags) {
-            Ok(_) => Ok(wanted),
-            Err(e) if mode == config::XdpMode::Auto && wanted == Attached::Native => {
-                tracing::warn!(interface, error = %e, "native XDP refused by the driver, using generic");
-                program
-                    .attach(interface, XdpMode::Skb)
-                    .with_context(|| format!("attaching XDP to {interface}"))?;
-                Ok(Attached::Generic)
-            }
-            Err(e) => Err(e).with_context(|| format!("attaching XDP ({wanted:?}) to {interface}")),
-        }
+        let (_, attached) = attach_xdp(self.program()?, interface, has_device, mode)?;
+        Ok(attached)
     }
 
     /// An interface the program is attached to.
@@ -197,6 +177,39 @@ impl Dataplane {
     }
 }
 
+/// Attaches an XDP program. `auto` takes native mode on interfaces backed by a device
+/// driver and generic mode on virtual ones: on veth, native XDP_TX frames are only delivered
+/// when the peer runs an XDP program itself (see TOOLCHAIN.md), so generic is the mode that
+/// forwards. A driver that refuses native mode under `auto` gets generic, with a warning.
+pub fn attach_xdp(
+    program: &mut Xdp,
+    interface: &str,
+    has_device: bool,
+    mode: config::XdpMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, Attached)> {
+    let wanted = match mode {
+        config::XdpMode::Native => Attached::Native,
+        config::XdpMode::Generic => Attached::Generic,
+        config::XdpMode::Auto if has_device => Attached::Native,
+        config::XdpMode::Auto => Attached::Generic,
+    };
+    let flags = match wanted {
+        Attached::Native => XdpMode::Driver,
+        Attached::Generic => XdpMode::Skb,
+    };
+    match program.attach(interface, flags) {
+        Ok(id) => Ok((id, wanted)),
+        Err(e) if mode == config::XdpMode::Auto && wanted == Attached::Native => {
+            tracing::warn!(interface, error = %e, "native XDP refused by the driver, using generic");
+            let id = program
+                .attach(interface, XdpMode::Skb)
+                .with_context(|| format!("attaching XDP to {interface}"))?;
+            Ok((id, Attached::Generic))
+        }
+        Err(e) => Err(e).with_context(|| format!("attaching XDP ({wanted:?}) to {interface}")),
+    }
+}
+
 fn zero_counters() -> Result<aya::maps::PerCpuValues<Counters>> {
     let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?;
     Ok(aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?)
@@ -210,58 +223,4 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counters>) -> Result<Counters> {
         out_packets: a.out_packets + c.out_packets,
         out_bytes: a.out_bytes + c.out_bytes,
     }))
-}
-
-/// What the data plane needs to know of an interface, from the current namespace.
-#[derive(Debug, Clone)]
-pub struct LinkInfo {
-    pub ifindex: u32,
-    pub mac: [u8; 6],
-    pub mtu: u16,
-    /// Its first IPv4 and first global IPv6 address: a tunnel's outer source.
-    pub addr4: Option<std::net::Ipv4Addr>,
-    pub addr6: Option<std::net::Ipv6Addr>,
-    /// Backed by a device (a NIC with a driver), not a virtual link such as veth.
-    pub has_device: bool,
-}
-
-impl LinkInfo {
-    pub fn read(interface: &str) -> Result<Self> {
-        let dir = Path::new("/sys/class/net").join(interface);
-        let read = |f: &str| {
-            std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string()).with_context(|| {
-                format!("interface {interface}: reading {}", dir.join(f).display())
-            })
-        };
-        let ifindex = read("ifindex")?.parse().context("ifindex")?;
-        let mac =
-            parse_mac(&read("address")?).with_context(|| format!("interface {interface}: MAC"))?;
-        let mtu = read("mtu")?.parse().context("mtu")?;
-        let (mut addr4, mut addr6) = (None, None);
-        for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
-            if ifa.interface_name != interface {
-                continue;
-            }
-            let Some(address) = ifa.address else { continue };
-            if let Some(a) = address.as_sockaddr_in() {
-                addr4 = addr4.or(Some(a.ip()));
-            } else if let Some(a) = address.as_sockaddr_in6() {
-                let ip = a.ip();
-                if !ip.is_unicast_link_local() {
-                    addr6 = addr6.or(Some(ip));
-                }
-            }
-        }
-        Ok(LinkInfo { ifindex, mac, mtu, addr4, addr6, has_device: dir.join("device").exists() })
-    }
-}
-
-pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next().ok_or_else(|| anyhow!("short MAC {s}"))?, 16)?;
-    }
-    anyhow::ensure!(parts.next().is_none(), "long MAC {s}");
-    Ok(mac)
 }

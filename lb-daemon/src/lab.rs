@@ -57,6 +57,8 @@ pub enum Topology {
     /// Client and director's eth0 on one segment, director's eth1 and the reals on
     /// another, the director their gateway: NAT.
     Split,
+    /// One segment, the reals bare: `lbadm realserver setup --mode tunnel` prepares them.
+    Bare,
 }
 
 /// Namespace roles; their names carry a per-lab prefix so labs never collide.
@@ -75,6 +77,8 @@ pub struct Lab {
     processes: Vec<(String, String, Child)>,
     keep: bool,
     topology: Topology,
+    /// Filesystems mounted for the lab (bpffs for pins), unmounted on drop.
+    mounts: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -89,6 +93,11 @@ impl Lab {
         Self::build_with(prefix, Topology::Split)
     }
 
+    /// One segment with bare reals, for the test to prepare (tunnel mode).
+    pub fn bare(prefix: &str) -> Result<Self> {
+        Self::build_with(prefix, Topology::Bare)
+    }
+
     fn build_with(prefix: &str, topology: Topology) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -99,6 +108,7 @@ impl Lab {
             processes: Vec::new(),
             keep: false,
             topology,
+            mounts: Vec::new(),
         };
         lab.build().context("building the lab's network")?;
         Ok(lab)
@@ -107,7 +117,7 @@ impl Lab {
     /// Real `i`'s addresses, on the segment the topology puts it.
     pub fn real(&self, i: usize) -> (Ipv4Addr, Ipv6Addr) {
         match self.topology {
-            Topology::Shared => (REALS[i], REALS6[i]),
+            Topology::Shared | Topology::Bare => (REALS[i], REALS6[i]),
             Topology::Split => (BACK_REALS[i], BACK_REALS6[i]),
         }
     }
@@ -193,6 +203,9 @@ impl Lab {
         )?;
         for i in 0..REALS.len() {
             let role = real_role(i);
+            if self.topology == Topology::Bare {
+                continue;
+            }
             if split {
                 // NAT: the director is the reals' way back; they never see the VIP.
                 self.exec_ok(
@@ -216,6 +229,22 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Runs a command in a role's network namespace only (nsenter --net), keeping the
+    /// host's mount namespace: what it mounts or pins outlives the command.
+    pub fn exec_net(&self, role: &str, args: &[&str]) -> Result<Output> {
+        let ns = format!("--net=/run/netns/{}", self.ns(role));
+        Command::new("nsenter")
+            .arg(ns)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {args:?} in {role}'s network namespace"))
+    }
+
+    /// Records a mount below the lab's directory, to be lazily unmounted on drop.
+    pub fn track_mount(&mut self, path: PathBuf) {
+        self.mounts.push(path);
     }
 
     /// Runs a command in a role's namespace and waits for it.
@@ -474,6 +503,10 @@ impl Drop for Lab {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        // Unmounting a bpffs releases what is pinned in it (a decap program's link too).
+        for mount in self.mounts.drain(..) {
+            let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -9,4 +9,6 @@ pub mod engine;
 pub mod health;
 pub mod ipvsadm;
 pub mod lab;
+pub mod link;
 pub mod neighbor;
+pub mod realserver;

@@ -9,8 +9,17 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 /// Debian packages the lab and the tests run: real servers, and the tools to drive them.
-const PACKAGES: &[&str] =
-    &["iproute2", "ethtool", "nginx-light", "dnsmasq-base", "dnsutils", "curl", "bpftool"];
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "nginx-light",
+    "dnsmasq-base",
+    "dnsutils",
+    "curl",
+    "bpftool",
+    "tshark",
+    "util-linux",
+];
 
 #[derive(Parser)]
 #[command(about = "Set-up, build, test and lab for the load balancer")]

@@ -57,6 +57,33 @@ enum Command {
     },
     /// Reread lbd's config file, as SIGHUP does.
     Reload,
+    /// Prepare (or undo) a real server for a mode: VIP on lo, ARP sysctls, and for tunnel
+    /// the decapsulation program, pinned so it outlives the command.
+    Realserver {
+        #[command(subcommand)]
+        action: RealserverAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RealserverAction {
+    Setup(RealserverArgs),
+    Teardown(RealserverArgs),
+}
+
+#[derive(clap::Args)]
+struct RealserverArgs {
+    /// The VIP this real serves.
+    #[arg(long)]
+    vip: std::net::IpAddr,
+    #[arg(long, value_enum)]
+    mode: lb_daemon::realserver::Mode,
+    /// The interface the director's packets arrive on.
+    #[arg(long)]
+    interface: String,
+    /// The bpffs directory the decapsulation program is pinned below (mounted if needed).
+    #[arg(long, default_value = "/sys/fs/bpf/lb")]
+    pin_root: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +104,23 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Some(Command::Status { json }) => return status(&cli.socket, json),
+        Some(Command::Realserver { action }) => {
+            let (args, setup) = match action {
+                RealserverAction::Setup(a) => (a, true),
+                RealserverAction::Teardown(a) => (a, false),
+            };
+            let real = lb_daemon::realserver::RealServer {
+                vip: args.vip,
+                mode: args.mode,
+                interface: args.interface,
+                pin_root: args.pin_root,
+            };
+            let done = if setup { real.setup()? } else { real.teardown()? };
+            for line in done {
+                println!("{line}");
+            }
+            return Ok(());
+        }
         Some(Command::Reload) => {
             return match control::call(&cli.socket, &Request::Reload)? {
                 Response::Ok { message } => {

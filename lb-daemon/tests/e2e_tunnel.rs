@@ -1,0 +1,190 @@
+//! End to end, tunnel: bare real servers prepared by `lbadm realserver setup --mode
+//! tunnel` (VIP on lo, ARP sysctls, the decapsulation program pinned), the director
+//! wrapping client packets in IP-in-IP to them, the reals answering the client directly.
+//! Debian's tshark, on the wire between director and real, decodes what it sees. Root.
+
+mod e2e;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::{Director, assert_shares, dig, tally};
+use lb_daemon::lab::{self, Lab, REALS, REALS6, ROLE_CLIENT, VIP, VIP6};
+
+fn config(socket: &Path) -> String {
+    let service = |name: &str, vip: &str, proto: &str, check: &str, reals: String| {
+        format!(
+            "  - name: {name}\n    vip: \"{vip}\"\n    protocol: {proto}\n    forwarding: tunnel\n    check:\n{check}      interval: 500ms\n      timeout: 300ms\n    reals:\n{reals}"
+        )
+    };
+    let http = "      type: http\n      path: /healthz\n";
+    let tcp53 = "      type: tcp\n      port: 53\n";
+    let reals4: String = REALS.iter().map(|a| format!("      - address: {a}\n")).collect();
+    let reals6: String = REALS6.iter().map(|a| format!("      - address: \"{a}\"\n")).collect();
+    [
+        format!("director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n", socket.display()),
+        service("web", &format!("{VIP}:80"), "tcp", http, reals4.clone()),
+        service("dns", &format!("{VIP}:53"), "udp", tcp53, reals4),
+        service("web6", &format!("[{VIP6}]:80"), "tcp", http, reals6),
+    ]
+    .concat()
+}
+
+fn lbadm_on(lab: &Lab, real: usize, args: &[&str]) -> String {
+    let mut cmd = vec![env!("CARGO_BIN_EXE_lbadm"), "realserver"];
+    cmd.extend(args);
+    let out = lab.exec_net(&lab::real_role(real), &cmd).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lbadm {args:?} on real{}: {}{text}",
+        real + 1,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
+    let mut lab = Lab::bare("lbu").expect("lab");
+    let pins = lab.dir().join("bpf");
+    lab.track_mount(pins.clone());
+    let pins = pins.to_str().unwrap().to_string();
+    for i in 0..REALS.len() {
+        for vip in [VIP.to_string(), VIP6.to_string()] {
+            let out = lbadm_on(
+                &lab,
+                i,
+                &[
+                    "setup",
+                    "--vip",
+                    &vip,
+                    "--mode",
+                    "tunnel",
+                    "--interface",
+                    "eth0",
+                    "--pin-root",
+                    &pins,
+                ],
+            );
+            assert!(out.contains(&format!("{vip} is decapsulated on eth0")), "{out}");
+        }
+        // Set up twice: nothing new, nothing broken.
+        let again = lbadm_on(
+            &lab,
+            i,
+            &[
+                "setup",
+                "--vip",
+                &VIP.to_string(),
+                "--mode",
+                "tunnel",
+                "--interface",
+                "eth0",
+                "--pin-root",
+                &pins,
+            ],
+        );
+        assert!(again.contains("already on lo") && !again.contains("attached"), "{again}");
+    }
+    let mut d = Director::start(lab, config);
+
+    // tshark on the switch's port to real1: the frames there are the director's tunnel.
+    let capture = [
+        "tshark",
+        "-l",
+        "-n",
+        "-i",
+        "port2",
+        "-f",
+        "ip proto 4",
+        "-c",
+        "5",
+        "-a",
+        "duration:20",
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-T",
+        "fields",
+        "-e",
+        "ip.proto",
+        "-e",
+        "ip.src",
+        "-e",
+        "ip.dst",
+        "-e",
+        "ip.checksum.status",
+        "-e",
+        "tcp.checksum.status",
+        "-o",
+        "tcp.check_checksum:TRUE",
+    ];
+    d.lab.spawn("switch", "tshark", &capture).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
+        let count = tally(&d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(vip, 80), 300).unwrap());
+        assert_shares(&count, &[1.0, 1.0, 1.0]);
+    }
+    assert_eq!(dig(&d.lab, IpAddr::from(VIP), 20).len(), 20);
+    let list = d.lbadm(&["-L", "-n", "-t", &format!("{VIP}:80")]);
+    assert!(
+        list.contains(&format!("  -> {:<28} Tunnel  1      ", format!("{}:80", REALS[0]))),
+        "{list}"
+    );
+
+    // The capture: IP-in-IP from the director to real1, both headers' checksums good.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut log = d.lab.log("switch", "tshark");
+    while log.lines().filter(|l| l.starts_with("4,")).count() < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        log = d.lab.log("switch", "tshark");
+    }
+    let packets: Vec<&str> = log.lines().filter(|l| l.starts_with("4,")).collect();
+    assert_eq!(packets.len(), 5, "tshark saw:\n{log}");
+    for p in packets {
+        // proto "4,6" (outer IPIP, inner TCP), src "director,client", dst "real1,VIP",
+        // IP checksum status "1,1" (good, good), TCP checksum status 1 (good).
+        let cols: Vec<&str> = p.split('\t').collect();
+        assert_eq!(cols[0], "4,6", "{p}");
+        assert_eq!(cols[1], format!("{},{}", lab::DIRECTOR, lab::CLIENT), "{p}");
+        assert_eq!(cols[2], format!("{},{VIP}", REALS[0]), "{p}");
+        assert_eq!(cols[3], "1,1", "{p}");
+        assert_eq!(cols[4], "1", "{p}");
+    }
+
+    for i in 0..REALS.len() {
+        lbadm_on(
+            &d.lab,
+            i,
+            &[
+                "teardown",
+                "--vip",
+                &VIP6.to_string(),
+                "--mode",
+                "tunnel",
+                "--interface",
+                "eth0",
+                "--pin-root",
+                &pins,
+            ],
+        );
+        let out = lbadm_on(
+            &d.lab,
+            i,
+            &[
+                "teardown",
+                "--vip",
+                &VIP.to_string(),
+                "--mode",
+                "tunnel",
+                "--interface",
+                "eth0",
+                "--pin-root",
+                &pins,
+            ],
+        );
+        assert!(out.contains("lb_decap detached from eth0"), "{out}");
+    }
+}
