@@ -201,10 +201,12 @@ pub enum Reason {
     DropTooBig,
     /// Too big to tunnel: turned into ICMP fragmentation-needed / packet-too-big.
     TooBigSent,
+    /// An ICMP error about a VIP flow the table does not hold (or a NAT flow).
+    PassIcmpNoFlow,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::TooBigSent as u32 + 1;
+    pub const COUNT: u32 = Reason::PassIcmpNoFlow as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::Transmitted,
         Reason::Redirected,
@@ -220,6 +222,7 @@ impl Reason {
         Reason::PassInternal,
         Reason::DropTooBig,
         Reason::TooBigSent,
+        Reason::PassIcmpNoFlow,
     ];
 
     /// The name used in logs and metrics.
@@ -239,6 +242,7 @@ impl Reason {
             Reason::PassInternal => "pass_internal",
             Reason::DropTooBig => "drop_too_big",
             Reason::TooBigSent => "too_big_sent",
+            Reason::PassIcmpNoFlow => "pass_icmp_no_flow",
         }
     }
 }

@@ -388,3 +388,145 @@ fn tunnel_answers_too_big_packets_with_icmp() {
     let sent = dp.reasons().unwrap().into_iter().find(|(r, _)| *r == Reason::TooBigSent).unwrap().1;
     assert_eq!(sent, 2);
 }
+
+/// An ICMP error about a VIP flow (a router on the real's way to the client says "too big"
+/// or "unreachable" to the VIP, so to the director) reaches the real that owns the flow.
+#[test]
+fn icmp_errors_about_a_flow_go_to_its_real() {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut dp = dataplane();
+    let clients =
+        [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V6("2001:db8:1::7".parse().unwrap())];
+    let vips = [IpAddr::V4(Ipv4Addr::from(VIP4)), IpAddr::V6(Ipv6Addr::from(VIP6))];
+    for (client, vip) in clients.into_iter().zip(vips) {
+        let client = SocketAddr::new(client, 40000);
+        let (vip, router) = (SocketAddr::new(vip, 80), client.ip());
+        let quote = |from: SocketAddr, to: SocketAddr| {
+            let answer = Frame {
+                src_mac: REAL_MAC,
+                dst_mac: CLIENT_MAC,
+                src: from,
+                dst: to,
+                udp: false,
+                syn: false,
+                payload: vec![0; 100],
+            }
+            .build();
+            answer[14..14 + if from.is_ipv4() { 28 } else { 48 }].to_vec()
+        };
+        let icmp = |quoted: &[u8]| {
+            let mut v = Vec::new();
+            let b = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC);
+            match (router, vip.ip()) {
+                (IpAddr::V4(r), IpAddr::V4(v4)) => b
+                    .ipv4(r.octets(), v4.octets(), 64)
+                    .icmpv4(Icmpv4Type::DestinationUnreachable(
+                        DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                    ))
+                    .write(&mut v, quoted)
+                    .unwrap(),
+                (IpAddr::V6(r), IpAddr::V6(v6)) => b
+                    .ipv6(r.octets(), v6.octets(), 64)
+                    .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+                    .write(&mut v, quoted)
+                    .unwrap(),
+                _ => unreachable!(),
+            }
+            v
+        };
+        // Before the flow exists: passed to the kernel, counted.
+        let early = icmp(&quote(vip, client));
+        let (action, out) = run(&mut dp, &early);
+        assert_eq!((action, &out), (XDP_PASS, &early));
+        // The client opens the flow; now the error follows it to the real, MACs rewritten.
+        let syn = Frame {
+            src_mac: CLIENT_MAC,
+            dst_mac: DIRECTOR_MAC,
+            src: client,
+            dst: vip,
+            udp: false,
+            syn: true,
+            payload: vec![],
+        }
+        .build();
+        assert_eq!(run(&mut dp, &syn).0, XDP_TX);
+        let (action, out) = run(&mut dp, &early);
+        assert_eq!(action, XDP_TX, "{vip}");
+        assert_eq!(out, dr_rewritten(&early));
+        // About another client's connection: not ours.
+        let other = SocketAddr::new(client.ip(), 40001);
+        let stray = icmp(&quote(vip, other));
+        let (action, out) = run(&mut dp, &stray);
+        assert_eq!((action, &out), (XDP_PASS, &stray));
+    }
+    assert_eq!(reason_count(&dp, Reason::PassIcmpNoFlow), 4);
+}
+
+/// Echo requests to a VIP, and ICMPv6 neighbour discovery, are the director kernel's.
+#[test]
+fn echo_and_neighbour_discovery_pass() {
+    let mut dp = dataplane();
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4([198, 51, 100, 7], VIP4, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    let mut solicit = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, 0x10])
+        .ipv6(addr16(&[0xfe, 0x80]), VIP6, 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] })
+        .write(&mut solicit, &VIP6)
+        .unwrap();
+    for frame in [echo, solicit] {
+        let (action, out) = run(&mut dp, &frame);
+        assert_eq!((action, &out), (XDP_PASS, &frame));
+    }
+    assert_eq!(reason_count(&dp, Reason::PassOtherProto), 2);
+}
+
+/// More malformed and unusual inputs, each with its defined action.
+#[test]
+fn more_malformed_inputs_have_defined_actions() {
+    let mut dp = dataplane();
+    // IPv6 UDP cut inside the IPv6 header and inside the UDP header.
+    let udp = udp6(VIP6, 53);
+    for cut in [14 + 20, 14 + 40 + 4] {
+        let (action, out) = run(&mut dp, &udp[..cut]);
+        assert_eq!((action, out.as_slice()), (XDP_PASS, &udp[..cut]), "cut at {cut}");
+    }
+    assert_eq!(reason_count(&dp, Reason::PassTruncated), 2);
+    // A UDP length below the header's own 8 bytes (zero-length UDP).
+    let mut zero = udp.clone();
+    zero[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&[0, 0]);
+    let (action, out) = run(&mut dp, &zero);
+    assert_eq!((action, &out), (XDP_PASS, &zero));
+    assert_eq!(reason_count(&dp, Reason::PassMalformed), 1);
+    // TCP with options (MSS, SACK permitted, timestamps): a VIP packet like any other.
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4([198, 51, 100, 7], VIP4, 64)
+        .tcp(40002, 80, 1, 64240)
+        .syn()
+        .options(&[
+            etherparse::TcpOptionElement::MaximumSegmentSize(1460),
+            etherparse::TcpOptionElement::SelectiveAcknowledgementPermitted,
+            etherparse::TcpOptionElement::Timestamp(1, 0),
+        ])
+        .unwrap()
+        .write(&mut v, &[])
+        .unwrap();
+    let (action, out) = run(&mut dp, &v);
+    assert_eq!((action, &out), (XDP_TX, &dr_rewritten(&v)));
+    // An IPv6 fragment header before UDP: passed (fragments are the kernel's).
+    let mut frag = udp.clone();
+    frag[14 + 6] = 44;
+    let (action, out) = run(&mut dp, &frag);
+    assert_eq!((action, &out), (XDP_PASS, &frag));
+    // An unknown transport (SCTP) to the VIP: passed.
+    let mut sctp = tcp4(VIP4, 80, true);
+    sctp[14 + 9] = 132;
+    let (action, out) = run(&mut dp, &sctp);
+    assert_eq!((action, &out), (XDP_PASS, &sctp));
+}

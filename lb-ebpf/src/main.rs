@@ -40,7 +40,9 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     let packet = parse::parse(ctx)?;
     let vip = match find_vip(&packet) {
+        Ok(vip) if packet.icmp_error => return icmp_to_real(ctx, &packet, &vip),
         Ok(vip) => vip,
+        Err(Reason::PassNotVip) if packet.icmp_error => return Err(Reason::PassNotVip),
         // Not for a VIP: maybe a real's answer to a NAT flow, on its way back.
         Err(Reason::PassNotVip) => return nat::reply(ctx, &packet),
         Err(other) => return Err(other),
@@ -55,6 +57,23 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
         _ => return Err(Reason::PassInternal),
     };
     count_traffic(vip.index, real_id, new_connection, packet.len);
+    Ok(done)
+}
+
+/// An ICMP error about a VIP flow goes to the real that owns the flow, as the flow's own
+/// packets do, so its stack learns of the unreachable client or the smaller path MTU.
+/// NAT flows are left to the kernel: their quoted headers would need translating too.
+#[inline(always)]
+fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32, Reason), Reason> {
+    let flow = unsafe { FLOWS.get(&packet.key) }.ok_or(Reason::PassIcmpNoFlow)?;
+    let real_id = flow.real;
+    let real = serving_real(real_id, vip).ok_or(Reason::PassIcmpNoFlow)?;
+    let done = match vip.forwarding {
+        f if f == Forwarding::Dr as u8 => forward_dr(ctx, real)?,
+        f if f == Forwarding::Tunnel as u8 => tunnel::forward(ctx, packet, real)?,
+        _ => return Err(Reason::PassIcmpNoFlow),
+    };
+    count_traffic(vip.index, real_id, false, packet.len);
     Ok(done)
 }
 

@@ -12,6 +12,9 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const IPV6_HLEN: usize = 40;
 const TCP_MIN_HLEN: usize = 20;
+const ICMP_HLEN: usize = 8;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
 const UDP_HLEN: usize = 8;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -28,6 +31,9 @@ pub struct Packet {
     /// Offsets of the IP and transport headers, for the paths that rewrite them.
     pub l3: usize,
     pub l4: usize,
+    /// An ICMP error (destination unreachable, packet too big) about a packet of `key`'s
+    /// flow; `key` is that flow's, seen from the client, read from the quoted header.
+    pub icmp_error: bool,
 }
 
 impl Packet {
@@ -76,8 +82,51 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         ETH_P_IPV6 => parse_ipv6(ctx, l3, &mut key)?,
         _ => return Err(Reason::PassNotIp),
     };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if key.proto == PROTO_ICMP || key.proto == PROTO_ICMPV6 {
+        let key = parse_icmp_error(ctx, l4, key.family)?;
+        return Ok(Packet { key, tcp_flags: 0, len, l3, l4, icmp_error: true });
+    }
     let tcp_flags = parse_ports(ctx, l4, &mut key)?;
-    Ok(Packet { key, tcp_flags, len: (ctx.data_end() - ctx.data()) as u64, l3, l4 })
+    Ok(Packet { key, tcp_flags, len, l3, l4, icmp_error: false })
+}
+
+/// An ICMP error quotes the packet that caused it: the IP header and at least 8 bytes,
+/// the ports. That packet went from a VIP to a client (a real's answer), so the flow it
+/// belongs to is the quote reversed. Anything but destination unreachable (ICMPv4 3,
+/// ICMPv6 1) and packet too big (ICMPv6 2), with a TCP or UDP quote, is not ours.
+#[inline(always)]
+fn parse_icmp_error(ctx: &XdpContext, l4: usize, family: u8) -> Result<FlowKey, Reason> {
+    let icmp = unsafe { &*bytes_at::<ICMP_HLEN>(ctx, l4)? };
+    let error = if family == FAMILY_V4 { icmp[0] == 3 } else { icmp[0] == 1 || icmp[0] == 2 };
+    if !error {
+        return Err(Reason::PassOtherProto);
+    }
+    let quote = l4 + ICMP_HLEN;
+    let mut key = FlowKey { family, ..FlowKey::default() };
+    let ports_at = if family == FAMILY_V4 {
+        let ip = unsafe { &*bytes_at::<20>(ctx, quote)? };
+        if ip[0] != 0x45 {
+            return Err(Reason::PassMalformed);
+        }
+        key.proto = ip[9];
+        key.dst[..4].copy_from_slice(&ip[12..16]);
+        key.src[..4].copy_from_slice(&ip[16..20]);
+        quote + 20
+    } else {
+        let ip = unsafe { &*bytes_at::<IPV6_HLEN>(ctx, quote)? };
+        key.proto = ip[6];
+        key.dst.copy_from_slice(&ip[8..24]);
+        key.src.copy_from_slice(&ip[24..40]);
+        quote + IPV6_HLEN
+    };
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(Reason::PassOtherProto);
+    }
+    let ports = unsafe { &*bytes_at::<4>(ctx, ports_at)? };
+    key.dport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    key.sport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    Ok(key)
 }
 
 /// Fills addresses and protocol; returns the transport header's offset.
@@ -96,7 +145,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, R
         return Err(Reason::PassFragment);
     }
     let proto = ip[9];
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Reason::PassOtherProto);
     }
     key.family = FAMILY_V4;
@@ -113,7 +162,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, R
         return Err(Reason::PassMalformed);
     }
     let next = ip[6];
-    if next != PROTO_TCP && next != PROTO_UDP {
+    if next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
         return Err(if is_ipv6_extension(next) {
             Reason::PassIpv6ExtHeader
         } else {
