@@ -84,6 +84,25 @@ fn main() {
         payload: b"HTTP/1.0 200 OK\r\n\r\n".to_vec(),
     }
     .build();
+    let tunnel_request = |vip: std::net::IpAddr, client: &str, syn| {
+        Frame {
+            src_mac: CLIENT_MAC,
+            dst_mac: DIRECTOR_MAC,
+            src: client.parse().unwrap(),
+            dst: std::net::SocketAddr::new(vip, TUNNEL_VIP_PORT),
+            udp: false,
+            syn,
+            payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        }
+        .build()
+    };
+    let vip4 = std::net::IpAddr::from(VIP4);
+    let vip6 = std::net::IpAddr::from(VIP6);
+    let tunnel_syn = tunnel_request(vip4, "198.51.100.8:40000", true);
+    let tunnel_established = tunnel_request(vip4, "198.51.100.8:40000", false);
+    let tunnel6_established = tunnel_request(vip6, "[2001:db8:1::8]:40000", false);
+    run(&mut dp, &tunnel_syn);
+    run(&mut dp, &tunnel_request(vip6, "[2001:db8:1::8]:40000", true));
     // Open the flows the "established" paths reuse.
     run(&mut dp, &tcp4(VIP4, 80, true));
     run(&mut dp, &established_udp6);
@@ -142,6 +161,24 @@ fn main() {
         Path {
             name: "nat, reply (IPv4 TCP)",
             frames: Frames::Same(nat_reply),
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "tunnel, new flow (IPv4 TCP SYN)",
+            frames: Frames::NewFlow { template: tunnel_syn, at: 26, next: 0 },
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "tunnel, established flow (IPv4 TCP)",
+            frames: Frames::Same(tunnel_established),
+            want: XDP_TX,
+            samples: vec![],
+        },
+        Path {
+            name: "tunnel, established flow (IPv6 TCP)",
+            frames: Frames::Same(tunnel6_established),
             want: XDP_TX,
             samples: vec![],
         },
