@@ -42,13 +42,16 @@ pub const TUNNEL_REAL6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0,
 pub const TUNNEL_VIP_PORT: u16 = 90;
 pub const SMALL_MTU_VIP_PORT: u16 = 91;
 pub const SMALL_MTU: u16 = 120;
+/// The tunnel services over UDP: VIP port 92 to the same reals.
+pub const TUNNEL_VIP_PORT_UDP: u16 = 92;
 /// VIP ports of the NAT services (the DR ones use 80 and 53).
 pub const NAT_VIP_PORT_TCP: u16 = 81;
 pub const NAT_VIP_PORT_UDP: u16 = 54;
 
 /// A data plane with a DR VIP per family and protocol (ports 80, 53; real 10.0.0.11) and
 /// a NAT VIP per family and protocol (ports 81, 54; reals 10.0.0.21 / 2001:db8::21 on
-/// ports 8080, 5353), VIP index i served by real i.
+/// ports 8080, 5353), then the tunnel VIPs (ports 90, 91 TCP and 92 UDP), VIP index i
+/// served by real i.
 pub fn dataplane() -> Dataplane {
     let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
     let dr = Forwarding::Dr;
@@ -103,6 +106,16 @@ pub fn dataplane() -> Dataplane {
             SMALL_MTU_VIP_PORT,
         ),
         (VIP6, SMALL_MTU_VIP_PORT, PROTO_TCP, FAMILY_V6, tun, TUNNEL_REAL6, SMALL_MTU_VIP_PORT),
+        (
+            addr16(&VIP4),
+            TUNNEL_VIP_PORT_UDP,
+            PROTO_UDP,
+            FAMILY_V4,
+            tun,
+            addr16(&TUNNEL_REAL4),
+            TUNNEL_VIP_PORT_UDP,
+        ),
+        (VIP6, TUNNEL_VIP_PORT_UDP, PROTO_UDP, FAMILY_V6, tun, TUNNEL_REAL6, TUNNEL_VIP_PORT_UDP),
     ];
     dp.set_nat(true).unwrap();
     for (i, (addr, port, proto, family, forwarding, real, real_port)) in
