@@ -74,6 +74,17 @@ pub struct RealView {
 pub struct StatusView {
     pub director: DirectorView,
     pub reals: Vec<RealStatus>,
+    /// The data plane's packets by what it did with them (forwarded, or passed to the
+    /// kernel and why), summed over CPUs since the program was loaded.
+    #[serde(default)]
+    pub packets: Vec<ReasonCount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReasonCount {
+    /// `lb_common::Reason::name`: tx, redirect, pass_not_vip, too_big_sent, ...
+    pub reason: String,
+    pub packets: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

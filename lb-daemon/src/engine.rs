@@ -555,6 +555,20 @@ impl Engine {
                 interfaces: self.interfaces.clone(),
             },
             reals,
+            packets: self.packet_counts(),
+        }
+    }
+
+    fn packet_counts(&self) -> Vec<control::ReasonCount> {
+        match self.dp.reasons() {
+            Ok(counts) => counts
+                .into_iter()
+                .map(|(r, packets)| control::ReasonCount { reason: r.name().into(), packets })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "reading the data plane's reason counters");
+                Vec::new()
+            }
         }
     }
 }

@@ -45,6 +45,55 @@ fn lbadm_on(lab: &Lab, real: usize, args: &[&str]) -> String {
     text
 }
 
+/// POSTs `len` bytes through `vip` from the client and waits until the real has
+/// acknowledged all of them (TCP_INFO's bytes_acked); the answer's status line.
+fn upload(lab: &Lab, vip: SocketAddr, len: usize) -> String {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut s = lab.connect(ROLE_CLIENT, vip).unwrap();
+    let head = format!("POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    if let Err(e) = s.write_all(&vec![b'x'; len]) {
+        panic!("uploading {len} bytes through {vip}: {e}");
+    }
+    let sent = (head.len() + len) as u64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // SAFETY: an all-zero tcp_info is valid; getsockopt fills at most `size` bytes.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut size = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut size,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        if info.tcpi_bytes_acked >= sent {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {sent} bytes to {vip} acknowledged",
+            info.tcpi_bytes_acked
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !answer.contains(&b'\n') {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_string()
+}
+
 #[test]
 fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
     let mut lab = Lab::bare("lbu").expect("lab");
@@ -153,6 +202,21 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
         assert_eq!(cols[3], "1,1", "{p}");
         assert_eq!(cols[4], "1", "{p}");
     }
+
+    // Client packets of 1500 bytes are too big to tunnel over the director's 1500-byte
+    // link: it answers ICMP fragmentation-needed / packet-too-big from the VIP, the
+    // client's kernel lowers its path MTU to the VIP, and TCP resends in smaller segments.
+    // Every byte of the upload is acknowledged by the real: nothing is silently dropped.
+    for (vip, family, mtu) in [(IpAddr::from(VIP), "-4", 1480), (IpAddr::from(VIP6), "-6", 1460)] {
+        let status = upload(&d.lab, SocketAddr::new(vip, 80), 200_000);
+        assert!(status.starts_with("HTTP/1.1 200"), "upload through {vip}: {status}");
+        let route = d.lab.exec_ok(ROLE_CLIENT, &["ip", family, "route", "get", &vip.to_string()]);
+        let route = route.unwrap();
+        assert!(route.contains(&format!("mtu {mtu}")), "client's route to {vip}: {route}");
+    }
+    let status = d.status().unwrap();
+    let too_big = status.packets.iter().find(|c| c.reason == "too_big_sent").unwrap();
+    assert!(too_big.packets >= 2, "{:?}", status.packets);
 
     for i in 0..REALS.len() {
         lbadm_on(

@@ -202,6 +202,15 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
             last
         );
     }
+    let counted: Vec<String> = view
+        .packets
+        .iter()
+        .filter(|c| c.packets > 0)
+        .map(|c| format!("{} {}", c.reason, c.packets))
+        .collect();
+    if !counted.is_empty() {
+        println!("Data plane packets: {}", counted.join(", "));
+    }
     Ok(())
 }
 
