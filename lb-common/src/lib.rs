@@ -130,9 +130,10 @@ pub const FLOW_CLOSING: u32 = 1;
 pub struct FlowValue {
     pub real: u32,
     pub flags: u32,
-    /// bpf_ktime_get_coarse_ns() of the last packet (CLOCK_MONOTONIC_COARSE: a tick's
-    /// resolution is plenty for timeouts in seconds, and it costs less than the fine clock).
-    pub last_seen_ns: u64,
+    /// `SETTINGS[SETTING_CLOCK]` at the last packet: the daemon's CLOCK_MONOTONIC in whole
+    /// seconds, as fine as IPVS's timeouts need, and read per packet without a helper call.
+    pub last_seen_s: u32,
+    pub _pad: u32,
 }
 
 /// Value of `NAT_REPLIES`, keyed by the reply's 5-tuple (source = real, destination =
@@ -153,7 +154,13 @@ pub struct NatReply {
     pub _pad2: u32,
 }
 
-/// `SETTINGS[0]` bits.
+/// `SETTINGS` entries.
+pub const SETTING_FLAGS: u32 = 0;
+/// The daemon's clock: CLOCK_MONOTONIC in whole seconds, written every second.
+pub const SETTING_CLOCK: u32 = 1;
+pub const SETTINGS_LEN: u32 = 2;
+
+/// `SETTINGS[SETTING_FLAGS]` bits.
 pub const SETTING_NAT: u32 = 1;
 
 /// Per-CPU value of `VIP_STATS` and `REAL_STATS`: ipvsadm's Conns, InPkts, InBytes, and

@@ -107,7 +107,12 @@ impl Dataplane {
     /// Turns the data plane's search for NAT replies on or off.
     pub fn set_nat(&mut self, on: bool) -> Result<()> {
         let value = if on { lb_common::SETTING_NAT } else { 0 };
-        self.settings.set(0, value, 0).context("writing SETTINGS")
+        self.settings.set(lb_common::SETTING_FLAGS, value, 0).context("writing SETTINGS")
+    }
+
+    /// Publishes the clock flows are aged by: CLOCK_MONOTONIC in seconds.
+    pub fn set_clock(&mut self, seconds: u32) -> Result<()> {
+        self.settings.set(lb_common::SETTING_CLOCK, seconds, 0).context("writing SETTINGS")
     }
 
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {

@@ -151,9 +151,24 @@ impl Engine {
         Ok((engine, targets))
     }
 
-    /// Runs until every sender of events is gone.
+    /// Runs until every sender of events is gone. Between events, keeps the data plane's
+    /// clock (flow ages) within a second of CLOCK_MONOTONIC.
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
-        while let Some(event) = events.recv().await {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.dp.set_clock(monotonic_s()) {
+                        warn!(error = %format!("{e:#}"), "engine could not update the data plane's clock");
+                    }
+                    continue;
+                }
+            };
             let result = match event {
                 Event::Check(report) => self.on_check(report),
                 Event::Neighbor(resolved) => self.on_neighbor(resolved),
@@ -510,10 +525,10 @@ impl Engine {
     /// timeouts: an established TCP flow is active for 900 s after its last packet, a
     /// closing one inactive for 120 s, a UDP flow inactive for 300 s.
     fn connection_counts(&self) -> HashMap<u32, (u64, u64)> {
-        let now = monotonic_ns();
+        let now = monotonic_s();
         let mut counts: HashMap<u32, (u64, u64)> = HashMap::new();
         for (key, flow) in self.dp.flows() {
-            let age = now.saturating_sub(flow.last_seen_ns) / 1_000_000_000;
+            let age = now.saturating_sub(flow.last_seen_s);
             let closing = flow.flags & FLOW_CLOSING != 0;
             let entry = counts.entry(flow.real).or_default();
             if key.proto == lb_common::PROTO_TCP && !closing && age < 900 {
@@ -617,9 +632,10 @@ fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
 }
 
 /// CLOCK_MONOTONIC_COARSE in ns, the clock of bpf_ktime_get_coarse_ns().
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in whole seconds: the clock the data plane ages flows by.
+fn monotonic_s() -> u32 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
 }

@@ -155,6 +155,23 @@ fn an_established_flow_keeps_its_real_when_the_table_changes() {
     assert_eq!(&out[..6], &second.mac);
 }
 
+/// Flows are aged by the clock the daemon publishes (SETTINGS), not a kernel helper.
+#[test]
+fn a_flow_records_the_published_clock_at_each_packet() {
+    let mut dp = dataplane();
+    let last_seen = |dp: &Dataplane| {
+        let flows = dp.flows();
+        assert_eq!(flows.len(), 1, "{flows:?}");
+        flows[0].1.last_seen_s
+    };
+    dp.set_clock(1000).unwrap();
+    assert_eq!(run(&mut dp, &tcp4(VIP4, 80, true)).0, XDP_TX);
+    assert_eq!(last_seen(&dp), 1000);
+    dp.set_clock(1042).unwrap();
+    assert_eq!(run(&mut dp, &tcp4(VIP4, 80, false)).0, XDP_TX);
+    assert_eq!(last_seen(&dp), 1042);
+}
+
 #[test]
 fn a_syn_on_a_closed_tuple_is_a_new_connection() {
     let mut dp = dataplane();

@@ -15,15 +15,15 @@ mod tunnel;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_PASS, XDP_TX},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::bpf_redirect,
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
     FLOW_CLOSING, FlowValue, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
-    VipInfo, VipKey, hash::maglev_slot,
+    SETTING_CLOCK, VipInfo, VipKey, hash::maglev_slot,
 };
-use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, VIP_STATS, VIPS};
+use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS};
 use parse::Packet;
 
 #[xdp]
@@ -99,14 +99,14 @@ fn find_real(
     packet: &Packet,
     vip: &VipInfo,
 ) -> Result<(u32, &'static RealInfo, bool, bool), Reason> {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0);
     if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
         let flow = unsafe { &mut *flow };
         // A SYN on a tuple whose connection closed is a new connection (the client reused
         // its port): schedule it afresh, as IPVS does with conn_reuse_mode.
         let reused = flow.flags & FLOW_CLOSING != 0 && packet.opens_connection();
         if let Some(real) = serving_real(flow.real, vip).filter(|_| !reused) {
-            flow.last_seen_ns = now;
+            flow.last_seen_s = now;
             if packet.closes_connection() {
                 flow.flags |= FLOW_CLOSING;
             }
@@ -122,7 +122,8 @@ fn find_real(
     let flags = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
     // A failed insert (map full of flows being updated at once) only costs stickiness:
     // the next packet is scheduled again, to the same real while the table is unchanged.
-    let _ = FLOWS.insert(&packet.key, &FlowValue { real: real_id, flags, last_seen_ns: now }, 0);
+    let flow = FlowValue { real: real_id, flags, last_seen_s: now, _pad: 0 };
+    let _ = FLOWS.insert(&packet.key, &flow, 0);
     Ok((real_id, real, true, packet.opens_connection()))
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counters, FlowKey, FlowValue, MAGLEV_SIZE, MAX_FLOWS, MAX_REALS, MAX_VIPS, NatReply, RealInfo,
-    Reason, VipInfo, VipKey,
+    Reason, SETTINGS_LEN, VipInfo, VipKey,
 };
 
 /// Services by (address, port, protocol). Writer: daemon.
@@ -37,10 +37,12 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
-/// Switches, index 0: `SETTING_NAT` while some VIP uses NAT, so hosts without NAT pay no
+/// Index `SETTING_CLOCK`: the daemon's clock in seconds, for flow ages: an array read is
+/// cheaper per packet than the kernel's clock helpers (measured in docs/BENCHMARKS.md).
+/// Index `SETTING_FLAGS`: `SETTING_NAT` while some VIP uses NAT, so hosts without NAT pay no
 /// reverse-flow lookup for their own traffic. Writer: daemon.
 #[map]
-pub static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
+pub static SETTINGS: Array<u32> = Array::with_max_entries(SETTINGS_LEN, 0);
 
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 

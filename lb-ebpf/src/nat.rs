@@ -5,7 +5,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, FlowKey, NatReply, PROTO_TCP, PROTO_UDP, RealInfo, Reason, SETTING_NAT, VipInfo,
+    FAMILY_V4, FlowKey, NatReply, PROTO_TCP, PROTO_UDP, RealInfo, Reason, SETTING_FLAGS,
+    SETTING_NAT, VipInfo,
 };
 
 use crate::maps::{NAT_REPLIES, SETTINGS};
@@ -71,7 +72,7 @@ pub fn forward(
 /// not ours (`PassNotVip`).
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason> {
-    let nat_on = SETTINGS.get(0).is_some_and(|s| s & SETTING_NAT != 0);
+    let nat_on = SETTINGS.get(SETTING_FLAGS).is_some_and(|s| s & SETTING_NAT != 0);
     if !nat_on {
         return Err(Reason::PassNotVip);
     }
