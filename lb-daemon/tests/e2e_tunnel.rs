@@ -26,7 +26,8 @@ fn config(socket: &Path) -> String {
         format!("director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n", socket.display()),
         service("web", &format!("{VIP}:80"), "tcp", http, reals4.clone()),
         service("dns", &format!("{VIP}:53"), "udp", tcp53, reals4),
-        service("web6", &format!("[{VIP6}]:80"), "tcp", http, reals6),
+        service("web6", &format!("[{VIP6}]:80"), "tcp", http, reals6.clone()),
+        service("dns6", &format!("[{VIP6}]:53"), "udp", tcp53, reals6),
     ]
     .concat()
 }
@@ -176,7 +177,10 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
         let count = tally(&d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(vip, 80), 300).unwrap());
         assert_shares(&count, &[1.0, 1.0, 1.0]);
     }
-    assert_eq!(dig(&d.lab, IpAddr::from(VIP), 20).len(), 20);
+    for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
+        let answers = dig(&d.lab, vip, 20);
+        assert_eq!(answers.len(), 20, "DNS through {vip}: {answers:?}");
+    }
     let list = d.lbadm(&["-L", "-n", "-t", &format!("{VIP}:80")]);
     assert!(
         list.contains(&format!("  -> {:<28} Tunnel  1      ", format!("{}:80", REALS[0]))),
