@@ -7,12 +7,12 @@ use std::collections::HashMap as StdHashMap;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, MAGLEV_SIZE, RealInfo, Reason, VipInfo, VipKey, XDP_PROGRAM,
-    map_names,
+    Counters, FlowKey, FlowValue, MAGLEV_SIZE, NatReply, RealInfo, Reason, VipInfo, VipKey,
+    XDP_PROGRAM, map_names,
 };
 
 use crate::config;
@@ -31,6 +31,7 @@ pub struct Dataplane {
     maglev: Array<MapData, u32>,
     reals: Array<MapData, RealInfo>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    nat_replies: HashMap<MapData, FlowKey, NatReply>,
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
@@ -71,6 +72,7 @@ impl Dataplane {
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
             reals: take(&mut ebpf, map_names::REALS)?,
             flows: take(&mut ebpf, map_names::FLOWS)?,
+            nat_replies: take(&mut ebpf, map_names::NAT_REPLIES)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             reasons: take(&mut ebpf, map_names::REASONS)?,
@@ -121,6 +123,40 @@ impl Dataplane {
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         self.vips.remove(key).context("removing from VIPS")
+    }
+
+    /// Removes a removed VIP's flows and NAT ways back; returns how many flows went.
+    /// Keys are collected first: deleting while walking would restart the walk.
+    pub fn purge_vip(&mut self, vip: &VipKey) -> Result<usize> {
+        let of_vip = |k: &FlowKey| {
+            k.dst == vip.addr
+                && k.dport_be == vip.port_be
+                && k.proto == vip.proto
+                && k.family == vip.family
+        };
+        let flows: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).filter(of_vip).collect();
+        for k in &flows {
+            match self.flows.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing from FLOWS"),
+            }
+        }
+        let replies: Vec<FlowKey> = self
+            .nat_replies
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, r)| {
+                r.vip_addr == vip.addr && r.vip_port_be == vip.port_be && k.proto == vip.proto
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &replies {
+            match self.nat_replies.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing from NAT_REPLIES"),
+            }
+        }
+        Ok(flows.len())
     }
 
     pub fn set_real(&mut self, id: u32, real: RealInfo) -> Result<()> {

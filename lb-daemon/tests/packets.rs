@@ -172,6 +172,41 @@ fn a_flow_records_the_published_clock_at_each_packet() {
     assert_eq!(last_seen(&dp), 1042);
 }
 
+/// A removed VIP's flows and NAT ways back leave with it (lbd purges them on reload).
+#[test]
+fn purging_a_vip_removes_its_flows_and_nat_replies() {
+    use lb_common::{PROTO_TCP, VipKey};
+    use std::net::SocketAddr;
+    let mut dp = dataplane();
+    run(&mut dp, &tcp4(VIP4, 80, true));
+    run(&mut dp, &udp6(VIP6, 53));
+    let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let vip = SocketAddr::new(std::net::Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_TCP);
+    let real = SocketAddr::new(std::net::Ipv4Addr::from(NAT_REAL4).into(), NAT_REAL_PORT_TCP);
+    let request = Frame::opening(client, vip, false);
+    let request_frame = request.build();
+    let reply =
+        Frame { src_mac: REAL_MAC, dst_mac: DIRECTOR_MAC, src: real, dst: client, ..request }
+            .build();
+    assert_eq!(run(&mut dp, &request_frame).0, XDP_TX);
+    assert_eq!(run(&mut dp, &reply).0, XDP_TX);
+    assert_eq!(dp.flows().len(), 3);
+
+    let key = |addr, port: u16| VipKey {
+        addr: addr16(addr),
+        port_be: port.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+    };
+    assert_eq!(dp.purge_vip(&key(&VIP4, 80)).unwrap(), 1);
+    assert_eq!(dp.purge_vip(&key(&VIP4, NAT_VIP_PORT_TCP)).unwrap(), 1);
+    let left = dp.flows();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0.dst, VIP6);
+    // Without its way back, the real's reply is no longer rewritten.
+    assert_eq!(run(&mut dp, &reply), (XDP_PASS, reply.clone()));
+}
+
 #[test]
 fn a_syn_on_a_closed_tuple_is_a_new_connection() {
     let mut dp = dataplane();
@@ -521,16 +556,7 @@ fn icmp_errors_about_a_flow_go_to_its_real() {
         let (action, out) = run(&mut dp, &early);
         assert_eq!((action, &out), (XDP_PASS, &early));
         // The client opens the flow; now the error follows it to the real, MACs rewritten.
-        let syn = Frame {
-            src_mac: CLIENT_MAC,
-            dst_mac: DIRECTOR_MAC,
-            src: client,
-            dst: vip,
-            udp: false,
-            syn: true,
-            payload: vec![],
-        }
-        .build();
+        let syn = Frame::opening(client, vip, false).build();
         assert_eq!(run(&mut dp, &syn).0, XDP_TX);
         let (action, out) = run(&mut dp, &early);
         assert_eq!(action, XDP_TX, "{vip}");

@@ -203,6 +203,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A client's empty TCP SYN (or UDP datagram) to the director.
+    pub fn opening(src: std::net::SocketAddr, dst: std::net::SocketAddr, udp: bool) -> Frame {
+        Frame {
+            src_mac: CLIENT_MAC,
+            dst_mac: DIRECTOR_MAC,
+            src,
+            dst,
+            udp,
+            syn: true,
+            payload: vec![],
+        }
+    }
+
     pub fn build(&self) -> Vec<u8> {
         use std::net::IpAddr;
         let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
