@@ -147,6 +147,8 @@ impl Engine {
             events,
             neighbor_targets,
         };
+        // The clock first: flows the program records from now on carry a real age.
+        engine.dp.set_clock(monotonic_s())?;
         engine.apply(config)?;
         Ok((engine, targets))
     }
