@@ -49,6 +49,20 @@ pub enum Attached {
     Generic,
 }
 
+/// Deletes `keys` from a hash map; one already gone (the LRU evicted it) is no error.
+fn remove_keys<V: aya::Pod>(
+    map: &mut HashMap<MapData, FlowKey, V>,
+    keys: &[FlowKey],
+) -> Result<(), MapError> {
+    for k in keys {
+        match map.remove(k) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -135,12 +149,7 @@ impl Dataplane {
                 && k.family == vip.family
         };
         let flows: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).filter(of_vip).collect();
-        for k in &flows {
-            match self.flows.remove(k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("removing from FLOWS"),
-            }
-        }
+        remove_keys(&mut self.flows, &flows).context("removing from FLOWS")?;
         let replies: Vec<FlowKey> = self
             .nat_replies
             .iter()
@@ -150,12 +159,7 @@ impl Dataplane {
             })
             .map(|(k, _)| k)
             .collect();
-        for k in &replies {
-            match self.nat_replies.remove(k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("removing from NAT_REPLIES"),
-            }
-        }
+        remove_keys(&mut self.nat_replies, &replies).context("removing from NAT_REPLIES")?;
         Ok(flows.len())
     }
 

@@ -637,7 +637,6 @@ fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// CLOCK_MONOTONIC_COARSE in ns, the clock of bpf_ktime_get_coarse_ns().
 /// CLOCK_MONOTONIC in whole seconds: the clock the data plane ages flows by.
 fn monotonic_s() -> u32 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -402,16 +402,9 @@ fn dr_and_tunnel_forward_every_family_and_protocol_byte_exact() {
         };
         for udp in [false, true] {
             let frame = |port| {
-                Frame {
-                    src_mac: CLIENT_MAC,
-                    dst_mac: DIRECTOR_MAC,
-                    src: SocketAddr::new(client, 40100),
-                    dst: SocketAddr::new(vip, port),
-                    udp,
-                    syn: true,
-                    payload: b"request".to_vec(),
-                }
-                .build()
+                let opening =
+                    Frame::opening(SocketAddr::new(client, 40100), SocketAddr::new(vip, port), udp);
+                Frame { payload: b"request".to_vec(), ..opening }.build()
             };
             let request = frame(if udp { 53 } else { 80 });
             let (action, out) = run(&mut dp, &request);
