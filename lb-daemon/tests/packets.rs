@@ -629,4 +629,36 @@ fn more_malformed_inputs_have_defined_actions() {
     sctp[14 + 9] = 132;
     let (action, out) = run(&mut dp, &sctp);
     assert_eq!((action, &out), (XDP_PASS, &sctp));
+
+    // Cut inside the headers the first test does not reach: the 802.1Q tag, IPv4 options,
+    // an ICMP error's own header, its quoted IP header and its quoted ports.
+    let mut tagged = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+        .ipv4([198, 51, 100, 7], VIP4, 64)
+        .udp(41000, 53)
+        .write(&mut tagged, b"query")
+        .unwrap();
+    let mut with_options = tcp4(VIP4, 80, true);
+    with_options[14] = 0x46; // IHL 6: 4 bytes of options the frame below does not hold
+    let mut quoted = tcp4([198, 51, 100, 7], 40000, false);
+    quoted[26..30].copy_from_slice(&VIP4); // the real's answer, from the VIP
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4([198, 51, 100, 1], VIP4, 64)
+        .icmpv4_raw(3, 4, [0, 0, 5, 0x78])
+        .write(&mut icmp, &quoted[14..14 + 28])
+        .unwrap();
+    let cuts: [(&[u8], usize); 5] = [
+        (&tagged, 16),
+        (&with_options, 14 + 22),
+        (&icmp, 14 + 20 + 4),
+        (&icmp, 14 + 20 + 8 + 10),
+        (&icmp, 14 + 20 + 8 + 20 + 2),
+    ];
+    for (frame, cut) in cuts {
+        let (action, out) = run(&mut dp, &frame[..cut]);
+        assert_eq!((action, out.as_slice()), (XDP_PASS, &frame[..cut]), "cut at {cut}");
+    }
+    assert_eq!(reason_count(&dp, Reason::PassTruncated), 2 + cuts.len() as u64);
 }
