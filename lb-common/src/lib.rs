@@ -6,6 +6,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod flow_table;
 pub mod hash;
 #[cfg(feature = "std")]
 pub mod maglev;
@@ -17,8 +18,8 @@ pub const MAGLEV_SIZE: u32 = 65537;
 pub const MAX_VIPS: u32 = 64;
 /// Real servers over all services: a real in two services takes two slots.
 pub const MAX_REALS: u32 = 4096;
-/// Entries in the connection table (LRU: the oldest idle flow goes first).
-pub const MAX_FLOWS: u32 = 262_144;
+/// Flows the connection table holds (in each set, the way idle longest is replaced first).
+pub const MAX_FLOWS: u32 = flow_table::FLOW_SETS * flow_table::FLOW_WAYS as u32;
 /// Maglev slot value of a VIP without any real in service.
 pub const NO_REAL: u32 = u32::MAX;
 
@@ -108,8 +109,9 @@ pub struct RealInfo {
     pub _pad: [u8; 2],
 }
 
-/// Key of `FLOWS`: the 5-tuple as seen from the client (ports in network byte order).
-#[repr(C)]
+/// A flow's 5-tuple as seen from the client (ports in network byte order), the key of the
+/// connection tables. Aligned to 8 so the data plane compares keys a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -124,7 +126,7 @@ pub struct FlowKey {
 /// `FlowValue::flags`: a FIN or RST was seen, the connection is closing (InActConn).
 pub const FLOW_CLOSING: u32 = 1;
 
-/// Value of `FLOWS`.
+/// One flow of the connection table, as the daemon reads it from a way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -136,8 +138,8 @@ pub struct FlowValue {
     pub _pad: u32,
 }
 
-/// Value of `NAT_REPLIES`, keyed by the reply's 5-tuple (source = real, destination =
-/// client): what the reply's source becomes and where it goes.
+/// The way back of a NAT flow, found in `NAT_REPLIES` by the reply's 5-tuple (source =
+/// real, destination = client): what the reply's source becomes and where it goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatReply {
@@ -277,4 +279,6 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for NatReply {}
+    unsafe impl aya::Pod for flow_table::FlowSet {}
+    unsafe impl aya::Pod for flow_table::NatSet {}
 }

@@ -1,18 +1,22 @@
 //! The only module that touches aya: loads the XDP object the build embedded, attaches it,
-//! writes the maps the engine computes and reads the counters back. Everything above it
-//! speaks in lb-common's types.
+//! writes the maps the engine computes and reads the counters back (the connection tables
+//! through [`flow_table`]). Everything above it speaks in lb-common's types.
+
+mod flow_table;
 
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
     Counters, FlowKey, FlowValue, MAGLEV_SIZE, NatReply, RealInfo, Reason, VipInfo, VipKey,
-    XDP_PROGRAM, map_names,
+    XDP_PROGRAM,
+    flow_table::{FlowSet, NatSet},
+    map_names,
 };
 
 use crate::config;
@@ -30,8 +34,8 @@ pub struct Dataplane {
     vips: HashMap<MapData, VipKey, VipInfo>,
     maglev: Array<MapData, u32>,
     reals: Array<MapData, RealInfo>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    nat_replies: HashMap<MapData, FlowKey, NatReply>,
+    flows: flow_table::Table<FlowSet>,
+    nat_replies: flow_table::Table<NatSet>,
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
@@ -49,27 +53,15 @@ pub enum Attached {
     Generic,
 }
 
-/// Deletes `keys` from a hash map; one already gone (the LRU evicted it) is no error.
-fn remove_keys<V: aya::Pod>(
-    map: &mut HashMap<MapData, FlowKey, V>,
-    keys: &[FlowKey],
-) -> Result<(), MapError> {
-    for k in keys {
-        match map.remove(k) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map =
-        ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    T::try_from(take_map(ebpf, name)?).with_context(|| format!("map {name} has an unexpected type"))
 }
 
 impl Dataplane {
@@ -85,8 +77,14 @@ impl Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
             reals: take(&mut ebpf, map_names::REALS)?,
-            flows: take(&mut ebpf, map_names::FLOWS)?,
-            nat_replies: take(&mut ebpf, map_names::NAT_REPLIES)?,
+            flows: flow_table::Table::new(
+                take_map(&mut ebpf, map_names::FLOWS)?,
+                map_names::FLOWS,
+            )?,
+            nat_replies: flow_table::Table::new(
+                take_map(&mut ebpf, map_names::NAT_REPLIES)?,
+                map_names::NAT_REPLIES,
+            )?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             reasons: take(&mut ebpf, map_names::REASONS)?,
@@ -140,27 +138,19 @@ impl Dataplane {
     }
 
     /// Removes a removed VIP's flows and NAT ways back; returns how many flows went.
-    /// Keys are collected first: deleting while walking would restart the walk.
-    pub fn purge_vip(&mut self, vip: &VipKey) -> Result<usize> {
-        let of_vip = |k: &FlowKey| {
+    pub fn purge_vip(&mut self, vip: &VipKey) -> usize {
+        let flows = self.flows.remove_where(|set, w| {
+            let k = &set.keys[w];
             k.dst == vip.addr
                 && k.dport_be == vip.port_be
                 && k.proto == vip.proto
                 && k.family == vip.family
-        };
-        let flows: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).filter(of_vip).collect();
-        remove_keys(&mut self.flows, &flows).context("removing from FLOWS")?;
-        let replies: Vec<FlowKey> = self
-            .nat_replies
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, r)| {
-                r.vip_addr == vip.addr && r.vip_port_be == vip.port_be && k.proto == vip.proto
-            })
-            .map(|(k, _)| k)
-            .collect();
-        remove_keys(&mut self.nat_replies, &replies).context("removing from NAT_REPLIES")?;
-        Ok(flows.len())
+        });
+        self.nat_replies.remove_where(|set, w| {
+            let r = &set.replies[w];
+            r.vip_addr == vip.addr && r.vip_port_be == vip.port_be && set.keys[w].proto == vip.proto
+        });
+        flows
     }
 
     pub fn set_real(&mut self, id: u32, real: RealInfo) -> Result<()> {
@@ -218,7 +208,12 @@ impl Dataplane {
 
     /// A snapshot of the connection table.
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.iter().filter_map(|r| r.ok()).collect()
+        self.flows.flows()
+    }
+
+    /// A snapshot of NAT's ways back, by reply 5-tuple.
+    pub fn nat_replies(&self) -> Vec<(FlowKey, NatReply)> {
+        self.nat_replies.replies()
     }
 }
 

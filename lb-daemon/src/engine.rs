@@ -212,9 +212,9 @@ impl Engine {
             for r in &gone.reals {
                 self.dp.set_real(r.id, RealInfo::default())?;
             }
-            // Its flows would otherwise linger in the LRU and be counted (ActiveConn) for
+            // Its flows would otherwise linger in the table and be counted (ActiveConn) for
             // whichever new real takes over their real ids below.
-            let purged = self.dp.purge_vip(&gone.key)?;
+            let purged = self.dp.purge_vip(&gone.key);
             info!(service = %gone.spec.name, flows = purged, "its flows removed");
         }
         let mut services = Vec::new();

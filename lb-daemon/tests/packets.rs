@@ -198,8 +198,8 @@ fn purging_a_vip_removes_its_flows_and_nat_replies() {
         proto: PROTO_TCP,
         family: FAMILY_V4,
     };
-    assert_eq!(dp.purge_vip(&key(&VIP4, 80)).unwrap(), 1);
-    assert_eq!(dp.purge_vip(&key(&VIP4, NAT_VIP_PORT_TCP)).unwrap(), 1);
+    assert_eq!(dp.purge_vip(&key(&VIP4, 80)), 1);
+    assert_eq!(dp.purge_vip(&key(&VIP4, NAT_VIP_PORT_TCP)), 1);
     let left = dp.flows();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].0.dst, VIP6);
@@ -661,4 +661,52 @@ fn more_malformed_inputs_have_defined_actions() {
         assert_eq!((action, out.as_slice()), (XDP_PASS, &frame[..cut]), "cut at {cut}");
     }
     assert_eq!(reason_count(&dp, Reason::PassTruncated), 2 + cuts.len() as u64);
+}
+
+/// A set of the connection table holds four flows: a fifth replaces the one idle longest,
+/// and the other three stay where they are.
+#[test]
+fn a_new_flow_in_a_full_set_replaces_the_one_idle_longest() {
+    use lb_common::{FlowKey, PROTO_TCP, flow_table::set_of, hash::flow_hash};
+    let mut dp = dataplane();
+    let key_of = |f: &[u8]| FlowKey {
+        src: addr16(&f[26..30]),
+        dst: addr16(&f[30..34]),
+        sport_be: u16::from_ne_bytes([f[34], f[35]]),
+        dport_be: u16::from_ne_bytes([f[36], f[37]]),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    // The same client host, a client port from 1024 on.
+    let client = |frame: &[u8], port: u16| {
+        let mut f = frame.to_vec();
+        f[34..36].copy_from_slice(&port.to_be_bytes());
+        f
+    };
+    let syn = tcp4(VIP4, 80, true);
+    let ack = tcp4(VIP4, 80, false);
+    // Five client ports whose flows fall into one set (lb-common's hash, as the program's).
+    // A port picks one of 65 536 sets: look among all of them for the fullest set's five.
+    let mut by_set: std::collections::HashMap<u32, Vec<u16>> = Default::default();
+    for port in 1024..=u16::MAX {
+        by_set.entry(set_of(flow_hash(&key_of(&client(&syn, port))))).or_default().push(port);
+    }
+    let ports = by_set.into_values().find(|p| p.len() >= 5).expect("five ports in one set");
+    for (i, &port) in ports[..4].iter().enumerate() {
+        dp.set_clock(100 + i as u32).unwrap();
+        assert_eq!(run(&mut dp, &client(&syn, port)).0, XDP_TX);
+    }
+    assert_eq!(dp.flows().len(), 4);
+    // The first flow is busy again; the second is now the one idle longest.
+    dp.set_clock(104).unwrap();
+    assert_eq!(run(&mut dp, &client(&ack, ports[0])).0, XDP_TX);
+    dp.set_clock(105).unwrap();
+    assert_eq!(run(&mut dp, &client(&syn, ports[4])).0, XDP_TX);
+
+    let mut left: Vec<u16> = dp.flows().iter().map(|(k, _)| u16::from_be(k.sport_be)).collect();
+    left.sort_unstable();
+    let mut want = vec![ports[0], ports[2], ports[3], ports[4]];
+    want.sort_unstable();
+    assert_eq!(left, want);
 }

@@ -7,6 +7,7 @@
 
 mod csum;
 mod floor;
+mod flows;
 mod icmp;
 mod maps;
 mod nat;
@@ -20,8 +21,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FLOW_CLOSING, FlowValue, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
-    SETTING_CLOCK, VipInfo, VipKey, hash::maglev_slot,
+    FLOW_CLOSING, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason, SETTING_CLOCK,
+    VipInfo, VipKey, flow_table::set_of, hash::flow_hash,
 };
 use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS};
 use parse::Packet;
@@ -65,8 +66,10 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
 /// NAT flows are left to the kernel: their quoted headers would need translating too.
 #[inline(always)]
 fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32, Reason), Reason> {
-    let flow = unsafe { FLOWS.get(&packet.key) }.ok_or(Reason::PassIcmpNoFlow)?;
-    let real_id = flow.real;
+    let hash = flow_hash(&packet.key);
+    let set = FLOWS.get(set_of(hash)).ok_or(Reason::PassInternal)?;
+    let found = flows::find(&set.ways, &set.keys, &packet.key, hash, false);
+    let real_id = found.ok_or(Reason::PassIcmpNoFlow)?.real;
     let real = serving_real(real_id, vip).ok_or(Reason::PassIcmpNoFlow)?;
     let done = match vip.forwarding {
         f if f == Forwarding::Dr as u8 => forward_dr(ctx, real)?,
@@ -100,30 +103,29 @@ fn find_real(
     vip: &VipInfo,
 ) -> Result<(u32, &'static RealInfo, bool, bool), Reason> {
     let now = SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0);
-    if let Some(flow) = FLOWS.get_ptr_mut(&packet.key) {
-        let flow = unsafe { &mut *flow };
+    let hash = flow_hash(&packet.key);
+    let set = unsafe { &mut *FLOWS.get_ptr_mut(set_of(hash)).ok_or(Reason::PassInternal)? };
+    let mut way = None;
+    let closes = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
+    if let Some(flow) = flows::find(&set.ways, &set.keys, &packet.key, hash, false) {
         // A SYN on a tuple whose connection closed is a new connection (the client reused
         // its port): schedule it afresh, as IPVS does with conn_reuse_mode.
         let reused = flow.flags & FLOW_CLOSING != 0 && packet.opens_connection();
         if let Some(real) = serving_real(flow.real, vip).filter(|_| !reused) {
-            flow.last_seen_s = now;
-            if packet.closes_connection() {
-                flow.flags |= FLOW_CLOSING;
-            }
+            flows::touch(&mut set.ways, &flow, now, closes);
             return Ok((flow.real, real, false, false));
         }
+        // Rescheduled: the new real takes over this way (a second way would hide it).
+        way = Some(flow.way);
     }
-    let slot = vip.index * MAGLEV_SIZE + maglev_slot(&packet.key);
+    let slot = vip.index * MAGLEV_SIZE + hash % MAGLEV_SIZE;
     let real_id = *MAGLEV.get(slot).ok_or(Reason::PassInternal)?;
     if real_id == NO_REAL {
         return Err(Reason::PassNoReal);
     }
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
-    let flags = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
-    // A failed insert (map full of flows being updated at once) only costs stickiness:
-    // the next packet is scheduled again, to the same real while the table is unchanged.
-    let flow = FlowValue { real: real_id, flags, last_seen_s: now, _pad: 0 };
-    let _ = FLOWS.insert(&packet.key, &flow, 0);
+    let w = way.unwrap_or_else(|| flows::victim(&set.ways, now));
+    flows::record(&mut set.ways, &mut set.keys, w, &packet.key, hash, real_id, closes, now, false);
     Ok((real_id, real, true, packet.opens_connection()))
 }
 

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, MAGLEV_SIZE, MAX_FLOWS, MAX_REALS, MAX_VIPS, NatReply, RealInfo,
-    Reason, SETTINGS_LEN, VipInfo, VipKey,
+    Counters, MAGLEV_SIZE, MAX_REALS, MAX_VIPS, RealInfo, Reason, SETTINGS_LEN, VipInfo, VipKey,
+    flow_table::{FLOW_SETS, FlowSet, NatSet},
 };
 
 /// Services by (address, port, protocol). Writer: daemon.
@@ -23,19 +23,17 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * MAGLEV_SIZE, 
 #[map]
 pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 
-/// The connection table: 5-tuple to real, so established flows ignore weight changes.
-/// Writer: data plane (new flows); the daemon only reads it (ipvsadm -c, ActiveConn).
-/// Each CPU keeps its own LRU list (BPF_F_NO_COMMON_LRU): inserting a new flow takes no
-/// lock shared with the other CPUs.
+/// The connection table: 5-tuple to real, so established flows ignore weight changes. Sets
+/// of ways (lb_common::flow_table, lb-ebpf/src/flows.rs), shared by all CPUs.
+/// Writer: data plane (new flows); the daemon reads it through mmap (ActiveConn) and
+/// empties the ways of a removed VIP.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+pub static FLOWS: Array<FlowSet> = Array::with_max_entries(FLOW_SETS, BPF_F_MMAPABLE);
 
 /// NAT's reverse flows: a real's reply 5-tuple to the VIP and client side it goes back to.
-/// Writer: data plane (on a NAT flow's first packet).
+/// Writer: data plane (on a NAT flow's first packet); the daemon as for FLOWS.
 #[map]
-pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
-    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+pub static NAT_REPLIES: Array<NatSet> = Array::with_max_entries(FLOW_SETS, BPF_F_MMAPABLE);
 
 /// Index `SETTING_CLOCK`: the daemon's clock in seconds, for flow ages: an array read is
 /// cheaper per packet than the kernel's clock helpers (measured in docs/BENCHMARKS.md).
@@ -44,7 +42,8 @@ pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
 #[map]
 pub static SETTINGS: Array<u32> = Array::with_max_entries(SETTINGS_LEN, 0);
 
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// The daemon maps the connection tables into its memory instead of a syscall per set.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Per-VIP counters, by `VipInfo::index`. Writer: data plane.
 #[map]

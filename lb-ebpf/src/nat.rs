@@ -5,10 +5,11 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, FlowKey, NatReply, PROTO_TCP, PROTO_UDP, RealInfo, Reason, SETTING_FLAGS,
-    SETTING_NAT, VipInfo,
+    FAMILY_V4, FlowKey, NatReply, PROTO_TCP, PROTO_UDP, RealInfo, Reason, SETTING_CLOCK,
+    SETTING_FLAGS, SETTING_NAT, VipInfo, flow_table::set_of, hash::flow_hash,
 };
 
+use crate::flows;
 use crate::maps::{NAT_REPLIES, SETTINGS};
 use crate::parse::{Packet, bytes_at};
 use crate::{csum, transmit};
@@ -36,10 +37,6 @@ pub fn forward(
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
     if new_flow {
-        let mut client_mac = [0u8; 6];
-        let mut director_mac = [0u8; 6];
-        client_mac.copy_from_slice(&eth[6..12]);
-        director_mac.copy_from_slice(&eth[..6]);
         let back = FlowKey {
             src: real.addr,
             dst: packet.key.src,
@@ -47,19 +44,18 @@ pub fn forward(
             dport_be: packet.key.sport_be,
             ..packet.key
         };
-        let reply = NatReply {
-            vip_addr: packet.key.dst,
-            client_mac,
-            director_mac,
-            vip_port_be: packet.key.dport_be,
-            ifindex: ingress,
-            vip_index: vip.index,
-            real: real_id,
-            ..NatReply::default()
-        };
-        // Without the way back the real's answers would reach the client from the real's
-        // own address: refuse the flow rather than break it.
-        NAT_REPLIES.insert(&back, &reply, 0).map_err(|_| Reason::PassInternal)?;
+        // Written straight into the table's way, not built on the (small) BPF stack.
+        remember_way_back(&back, real_id, |way| {
+            way.vip_addr = packet.key.dst;
+            way.client_mac.copy_from_slice(&eth[6..12]);
+            way.director_mac.copy_from_slice(&eth[..6]);
+            way.vip_port_be = packet.key.dport_be;
+            way._pad = [0; 2];
+            way.ifindex = ingress;
+            way.vip_index = vip.index;
+            way.real = real_id;
+            way._pad2 = 0;
+        })?;
     }
     rewrite(ctx, packet, End::Destination, &real.addr, real.port_be)?;
     let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
@@ -76,10 +72,16 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
     if !nat_on {
         return Err(Reason::PassNotVip);
     }
-    let way = match unsafe { NAT_REPLIES.get(&packet.key) } {
-        Some(way) => *way,
-        None => return Err(Reason::PassNotVip),
-    };
+    let hash = flow_hash(&packet.key);
+    let set = unsafe { &mut *NAT_REPLIES.get_ptr_mut(set_of(hash)).ok_or(Reason::PassInternal)? };
+    let found = flows::find(&set.ways, &set.keys, &packet.key, hash, true);
+    let found = found.ok_or(Reason::PassNotVip)?;
+    let way = *set.replies.get(found.way).ok_or(Reason::PassInternal)?;
+    // The tag covers the check, the check covers the reply: a torn reply is no reply.
+    if way.check() != found.flags {
+        return Err(Reason::PassNotVip);
+    }
+    flows::touch(&mut set.ways, &found, clock(), 0);
     rewrite(ctx, packet, End::Source, &way.vip_addr, way.vip_port_be)?;
     let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
     eth[..6].copy_from_slice(&way.client_mac);
@@ -87,6 +89,35 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
     crate::count_reply(way.vip_index, way.real, packet.len);
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     Ok(transmit(ingress, way.ifindex))
+}
+
+/// Records a NAT flow's way back, in the way that already holds its 5-tuple (a port the
+/// client reused) or the one idle longest.
+#[inline(always)]
+fn remember_way_back(
+    back: &FlowKey,
+    real: u32,
+    fill: impl FnOnce(&mut NatReply),
+) -> Result<(), Reason> {
+    let hash = flow_hash(back);
+    let set = unsafe { &mut *NAT_REPLIES.get_ptr_mut(set_of(hash)).ok_or(Reason::PassInternal)? };
+    let now = clock();
+    let w = match flows::find(&set.ways, &set.keys, back, hash, true) {
+        Some(found) => found.way,
+        None => flows::victim(&set.ways, now),
+    };
+    let slot = set.replies.get_mut(w).ok_or(Reason::PassInternal)?;
+    // The way reads as empty while its reply changes: the tag goes to 0 first.
+    unsafe { core::ptr::write_volatile(&mut set.ways.tags[w & 3], 0) };
+    fill(slot);
+    let check = slot.check();
+    flows::record(&mut set.ways, &mut set.keys, w, back, hash, real, check, now, true);
+    Ok(())
+}
+
+#[inline(always)]
+fn clock() -> u32 {
+    SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0)
 }
 
 /// Rewrites one end's address and port, updating the IPv4 header checksum and the TCP or
