@@ -16,6 +16,11 @@ pub mod maglev;
 pub const MAGLEV_SIZE: u32 = 65537;
 /// VIPs (service = address, port, protocol) the data plane can hold.
 pub const MAX_VIPS: u32 = 64;
+/// Slots of each generation of `VIPS`, a power of two: at most a quarter are used, so
+/// every VIP sits within a few slots of its home.
+pub const VIP_SLOTS: u32 = 256;
+/// How far from its home slot a VIP may sit; the data plane probes no further.
+pub const VIP_PROBES: u32 = 8;
 /// Real servers over all services: a real in two services takes two slots.
 pub const MAX_REALS: u32 = 4096;
 /// Flows the connection table holds (in each set, the way idle longest is replaced first).
@@ -44,10 +49,11 @@ pub mod map_names {
 /// The name of the XDP program in the eBPF object.
 pub const XDP_PROGRAM: &str = "lb_xdp";
 
-/// Key of `VIPS`. Addresses are 16 bytes for both families (IPv4 in the first four, the
-/// rest zero) so one map serves both; the port is in network byte order, as on the wire.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// A service's key in `VIPS`. Addresses are 16 bytes for both families (IPv4 in the first
+/// four, the rest zero) so one table serves both; the port is in network byte order, as
+/// on the wire. Aligned to 4 so the data plane compares keys a word at a time.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VipKey {
     pub addr: [u8; 16],
     pub port_be: u16,
@@ -77,6 +83,28 @@ pub struct VipInfo {
     /// A [`Forwarding`] value.
     pub forwarding: u8,
     pub _pad: [u8; 3],
+}
+
+/// A slot of `VIPS`: an open-addressing table the daemon builds whole and the data plane
+/// probes from the VIP's home slot (see [`vip_home`]) until the VIP or an unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub key: VipKey,
+    pub info: VipInfo,
+    /// 0: unused, and the end of every probe that reaches it.
+    pub used: u32,
+}
+
+/// The slot a VIP's probe starts from: a multiplicative hash of the key's words.
+#[inline(always)]
+pub fn vip_home(key: &VipKey) -> u32 {
+    let a = &key.addr;
+    let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let mut h =
+        word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(14) ^ word(12).rotate_left(21);
+    h ^= ((key.port_be as u32) << 16) | ((key.proto as u32) << 8) | key.family as u32;
+    h.wrapping_mul(0x9e37_79b1) >> (32 - VIP_SLOTS.trailing_zeros())
 }
 
 /// `RealInfo::flags`: the daemon has written this slot and the real belongs to a service.
@@ -160,7 +188,10 @@ pub struct NatReply {
 pub const SETTING_FLAGS: u32 = 0;
 /// The daemon's clock: CLOCK_MONOTONIC in whole seconds, written every second.
 pub const SETTING_CLOCK: u32 = 1;
-pub const SETTINGS_LEN: u32 = 2;
+/// Which generation of `VIPS` is live (0 or 1): the daemon writes the other one whole,
+/// then flips this, so a packet never sees a table half rebuilt.
+pub const SETTING_VIP_GENERATION: u32 = 2;
+pub const SETTINGS_LEN: u32 = 3;
 
 /// `SETTINGS[SETTING_FLAGS]` bits.
 pub const SETTING_NAT: u32 = 1;
@@ -260,6 +291,8 @@ impl Reason {
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 8);
+    assert!(core::mem::size_of::<VipSlot>() == 32);
+    assert!(VIP_SLOTS.is_power_of_two() && VIP_SLOTS >= 4 * MAX_VIPS);
     assert!(core::mem::size_of::<RealInfo>() == 60);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 16);
@@ -274,6 +307,7 @@ mod pod {
     // (checked by the size asserts above), so every bit pattern is valid.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipSlot {}
     unsafe impl aya::Pod for RealInfo {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}

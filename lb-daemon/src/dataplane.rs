@@ -4,17 +4,17 @@
 
 mod flow_table;
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, MAGLEV_SIZE, NatReply, RealInfo, Reason, VipInfo, VipKey,
-    XDP_PROGRAM,
+    Counters, FlowKey, FlowValue, MAGLEV_SIZE, NatReply, RealInfo, Reason, VIP_PROBES, VIP_SLOTS,
+    VipInfo, VipKey, VipSlot, XDP_PROGRAM,
     flow_table::{FlowSet, NatSet},
     map_names,
 };
@@ -31,7 +31,11 @@ pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 
 pub struct Dataplane {
     ebpf: Ebpf,
-    vips: HashMap<MapData, VipKey, VipInfo>,
+    vips: Array<MapData, VipSlot>,
+    /// The VIPs as the engine set them; each change rebuilds the idle generation of VIPS.
+    vip_set: BTreeMap<VipKey, VipInfo>,
+    /// The live generation of VIPS (SETTINGS[SETTING_VIP_GENERATION]).
+    vip_generation: u32,
     maglev: Array<MapData, u32>,
     reals: Array<MapData, RealInfo>,
     flows: flow_table::Table<FlowSet>,
@@ -75,6 +79,8 @@ impl Dataplane {
         program.load().context("loading the XDP program (verifier)")?;
         Ok(Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
+            vip_set: BTreeMap::new(),
+            vip_generation: 0,
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
             reals: take(&mut ebpf, map_names::REALS)?,
             flows: flow_table::Table::new(
@@ -130,11 +136,42 @@ impl Dataplane {
     }
 
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
-        self.vips.insert(key, info, 0).context("writing VIPS")
+        if self.vip_set.get(&key) == Some(&info) {
+            return Ok(());
+        }
+        let before = self.vip_set.insert(key, info);
+        self.publish_vips().inspect_err(|_| {
+            // Not live: forget it, so the next change does not publish it unasked.
+            match before {
+                Some(info) => self.vip_set.insert(key, info),
+                None => self.vip_set.remove(&key),
+            };
+        })
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.vips.remove(key).context("removing from VIPS")
+        if let Some(info) = self.vip_set.remove(key) {
+            self.publish_vips().inspect_err(|_| {
+                self.vip_set.insert(*key, info);
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the whole idle generation of VIPS, then makes it the live one. A packet
+    /// reads one generation from start to end; the one it may still be reading is
+    /// rewritten only at the next change.
+    fn publish_vips(&mut self) -> Result<()> {
+        let slots = vip_slots(&self.vip_set)?;
+        let idle = self.vip_generation ^ 1;
+        for (i, slot) in slots.iter().enumerate() {
+            self.vips.set(idle * VIP_SLOTS + i as u32, *slot, 0).context("writing VIPS")?;
+        }
+        self.settings
+            .set(lb_common::SETTING_VIP_GENERATION, idle, 0)
+            .context("writing SETTINGS")?;
+        self.vip_generation = idle;
+        Ok(())
     }
 
     /// Removes a removed VIP's flows and NAT ways back; returns how many flows went.
@@ -215,6 +252,22 @@ impl Dataplane {
     pub fn nat_replies(&self) -> Vec<(FlowKey, NatReply)> {
         self.nat_replies.replies()
     }
+}
+
+/// Lays VIPs out as the data plane probes them: each in the first unused slot from its
+/// home, at most `VIP_PROBES` away (linear probing; with at most a quarter of the slots
+/// used, a VIP further away is all but impossible, and refused rather than unreachable).
+pub fn vip_slots(vips: &BTreeMap<VipKey, VipInfo>) -> Result<Vec<VipSlot>> {
+    let mut slots = vec![VipSlot::default(); VIP_SLOTS as usize];
+    for (key, info) in vips {
+        let home = lb_common::vip_home(key);
+        let free = (0..VIP_PROBES)
+            .map(|p| ((home + p) & (VIP_SLOTS - 1)) as usize)
+            .find(|&i| slots[i].used == 0)
+            .ok_or_else(|| anyhow!("no VIPS slot within {VIP_PROBES} of {key:?}'s home"))?;
+        slots[free] = VipSlot { key: *key, info: *info, used: 1 };
+    }
+    Ok(slots)
 }
 
 /// Attaches an XDP program. `auto` takes native mode on interfaces backed by a device

@@ -75,6 +75,31 @@ fn not_for_a_vip_passes_untouched() {
     assert_eq!(reason_count(&dp, Reason::PassNotVip), 3);
 }
 
+/// VIPS is rebuilt whole in its idle generation and then made live: a removed VIP stops
+/// at once, the others go on, and a VIP added back forwards again.
+#[test]
+fn removing_and_adding_a_vip_switches_the_live_table() {
+    use lb_common::{PROTO_TCP, VipKey};
+    let mut dp = dataplane();
+    let key =
+        VipKey { addr: addr16(&VIP4), port_be: 80u16.to_be(), proto: PROTO_TCP, family: FAMILY_V4 };
+    let web = tcp4(VIP4, 80, true);
+    let dns6 = udp6(VIP6, 53);
+    let (action, _) = run(&mut dp, &web);
+    assert_eq!(action, XDP_TX);
+    let info =
+        lb_common::VipInfo { index: 0, forwarding: lb_common::Forwarding::Dr as u8, _pad: [0; 3] };
+
+    dp.remove_vip(&key).unwrap();
+    assert_eq!(run(&mut dp, &web), (XDP_PASS, web.clone()));
+    assert_eq!(run(&mut dp, &dns6).0, XDP_TX, "another VIP stopped with it");
+    assert_eq!(reason_count(&dp, Reason::PassNotVip), 1);
+
+    dp.set_vip(key, info).unwrap();
+    assert_eq!(run(&mut dp, &web).0, XDP_TX);
+    assert_eq!(run(&mut dp, &dns6).0, XDP_TX);
+}
+
 #[test]
 fn truncated_and_malformed_frames_pass_untouched() {
     let mut dp = dataplane();

@@ -34,7 +34,7 @@ pub fn find(
         }
         let real = unsafe { read_volatile(&ways.reals[way]) };
         let flags = unsafe { read_volatile(&ways.flags[way]) };
-        if t == tag(hash, real, if salted { flags } else { 0 }) && same_key(&keys[way], key) {
+        if t == tag(hash, real, if salted { flags } else { 0 }) && same(&keys[way], key) {
             return Some(Found { way, real, flags });
         }
     }
@@ -107,13 +107,14 @@ pub fn touch(ways: &mut Ways, found: &Found, now: u32, flags: u32) {
     }
 }
 
-/// Compares two keys a 64-bit word at a time (FlowKey is 40 bytes, aligned to 8).
+/// Whether two keys are equal, compared a 32-bit word at a time. Only for keys whose size
+/// and alignment are multiples of 4 (FlowKey, VipKey: asserted in lb-common).
 #[inline(always)]
-fn same_key(stored: &FlowKey, key: &FlowKey) -> bool {
-    let a = stored as *const FlowKey as *const u64;
-    let b = key as *const FlowKey as *const u64;
+pub fn same<T>(stored: &T, key: &T) -> bool {
+    let a = stored as *const T as *const u32;
+    let b = key as *const T as *const u32;
     let mut diff = 0;
-    for i in 0..5 {
+    for i in 0..size_of::<T>() / 4 {
         diff |= unsafe { read_volatile(a.add(i)) ^ *b.add(i) };
     }
     diff == 0

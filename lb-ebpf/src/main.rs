@@ -22,7 +22,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     FLOW_CLOSING, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason, SETTING_CLOCK,
-    VipInfo, VipKey, flow_table::set_of, hash::flow_hash,
+    SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey, flow_table::set_of,
+    hash::flow_hash, vip_home,
 };
 use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS};
 use parse::Packet;
@@ -88,10 +89,19 @@ fn find_vip(packet: &Packet) -> Result<VipInfo, Reason> {
         proto: packet.key.proto,
         family: packet.key.family,
     };
-    match unsafe { VIPS.get(&key) } {
-        Some(vip) => Ok(*vip),
-        None => Err(Reason::PassNotVip),
+    let generation = SETTINGS.get(SETTING_VIP_GENERATION).copied().unwrap_or(0) & 1;
+    let home = vip_home(&key);
+    for probe in 0..VIP_PROBES {
+        let index = generation * VIP_SLOTS + ((home + probe) & (VIP_SLOTS - 1));
+        let slot = VIPS.get(index).ok_or(Reason::PassInternal)?;
+        if slot.used == 0 {
+            break;
+        }
+        if flows::same(&slot.key, &key) {
+            return Ok(slot.info);
+        }
     }
+    Err(Reason::PassNotVip)
 }
 
 /// The real of an established flow, or a new one from the VIP's Maglev table. A flow keeps

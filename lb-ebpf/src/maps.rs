@@ -3,16 +3,18 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
 };
 use lb_common::{
-    Counters, MAGLEV_SIZE, MAX_REALS, MAX_VIPS, RealInfo, Reason, SETTINGS_LEN, VipInfo, VipKey,
+    Counters, MAGLEV_SIZE, MAX_REALS, MAX_VIPS, RealInfo, Reason, SETTINGS_LEN, VIP_SLOTS, VipSlot,
     flow_table::{FLOW_SETS, FlowSet, NatSet},
 };
 
-/// Services by (address, port, protocol). Writer: daemon.
+/// Services by (address, port, protocol): two generations of `VIP_SLOTS` slots, the live
+/// one named by `SETTINGS[SETTING_VIP_GENERATION]`. Probed inline (an array, not a hash
+/// map: no kernel call per packet). Writer: daemon.
 #[map]
-pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static VIPS: Array<VipSlot> = Array::with_max_entries(2 * VIP_SLOTS, 0);
 
 /// Every VIP's Maglev table, back to back: slot `s` of VIP `i` is entry
 /// `i * MAGLEV_SIZE + s`, holding a real id or `NO_REAL`. Writer: daemon.
