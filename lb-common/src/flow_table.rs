@@ -1,11 +1,12 @@
-//! The connection tables' layout: set-associative arrays that the data plane reads and
+//! The connection table's layout: a set-associative array that the data plane reads and
 //! writes with plain loads and stores, no kernel call and no lock (an LRU hash insert cost
 //! more than the rest of a new flow's path: docs/BENCHMARKS.md). A flow lives in one of
-//! `FLOW_WAYS` ways of the set its hash picks. A way is valid only while its tag matches
-//! the hash of its key and what it holds, so a way two CPUs wrote at once reads as empty,
-//! never as one flow's key with another flow's real.
+//! `FLOW_WAYS` ways of the set its client's address and port pick (as IPVS hashes its
+//! connections), so a NAT reply, addressed to the client, finds its flow's set too. A way
+//! is valid only while its tag matches the hash of its key and its real, so a way two CPUs
+//! wrote at once reads as empty, never as one flow's key with another flow's real.
 
-use crate::{FlowKey, NatReply};
+use crate::{FlowKey, hash};
 
 /// Ways per set: a flow may sit in any of them.
 pub const FLOW_WAYS: usize = 4;
@@ -17,114 +18,84 @@ pub const FLOW_SETS: u32 = 65_536;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ways {
-    /// 0: empty. Otherwise [`tag`] of the key's hash, the real and the salt.
+    /// 0: empty. Otherwise [`tag`] of the key's flow hash and the real.
     pub tags: [u32; FLOW_WAYS],
     /// The real's id.
     pub reals: [u32; FLOW_WAYS],
     /// `SETTINGS[SETTING_CLOCK]` at the way's last packet; the oldest way is replaced first.
     pub last_seen_s: [u32; FLOW_WAYS],
-    /// FLOWS: `FLOW_CLOSING`. NAT_REPLIES: the reply's [`NatReply::check`], the salt.
+    /// `FLOW_CLOSING`, `FLOW_NAT`.
     pub flags: [u32; FLOW_WAYS],
 }
 
-/// Value of `FLOWS`: client 5-tuple to real. 256 bytes, four cache lines.
+/// How a NAT flow's replies go back to its client, taken from the request's first frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WayBack {
+    /// The client side's next hop (the request's source MAC) and our MAC on that side.
+    pub client_mac: [u8; 6],
+    pub director_mac: [u8; 6],
+    /// The interface the request came in on, where replies leave.
+    pub ifindex: u32,
+    /// [`WayBack::digest`] of the fields above: a way back half written by one CPU and
+    /// half by another does not match it.
+    pub check: u32,
+}
+
+impl WayBack {
+    #[inline(always)]
+    pub fn digest(&self) -> u32 {
+        let (c, d) = (&self.client_mac, &self.director_mac);
+        let words = [
+            u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
+            u32::from_ne_bytes([c[4], c[5], d[0], d[1]]),
+            u32::from_ne_bytes([d[2], d[3], d[4], d[5]]),
+            self.ifindex,
+        ];
+        let mut h = 0x2545_f491u32;
+        for w in words {
+            h = (h ^ w).wrapping_mul(0x0100_0193).rotate_left(5);
+        }
+        h | 1 // never 0, the check of a way back never written
+    }
+}
+
+/// Value of `FLOWS`: four flows (client 5-tuple to real) and, for NAT flows, their ways
+/// back. 320 bytes, five cache lines, the ways' header first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowSet {
     pub ways: Ways,
     pub keys: [FlowKey; FLOW_WAYS],
-    pub _pad: [u8; 32],
+    pub backs: [WayBack; FLOW_WAYS],
+    pub _pad: [u8; 16],
 }
 
-/// Value of `NAT_REPLIES`: a real's reply 5-tuple to the way back. 448 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NatSet {
-    pub ways: Ways,
-    pub keys: [FlowKey; FLOW_WAYS],
-    pub replies: [NatReply; FLOW_WAYS],
-    pub _pad: [u8; 32],
-}
-
-/// A way's tag. The multiplier is odd, so two reals (or salts) never give the same tag for
-/// one hash: a way holding one writer's tag and another's real fails the check. 0 is
-/// "empty"; the one flow in 2^32 whose tag comes out 0 just is not remembered.
+/// A way's tag. The multiplier is odd, so two reals never give the same tag for one hash:
+/// a way holding one writer's tag and another's real fails the check. 0 is "empty"; the
+/// one flow in 2^32 whose tag comes out 0 just is not remembered.
 #[inline(always)]
-pub fn tag(hash: u32, real: u32, salt: u32) -> u32 {
-    hash ^ (real ^ salt).wrapping_mul(0x9e37_79b1)
+pub fn tag(flow_hash: u32, real: u32) -> u32 {
+    flow_hash ^ real.wrapping_mul(0x9e37_79b1)
 }
 
-/// The set of a flow hash.
+/// The set of the flows of a client address and port: the request's source, the reply's
+/// destination.
 #[inline(always)]
-pub fn set_of(hash: u32) -> u32 {
-    hash & (FLOW_SETS - 1)
+pub fn set_of_client(addr: &[u8; 16], port_be: u16, proto: u8, family: u8) -> u32 {
+    hash::client_hash(addr, port_be, proto, family) & (FLOW_SETS - 1)
 }
 
-impl NatReply {
-    /// A digest of every field, kept in the way's `flags`: a reply half written by one CPU
-    /// and half by another does not match it.
-    #[inline(always)]
-    pub fn check(&self) -> u32 {
-        let mut h = 0x2545_f491u32;
-        let words = [
-            u32::from_ne_bytes([
-                self.vip_addr[0],
-                self.vip_addr[1],
-                self.vip_addr[2],
-                self.vip_addr[3],
-            ]),
-            u32::from_ne_bytes([
-                self.vip_addr[4],
-                self.vip_addr[5],
-                self.vip_addr[6],
-                self.vip_addr[7],
-            ]),
-            u32::from_ne_bytes([
-                self.vip_addr[8],
-                self.vip_addr[9],
-                self.vip_addr[10],
-                self.vip_addr[11],
-            ]),
-            u32::from_ne_bytes([
-                self.vip_addr[12],
-                self.vip_addr[13],
-                self.vip_addr[14],
-                self.vip_addr[15],
-            ]),
-            u32::from_ne_bytes([
-                self.client_mac[0],
-                self.client_mac[1],
-                self.client_mac[2],
-                self.client_mac[3],
-            ]),
-            u32::from_ne_bytes([
-                self.client_mac[4],
-                self.client_mac[5],
-                self.director_mac[0],
-                self.director_mac[1],
-            ]),
-            u32::from_ne_bytes([
-                self.director_mac[2],
-                self.director_mac[3],
-                self.director_mac[4],
-                self.director_mac[5],
-            ]),
-            self.vip_port_be as u32,
-            self.ifindex,
-            self.vip_index,
-            self.real,
-        ];
-        for w in words {
-            h = (h ^ w).wrapping_mul(0x0100_0193).rotate_left(5);
-        }
-        h
-    }
+/// The set of a flow.
+#[inline(always)]
+pub fn set_of(key: &FlowKey) -> u32 {
+    set_of_client(&key.src, key.sport_be, key.proto, key.family)
 }
 
 const _: () = {
     assert!(core::mem::size_of::<Ways>() == 64);
-    assert!(core::mem::size_of::<FlowSet>() == 256);
-    assert!(core::mem::size_of::<NatSet>() == 448);
+    assert!(core::mem::size_of::<WayBack>() == 20);
+    assert!(core::mem::size_of::<FlowSet>() == 320);
     assert!(FLOW_SETS.is_power_of_two());
 };
 
@@ -133,37 +104,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tag_tells_reals_and_salts_apart() {
+    fn a_tag_tells_reals_apart() {
         let hash = 0xdead_beef;
         for real in 0..4096 {
-            assert_ne!(tag(hash, real, 0), tag(hash, real + 1, 0));
-            assert_ne!(tag(hash, real, 7), tag(hash, real, 8));
+            assert_ne!(tag(hash, real), tag(hash, real + 1));
         }
     }
 
     #[test]
-    fn every_reply_field_changes_the_check() {
-        let base = NatReply {
-            vip_addr: [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    fn every_field_of_a_way_back_changes_its_digest() {
+        let base = WayBack {
             client_mac: [2, 0, 0, 0, 0, 1],
             director_mac: [2, 0, 0, 0, 0, 2],
-            vip_port_be: 80u16.to_be(),
             ifindex: 3,
-            vip_index: 1,
-            real: 5,
-            ..NatReply::default()
+            check: 0,
         };
         let variants = [
-            NatReply { vip_addr: [192, 0, 2, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ..base },
-            NatReply { client_mac: [2, 0, 0, 0, 0, 3], ..base },
-            NatReply { director_mac: [2, 0, 0, 0, 0, 3], ..base },
-            NatReply { vip_port_be: 81u16.to_be(), ..base },
-            NatReply { ifindex: 4, ..base },
-            NatReply { vip_index: 2, ..base },
-            NatReply { real: 6, ..base },
+            WayBack { client_mac: [2, 0, 0, 0, 0, 3], ..base },
+            WayBack { client_mac: [3, 0, 0, 0, 0, 1], ..base },
+            WayBack { director_mac: [2, 0, 0, 0, 0, 3], ..base },
+            WayBack { director_mac: [3, 0, 0, 0, 0, 2], ..base },
+            WayBack { ifindex: 4, ..base },
         ];
         for v in variants {
-            assert_ne!(v.check(), base.check(), "{v:?}");
+            assert_ne!(v.digest(), base.digest(), "{v:?}");
         }
     }
 }

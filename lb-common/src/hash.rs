@@ -44,6 +44,20 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     finish(h)
 }
 
+/// Hash of a flow's client side (address, port, protocol, family): it picks the flow's set
+/// in the connection table, where a NAT reply, which has the client as its destination,
+/// must find it too.
+#[inline(always)]
+pub fn client_hash(addr: &[u8; 16], port_be: u16, proto: u8, family: u8) -> u32 {
+    let mut h = 0x2f69_3bd5;
+    h = mix(h, word(addr, 0));
+    h = mix(h, word(addr, 4));
+    h = mix(h, word(addr, 8));
+    h = mix(h, word(addr, 12));
+    h = mix(h, ((port_be as u32) << 16) | ((family as u32) << 8) | proto as u32);
+    finish(h)
+}
+
 /// The Maglev slot of a flow.
 #[inline(always)]
 pub fn maglev_slot(key: &FlowKey) -> u32 {

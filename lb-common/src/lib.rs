@@ -42,7 +42,6 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASONS: &str = "REASONS";
-    pub const NAT_REPLIES: &str = "NAT_REPLIES";
     pub const SETTINGS: &str = "SETTINGS";
 }
 
@@ -153,6 +152,8 @@ pub struct FlowKey {
 
 /// `FlowValue::flags`: a FIN or RST was seen, the connection is closing (InActConn).
 pub const FLOW_CLOSING: u32 = 1;
+/// `FlowValue::flags`: a NAT flow, whose way back its replies are rewritten by.
+pub const FLOW_NAT: u32 = 2;
 
 /// One flow of the connection table, as the daemon reads it from a way.
 #[repr(C)]
@@ -164,24 +165,6 @@ pub struct FlowValue {
     /// seconds, as fine as IPVS's timeouts need, and read per packet without a helper call.
     pub last_seen_s: u32,
     pub _pad: u32,
-}
-
-/// The way back of a NAT flow, found in `NAT_REPLIES` by the reply's 5-tuple (source =
-/// real, destination = client): what the reply's source becomes and where it goes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatReply {
-    pub vip_addr: [u8; 16],
-    /// The client side's next hop (the request's source MAC) and our MAC on that side.
-    pub client_mac: [u8; 6],
-    pub director_mac: [u8; 6],
-    pub vip_port_be: u16,
-    pub _pad: [u8; 2],
-    /// The interface the request came in on, where the reply leaves.
-    pub ifindex: u32,
-    pub vip_index: u32,
-    pub real: u32,
-    pub _pad2: u32,
 }
 
 /// `SETTINGS` entries.
@@ -297,7 +280,6 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Counters>() == 40);
-    assert!(core::mem::size_of::<NatReply>() == 48);
 };
 
 #[cfg(feature = "std")]
@@ -312,7 +294,5 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counters {}
-    unsafe impl aya::Pod for NatReply {}
     unsafe impl aya::Pod for flow_table::FlowSet {}
-    unsafe impl aya::Pod for flow_table::NatSet {}
 }

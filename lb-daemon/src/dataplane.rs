@@ -13,10 +13,8 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, MAGLEV_SIZE, NatReply, RealInfo, Reason, VIP_PROBES, VIP_SLOTS,
-    VipInfo, VipKey, VipSlot, XDP_PROGRAM,
-    flow_table::{FlowSet, NatSet},
-    map_names,
+    Counters, FlowKey, FlowValue, MAGLEV_SIZE, RealInfo, Reason, VIP_PROBES, VIP_SLOTS, VipInfo,
+    VipKey, VipSlot, XDP_PROGRAM, map_names,
 };
 
 use crate::config;
@@ -38,8 +36,7 @@ pub struct Dataplane {
     vip_generation: u32,
     maglev: Array<MapData, u32>,
     reals: Array<MapData, RealInfo>,
-    flows: flow_table::Table<FlowSet>,
-    nat_replies: flow_table::Table<NatSet>,
+    flows: flow_table::FlowTable,
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
@@ -83,14 +80,7 @@ impl Dataplane {
             vip_generation: 0,
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
             reals: take(&mut ebpf, map_names::REALS)?,
-            flows: flow_table::Table::new(
-                take_map(&mut ebpf, map_names::FLOWS)?,
-                map_names::FLOWS,
-            )?,
-            nat_replies: flow_table::Table::new(
-                take_map(&mut ebpf, map_names::NAT_REPLIES)?,
-                map_names::NAT_REPLIES,
-            )?,
+            flows: flow_table::FlowTable::new(take_map(&mut ebpf, map_names::FLOWS)?)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             reasons: take(&mut ebpf, map_names::REASONS)?,
@@ -174,20 +164,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes a removed VIP's flows and NAT ways back; returns how many flows went.
+    /// Removes a removed VIP's flows (and with them NAT's ways back); returns how many.
     pub fn purge_vip(&mut self, vip: &VipKey) -> usize {
-        let flows = self.flows.remove_where(|set, w| {
-            let k = &set.keys[w];
+        self.flows.remove_where(|k| {
             k.dst == vip.addr
                 && k.dport_be == vip.port_be
                 && k.proto == vip.proto
                 && k.family == vip.family
-        });
-        self.nat_replies.remove_where(|set, w| {
-            let r = &set.replies[w];
-            r.vip_addr == vip.addr && r.vip_port_be == vip.port_be && set.keys[w].proto == vip.proto
-        });
-        flows
+        })
     }
 
     pub fn set_real(&mut self, id: u32, real: RealInfo) -> Result<()> {
@@ -246,11 +230,6 @@ impl Dataplane {
     /// A snapshot of the connection table.
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.flows()
-    }
-
-    /// A snapshot of NAT's ways back, by reply 5-tuple.
-    pub fn nat_replies(&self) -> Vec<(FlowKey, NatReply)> {
-        self.nat_replies.replies()
     }
 }
 

@@ -342,22 +342,39 @@ fn nat_keeps_an_absent_ipv4_udp_checksum_absent() {
 
 #[test]
 fn a_reply_without_a_nat_flow_passes_untouched() {
+    use std::net::{Ipv4Addr, SocketAddr};
     let mut dp = dataplane();
-    let reply = Frame {
-        src_mac: REAL_MAC,
-        dst_mac: DIRECTOR_MAC,
-        src: std::net::SocketAddr::new(
-            std::net::Ipv4Addr::from(NAT_REAL4).into(),
-            NAT_REAL_PORT_TCP,
-        ),
-        dst: "198.51.100.9:40000".parse().unwrap(),
-        udp: false,
-        syn: false,
-        payload: vec![],
-    }
-    .build();
+    let client: SocketAddr = "198.51.100.9:40000".parse().unwrap();
+    let real = SocketAddr::new(Ipv4Addr::from(NAT_REAL4).into(), NAT_REAL_PORT_TCP);
+    let reply_from = |src: SocketAddr, udp: bool| {
+        Frame {
+            src_mac: REAL_MAC,
+            dst_mac: DIRECTOR_MAC,
+            src,
+            dst: client,
+            udp,
+            syn: false,
+            payload: vec![],
+        }
+        .build()
+    };
+    let reply = reply_from(real, false);
     let (action, out) = run(&mut dp, &reply);
     assert_eq!((action, &out), (XDP_PASS, &reply));
+
+    // With the client's NAT flow open, its set holds the flow: only the real's own reply
+    // (its address, its port, the flow's protocol) is taken back through the VIP.
+    let vip = SocketAddr::new(Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_TCP);
+    assert_eq!(run(&mut dp, &Frame::opening(client, vip, false).build()).0, XDP_TX);
+    let other_port = SocketAddr::new(real.ip(), NAT_REAL_PORT_TCP + 1);
+    let other_real = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 99).into(), NAT_REAL_PORT_TCP);
+    for near_miss in
+        [reply_from(other_port, false), reply_from(other_real, false), reply_from(real, true)]
+    {
+        let (action, out) = run(&mut dp, &near_miss);
+        assert_eq!((action, &out), (XDP_PASS, &near_miss));
+    }
+    assert_eq!(run(&mut dp, &reply).0, XDP_TX);
 }
 
 /// Tunnel: the frame leaves as [Ethernet to the real][outer header][the client's packet,
@@ -692,7 +709,7 @@ fn more_malformed_inputs_have_defined_actions() {
 /// and the other three stay where they are.
 #[test]
 fn a_new_flow_in_a_full_set_replaces_the_one_idle_longest() {
-    use lb_common::{FlowKey, PROTO_TCP, flow_table::set_of, hash::flow_hash};
+    use lb_common::{FlowKey, PROTO_TCP, flow_table::set_of};
     let mut dp = dataplane();
     let key_of = |f: &[u8]| FlowKey {
         src: addr16(&f[26..30]),
@@ -711,11 +728,11 @@ fn a_new_flow_in_a_full_set_replaces_the_one_idle_longest() {
     };
     let syn = tcp4(VIP4, 80, true);
     let ack = tcp4(VIP4, 80, false);
-    // Five client ports whose flows fall into one set (lb-common's hash, as the program's).
+    // Five client ports whose flows fall into one set (lb-common's, as the program's).
     // A port picks one of 65 536 sets: look among all of them for the fullest set's five.
     let mut by_set: std::collections::HashMap<u32, Vec<u16>> = Default::default();
     for port in 1024..=u16::MAX {
-        by_set.entry(set_of(flow_hash(&key_of(&client(&syn, port))))).or_default().push(port);
+        by_set.entry(set_of(&key_of(&client(&syn, port)))).or_default().push(port);
     }
     let ports = by_set.into_values().find(|p| p.len() >= 5).expect("five ports in one set");
     for (i, &port) in ports[..4].iter().enumerate() {

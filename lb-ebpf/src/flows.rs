@@ -1,4 +1,4 @@
-//! Finding and recording flows in a set of the connection tables (layout and tags in
+//! Finding and recording flows in a set of the connection table (layout and tags in
 //! lb_common::flow_table). Every loop runs over the set's `FLOW_WAYS` ways, nothing else.
 //! Fields other CPUs may be writing are read and written volatile, one word each, so the
 //! compiler neither merges nor reorders them; the tag check then rejects any mix.
@@ -17,16 +17,9 @@ pub struct Found {
     pub flags: u32,
 }
 
-/// The way holding `key` (whose flow hash is `hash`). `salted`: the table keeps a salt in
-/// the ways' `flags` (NAT_REPLIES), which the tag covers.
+/// The way holding `key`, whose flow hash is `hash`.
 #[inline(always)]
-pub fn find(
-    ways: &Ways,
-    keys: &[FlowKey; FLOW_WAYS],
-    key: &FlowKey,
-    hash: u32,
-    salted: bool,
-) -> Option<Found> {
+pub fn find(ways: &Ways, keys: &[FlowKey; FLOW_WAYS], key: &FlowKey, hash: u32) -> Option<Found> {
     for way in 0..FLOW_WAYS {
         let t = unsafe { read_volatile(&ways.tags[way]) };
         if t == 0 {
@@ -34,7 +27,7 @@ pub fn find(
         }
         let real = unsafe { read_volatile(&ways.reals[way]) };
         let flags = unsafe { read_volatile(&ways.flags[way]) };
-        if t == tag(hash, real, if salted { flags } else { 0 }) && same(&keys[way], key) {
+        if t == tag(hash, real) && same(&keys[way], key) {
             return Some(Found { way, real, flags });
         }
     }
@@ -71,7 +64,6 @@ pub fn record(
     real: u32,
     flags: u32,
     now: u32,
-    salted: bool,
 ) {
     if w >= FLOW_WAYS {
         return;
@@ -86,13 +78,12 @@ pub fn record(
         write_volatile(&mut ways.reals[w], real);
         write_volatile(&mut ways.last_seen_s[w], now);
         write_volatile(&mut ways.flags[w], flags);
-        write_volatile(&mut ways.tags[w], tag(hash, real, if salted { flags } else { 0 }));
+        write_volatile(&mut ways.tags[w], tag(hash, real));
     }
 }
 
-/// Marks a found flow as seen now, and with `flags` added (FLOWS only: NAT_REPLIES keeps its
-/// salt there). Stores only what changed, so a busy flow does not dirty its cache line on
-/// every packet.
+/// Marks a found flow as seen now, with `flags` added. Stores only what changed, so a busy
+/// flow does not dirty its cache line on every packet.
 #[inline(always)]
 pub fn touch(ways: &mut Ways, found: &Found, now: u32, flags: u32) {
     let w = found.way;
@@ -107,8 +98,9 @@ pub fn touch(ways: &mut Ways, found: &Found, now: u32, flags: u32) {
     }
 }
 
-/// Whether two keys are equal, compared a 32-bit word at a time. Only for keys whose size
-/// and alignment are multiples of 4 (FlowKey, VipKey: asserted in lb-common).
+/// Whether two keys are equal, compared a 32-bit word at a time. Only for values whose size
+/// is a multiple of 4 and that sit 4-aligned: FlowKey, VipKey (aligned by their types), and
+/// the addresses at the start of FlowKey's halves and of RealInfo.
 #[inline(always)]
 pub fn same<T>(stored: &T, key: &T) -> bool {
     let a = stored as *const T as *const u32;

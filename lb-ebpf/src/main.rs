@@ -21,9 +21,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FLOW_CLOSING, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason, SETTING_CLOCK,
-    SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey, flow_table::set_of,
-    hash::flow_hash, vip_home,
+    FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
+    SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
+    flow_table::{FlowSet, set_of},
+    hash::flow_hash,
+    vip_home,
 };
 use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS};
 use parse::Packet;
@@ -49,16 +51,15 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
         Err(Reason::PassNotVip) => return nat::reply(ctx, &packet),
         Err(other) => return Err(other),
     };
-    let (real_id, real, new_flow, new_connection) = find_real(&packet, &vip)?;
+    let flow = find_real(&packet, &vip)?;
+    let real = flow.real;
     let done = match vip.forwarding {
         f if f == Forwarding::Dr as u8 => forward_dr(ctx, real)?,
         f if f == Forwarding::Tunnel as u8 => tunnel::forward(ctx, &packet, real)?,
-        f if f == Forwarding::Nat as u8 => {
-            nat::forward(ctx, &packet, real, real_id, &vip, new_flow)?
-        }
+        f if f == Forwarding::Nat as u8 => nat::forward(ctx, &packet, &flow)?,
         _ => return Err(Reason::PassInternal),
     };
-    count_traffic(vip.index, real_id, new_connection, packet.len);
+    count_traffic(vip.index, flow.real_id, flow.new_connection, packet.len);
     Ok(done)
 }
 
@@ -68,8 +69,8 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
 #[inline(always)]
 fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32, Reason), Reason> {
     let hash = flow_hash(&packet.key);
-    let set = FLOWS.get(set_of(hash)).ok_or(Reason::PassInternal)?;
-    let found = flows::find(&set.ways, &set.keys, &packet.key, hash, false);
+    let set = FLOWS.get(set_of(&packet.key)).ok_or(Reason::PassInternal)?;
+    let found = flows::find(&set.ways, &set.keys, &packet.key, hash);
     let real_id = found.ok_or(Reason::PassIcmpNoFlow)?.real;
     let real = serving_real(real_id, vip).ok_or(Reason::PassIcmpNoFlow)?;
     let done = match vip.forwarding {
@@ -104,29 +105,47 @@ fn find_vip(packet: &Packet) -> Result<VipInfo, Reason> {
     Err(Reason::PassNotVip)
 }
 
+/// A packet's flow, found or new, and its real.
+pub(crate) struct Flow {
+    pub real_id: u32,
+    pub real: &'static RealInfo,
+    /// First packet of the flow in the table: NAT writes its way back.
+    pub new_flow: bool,
+    /// The packet opens a connection (ipvsadm's Conns).
+    pub new_connection: bool,
+    /// Where the flow is: its set and way in FLOWS.
+    pub set: *mut FlowSet,
+    pub way: usize,
+}
+
 /// The real of an established flow, or a new one from the VIP's Maglev table. A flow keeps
-/// its real while the real still serves this VIP, whatever the weights say. Returns the
-/// real, whether the flow is new to the table, and whether the packet opens a connection.
+/// its real while the real still serves this VIP, whatever the weights say.
 #[inline(always)]
-fn find_real(
-    packet: &Packet,
-    vip: &VipInfo,
-) -> Result<(u32, &'static RealInfo, bool, bool), Reason> {
+fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
     let now = SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0);
     let hash = flow_hash(&packet.key);
-    let set = unsafe { &mut *FLOWS.get_ptr_mut(set_of(hash)).ok_or(Reason::PassInternal)? };
-    let mut way = None;
+    let set_ptr = FLOWS.get_ptr_mut(set_of(&packet.key)).ok_or(Reason::PassInternal)?;
+    let set = unsafe { &mut *set_ptr };
     let closes = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
-    if let Some(flow) = flows::find(&set.ways, &set.keys, &packet.key, hash, false) {
+    let mut way = None;
+    if let Some(found) = flows::find(&set.ways, &set.keys, &packet.key, hash) {
         // A SYN on a tuple whose connection closed is a new connection (the client reused
         // its port): schedule it afresh, as IPVS does with conn_reuse_mode.
-        let reused = flow.flags & FLOW_CLOSING != 0 && packet.opens_connection();
-        if let Some(real) = serving_real(flow.real, vip).filter(|_| !reused) {
-            flows::touch(&mut set.ways, &flow, now, closes);
-            return Ok((flow.real, real, false, false));
+        let reused = found.flags & FLOW_CLOSING != 0 && packet.opens_connection();
+        if let Some(real) = serving_real(found.real, vip).filter(|_| !reused) {
+            flows::touch(&mut set.ways, &found, now, closes);
+            let (real_id, way) = (found.real, found.way);
+            return Ok(Flow {
+                real_id,
+                real,
+                new_flow: false,
+                new_connection: false,
+                set: set_ptr,
+                way,
+            });
         }
         // Rescheduled: the new real takes over this way (a second way would hide it).
-        way = Some(flow.way);
+        way = Some(found.way);
     }
     let slot = vip.index * MAGLEV_SIZE + hash % MAGLEV_SIZE;
     let real_id = *MAGLEV.get(slot).ok_or(Reason::PassInternal)?;
@@ -134,9 +153,11 @@ fn find_real(
         return Err(Reason::PassNoReal);
     }
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
+    let nat = if vip.forwarding == Forwarding::Nat as u8 { FLOW_NAT } else { 0 };
     let w = way.unwrap_or_else(|| flows::victim(&set.ways, now));
-    flows::record(&mut set.ways, &mut set.keys, w, &packet.key, hash, real_id, closes, now, false);
-    Ok((real_id, real, true, packet.opens_connection()))
+    flows::record(&mut set.ways, &mut set.keys, w, &packet.key, hash, real_id, closes | nat, now);
+    let new_connection = packet.opens_connection();
+    Ok(Flow { real_id, real, new_flow: true, new_connection, set: set_ptr, way: w })
 }
 
 #[inline(always)]

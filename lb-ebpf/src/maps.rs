@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counters, MAGLEV_SIZE, MAX_REALS, MAX_VIPS, RealInfo, Reason, SETTINGS_LEN, VIP_SLOTS, VipSlot,
-    flow_table::{FLOW_SETS, FlowSet, NatSet},
+    flow_table::{FLOW_SETS, FlowSet},
 };
 
 /// Services by (address, port, protocol): two generations of `VIP_SLOTS` slots, the live
@@ -25,17 +25,13 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * MAGLEV_SIZE, 
 #[map]
 pub static REALS: Array<RealInfo> = Array::with_max_entries(MAX_REALS, 0);
 
-/// The connection table: 5-tuple to real, so established flows ignore weight changes. Sets
-/// of ways (lb_common::flow_table, lb-ebpf/src/flows.rs), shared by all CPUs.
-/// Writer: data plane (new flows); the daemon reads it through mmap (ActiveConn) and
-/// empties the ways of a removed VIP.
+/// The connection table: 5-tuple to real, so established flows ignore weight changes, and
+/// NAT flows' ways back. Sets of ways chosen by the client's address and port
+/// (lb_common::flow_table, lb-ebpf/src/flows.rs), shared by all CPUs. Writer: data plane
+/// (new flows); the daemon reads it through mmap (ActiveConn) and empties the ways of a
+/// removed VIP.
 #[map]
 pub static FLOWS: Array<FlowSet> = Array::with_max_entries(FLOW_SETS, BPF_F_MMAPABLE);
-
-/// NAT's reverse flows: a real's reply 5-tuple to the VIP and client side it goes back to.
-/// Writer: data plane (on a NAT flow's first packet); the daemon as for FLOWS.
-#[map]
-pub static NAT_REPLIES: Array<NatSet> = Array::with_max_entries(FLOW_SETS, BPF_F_MMAPABLE);
 
 /// Index `SETTING_CLOCK`: the daemon's clock in seconds, for flow ages: an array read is
 /// cheaper per packet than the kernel's clock helpers (measured in docs/BENCHMARKS.md).
@@ -44,7 +40,7 @@ pub static NAT_REPLIES: Array<NatSet> = Array::with_max_entries(FLOW_SETS, BPF_F
 #[map]
 pub static SETTINGS: Array<u32> = Array::with_max_entries(SETTINGS_LEN, 0);
 
-/// The daemon maps the connection tables into its memory instead of a syscall per set.
+/// The daemon maps the connection table into its memory instead of a syscall per set.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Per-VIP counters, by `VipInfo::index`. Writer: data plane.

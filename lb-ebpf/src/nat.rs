@@ -1,18 +1,22 @@
 //! NAT (LVS masquerading). Requests: destination address and port become the real's, with
-//! incremental checksum updates, and the way back is remembered in NAT_REPLIES. Replies
-//! (the real routes them through the director): source address and port become the VIP's
-//! again, and the frame goes back where the request came from.
+//! incremental checksum updates; the flow's first frame leaves its way back (client MAC,
+//! our MAC, interface) beside it in FLOWS. Replies (the real routes them through the
+//! director) are found in the set of their destination, the client, as IPVS finds a
+//! connection from either side: source address and port become the VIP's again, and the
+//! frame goes back where the request came from.
+
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, FlowKey, NatReply, PROTO_TCP, PROTO_UDP, RealInfo, Reason, SETTING_CLOCK,
-    SETTING_FLAGS, SETTING_NAT, VipInfo, flow_table::set_of, hash::flow_hash,
+    FAMILY_V4, FLOW_NAT, PROTO_TCP, PROTO_UDP, Reason, SETTING_CLOCK, SETTING_FLAGS, SETTING_NAT,
+    flow_table::{FLOW_WAYS, set_of_client, tag},
+    hash::flow_hash,
 };
 
-use crate::flows;
-use crate::maps::{NAT_REPLIES, SETTINGS};
+use crate::maps::{FLOWS, REALS, SETTINGS};
 use crate::parse::{Packet, bytes_at};
-use crate::{csum, transmit};
+use crate::{Flow, csum, flows, transmit};
 
 /// Which end of the packet's 5-tuple a rewrite changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -21,41 +25,25 @@ enum End {
     Destination,
 }
 
-/// Forwards a request to `real`, remembering the way back on the flow's first packet.
+/// Forwards a request to its flow's real, leaving the way back on the flow's first packet.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    packet: &Packet,
-    real: &RealInfo,
-    real_id: u32,
-    vip: &VipInfo,
-    new_flow: bool,
-) -> Result<(u32, Reason), Reason> {
+pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, Reason), Reason> {
+    let real = flow.real;
     if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] {
         return Err(Reason::PassRealUnresolved);
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
-    if new_flow {
-        let back = FlowKey {
-            src: real.addr,
-            dst: packet.key.src,
-            sport_be: real.port_be,
-            dport_be: packet.key.sport_be,
-            ..packet.key
-        };
-        // Written straight into the table's way, not built on the (small) BPF stack.
-        remember_way_back(&back, real_id, |way| {
-            way.vip_addr = packet.key.dst;
-            way.client_mac.copy_from_slice(&eth[6..12]);
-            way.director_mac.copy_from_slice(&eth[..6]);
-            way.vip_port_be = packet.key.dport_be;
-            way._pad = [0; 2];
-            way.ifindex = ingress;
-            way.vip_index = vip.index;
-            way.real = real_id;
-            way._pad2 = 0;
-        })?;
+    if flow.new_flow && flow.way < FLOW_WAYS {
+        let eth = unsafe { &*bytes_at::<12>(ctx, 0)? };
+        let back = unsafe { &mut (*flow.set).backs[flow.way] };
+        // Invalid while it changes: a reply cannot come before this request has left, but
+        // a way back must never be read half written.
+        unsafe { write_volatile(&mut back.check, 0) };
+        back.client_mac.copy_from_slice(&eth[6..12]);
+        back.director_mac.copy_from_slice(&eth[..6]);
+        back.ifindex = ingress;
+        let digest = back.digest();
+        unsafe { write_volatile(&mut back.check, digest) };
     }
     rewrite(ctx, packet, End::Destination, &real.addr, real.port_be)?;
     let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
@@ -65,54 +53,54 @@ pub fn forward(
 }
 
 /// A real's reply to a NAT flow goes back to the client from the VIP; anything else is
-/// not ours (`PassNotVip`).
+/// not ours (`PassNotVip`). The reply is (real -> client); its flow is (client -> VIP),
+/// in the client's set, with a real whose address and port are the reply's source.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason> {
     let nat_on = SETTINGS.get(SETTING_FLAGS).is_some_and(|s| s & SETTING_NAT != 0);
     if !nat_on {
         return Err(Reason::PassNotVip);
     }
-    let hash = flow_hash(&packet.key);
-    let set = unsafe { &mut *NAT_REPLIES.get_ptr_mut(set_of(hash)).ok_or(Reason::PassInternal)? };
-    let found = flows::find(&set.ways, &set.keys, &packet.key, hash, true);
-    let found = found.ok_or(Reason::PassNotVip)?;
-    let way = *set.replies.get(found.way).ok_or(Reason::PassInternal)?;
-    // The tag covers the check, the check covers the reply: a torn reply is no reply.
-    if way.check() != found.flags {
-        return Err(Reason::PassNotVip);
+    let key = &packet.key;
+    let set_index = set_of_client(&key.dst, key.dport_be, key.proto, key.family);
+    let set = unsafe { &mut *FLOWS.get_ptr_mut(set_index).ok_or(Reason::PassInternal)? };
+    for w in 0..FLOW_WAYS {
+        let t = unsafe { read_volatile(&set.ways.tags[w]) };
+        let flags = unsafe { read_volatile(&set.ways.flags[w]) };
+        if t == 0 || flags & FLOW_NAT == 0 {
+            continue;
+        }
+        let flow = &set.keys[w];
+        if flow.sport_be != key.dport_be
+            || flow.proto != key.proto
+            || flow.family != key.family
+            || !flows::same(&flow.src, &key.dst)
+        {
+            continue;
+        }
+        let real_id = unsafe { read_volatile(&set.ways.reals[w]) };
+        let Some(real) = REALS.get(real_id) else { continue };
+        if real.port_be != key.sport_be || !flows::same(&real.addr, &key.src) {
+            continue;
+        }
+        // The whole way must be one writer's: tag against key and real, digest against
+        // the way back.
+        let back = unsafe { read_volatile(&set.backs[w]) };
+        if t != tag(flow_hash(flow), real_id) || back.check != back.digest() {
+            continue;
+        }
+        let vip_index = real.vip;
+        let found = flows::Found { way: w, real: real_id, flags };
+        flows::touch(&mut set.ways, &found, clock(), 0);
+        rewrite(ctx, packet, End::Source, &flow.dst, flow.dport_be)?;
+        let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
+        eth[..6].copy_from_slice(&back.client_mac);
+        eth[6..].copy_from_slice(&back.director_mac);
+        crate::count_reply(vip_index, real_id, packet.len);
+        let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+        return Ok(transmit(ingress, back.ifindex));
     }
-    flows::touch(&mut set.ways, &found, clock(), 0);
-    rewrite(ctx, packet, End::Source, &way.vip_addr, way.vip_port_be)?;
-    let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
-    eth[..6].copy_from_slice(&way.client_mac);
-    eth[6..].copy_from_slice(&way.director_mac);
-    crate::count_reply(way.vip_index, way.real, packet.len);
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    Ok(transmit(ingress, way.ifindex))
-}
-
-/// Records a NAT flow's way back, in the way that already holds its 5-tuple (a port the
-/// client reused) or the one idle longest.
-#[inline(always)]
-fn remember_way_back(
-    back: &FlowKey,
-    real: u32,
-    fill: impl FnOnce(&mut NatReply),
-) -> Result<(), Reason> {
-    let hash = flow_hash(back);
-    let set = unsafe { &mut *NAT_REPLIES.get_ptr_mut(set_of(hash)).ok_or(Reason::PassInternal)? };
-    let now = clock();
-    let w = match flows::find(&set.ways, &set.keys, back, hash, true) {
-        Some(found) => found.way,
-        None => flows::victim(&set.ways, now),
-    };
-    let slot = set.replies.get_mut(w).ok_or(Reason::PassInternal)?;
-    // The way reads as empty while its reply changes: the tag goes to 0 first.
-    unsafe { core::ptr::write_volatile(&mut set.ways.tags[w & 3], 0) };
-    fill(slot);
-    let check = slot.check();
-    flows::record(&mut set.ways, &mut set.keys, w, back, hash, real, check, now, true);
-    Ok(())
+    Err(Reason::PassNotVip)
 }
 
 #[inline(always)]
