@@ -83,13 +83,19 @@ pub fn tag(flow_hash: u32, real: u32) -> u32 {
 /// destination.
 #[inline(always)]
 pub fn set_of_client(addr: &[u8; 16], port_be: u16, proto: u8, family: u8) -> u32 {
-    hash::client_hash(addr, port_be, proto, family) & (FLOW_SETS - 1)
+    set_of_hash(hash::client_hash(addr, port_be, proto, family))
 }
 
 /// The set of a flow.
 #[inline(always)]
 pub fn set_of(key: &FlowKey) -> u32 {
     set_of_client(&key.src, key.sport_be, key.proto, key.family)
+}
+
+/// The set of a client hash (see [`hash::hashes`], which gives it with the flow hash).
+#[inline(always)]
+pub fn set_of_hash(client_hash: u32) -> u32 {
+    client_hash & (FLOW_SETS - 1)
 }
 
 const _: () = {

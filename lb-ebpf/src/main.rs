@@ -23,8 +23,8 @@ use aya_ebpf::{
 use lb_common::{
     FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
     SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
-    flow_table::{FlowSet, set_of},
-    hash::flow_hash,
+    flow_table::{FlowSet, set_of_hash},
+    hash::hashes,
     vip_home,
 };
 use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS};
@@ -68,8 +68,8 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
 /// NAT flows are left to the kernel: their quoted headers would need translating too.
 #[inline(always)]
 fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32, Reason), Reason> {
-    let hash = flow_hash(&packet.key);
-    let set = FLOWS.get(set_of(&packet.key)).ok_or(Reason::PassInternal)?;
+    let (client, hash) = hashes(&packet.key);
+    let set = FLOWS.get(set_of_hash(client)).ok_or(Reason::PassInternal)?;
     let found = flows::find(&set.ways, &set.keys, &packet.key, hash);
     let real_id = found.ok_or(Reason::PassIcmpNoFlow)?.real;
     let real = serving_real(real_id, vip).ok_or(Reason::PassIcmpNoFlow)?;
@@ -123,8 +123,8 @@ pub(crate) struct Flow {
 #[inline(always)]
 fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
     let now = SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0);
-    let hash = flow_hash(&packet.key);
-    let set_ptr = FLOWS.get_ptr_mut(set_of(&packet.key)).ok_or(Reason::PassInternal)?;
+    let (client, hash) = hashes(&packet.key);
+    let set_ptr = FLOWS.get_ptr_mut(set_of_hash(client)).ok_or(Reason::PassInternal)?;
     let set = unsafe { &mut *set_ptr };
     let closes = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
     let mut way = None;
