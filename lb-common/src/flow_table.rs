@@ -3,8 +3,8 @@
 //! more than the rest of a new flow's path: docs/BENCHMARKS.md). A flow lives in one of
 //! `FLOW_WAYS` ways of the set its client's address and port pick (as IPVS hashes its
 //! connections), so a NAT reply, addressed to the client, finds its flow's set too. A way
-//! is valid only while its tag matches the hash of its key and its real, so a way two CPUs
-//! wrote at once reads as empty, never as one flow's key with another flow's real.
+//! is valid only while its tag matches its client's hash and its real, so a way two CPUs
+//! wrote at once reads as empty, never as one flow's client with another flow's real.
 
 use crate::{FlowKey, hash};
 
@@ -18,7 +18,7 @@ pub const FLOW_SETS: u32 = 65_536;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ways {
-    /// 0: empty. Otherwise [`tag`] of the key's flow hash and the real.
+    /// 0: empty. Otherwise [`tag`] of the key's client hash and the real.
     pub tags: [u32; FLOW_WAYS],
     /// The real's id.
     pub reals: [u32; FLOW_WAYS],
@@ -37,20 +37,29 @@ pub struct WayBack {
     pub director_mac: [u8; 6],
     /// The interface the request came in on, where replies leave.
     pub ifindex: u32,
-    /// [`WayBack::digest`] of the fields above: a way back half written by one CPU and
-    /// half by another does not match it.
+    /// [`WayBack::digest`] of the fields above, the flow's VIP side and its real: a way
+    /// whose fields two CPUs wrote at once does not match it.
     pub check: u32,
 }
 
 impl WayBack {
+    /// What `check` must be, for a way back beside the flow to `vip`:`vip_port_be` on
+    /// `real`: the reply is rewritten from that VIP, so the digest covers it too.
     #[inline(always)]
-    pub fn digest(&self) -> u32 {
+    pub fn digest(&self, vip: &[u8; 16], vip_port_be: u16, real: u32) -> u32 {
         let (c, d) = (&self.client_mac, &self.director_mac);
+        let word = |i: usize| u32::from_ne_bytes([vip[i], vip[i + 1], vip[i + 2], vip[i + 3]]);
         let words = [
             u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
             u32::from_ne_bytes([c[4], c[5], d[0], d[1]]),
             u32::from_ne_bytes([d[2], d[3], d[4], d[5]]),
             self.ifindex,
+            word(0),
+            word(4),
+            word(8),
+            word(12),
+            vip_port_be as u32,
+            real,
         ];
         let mut h = 0x2545_f491u32;
         for w in words {
@@ -71,12 +80,15 @@ pub struct FlowSet {
     pub _pad: [u8; 16],
 }
 
-/// A way's tag. The multiplier is odd, so two reals never give the same tag for one hash:
-/// a way holding one writer's tag and another's real fails the check. 0 is "empty"; the
+/// A way's tag, of its client's hash and its real. The multiplier is odd, so two reals
+/// never give the same tag for one hash: a way holding one writer's tag and another's real
+/// fails the check. The VIP side of the key needs no hash: the key is compared whole, and
+/// a real serves one VIP, so a VIP side torn from another flow's key names a VIP the
+/// real does not serve (the data plane checks), or is this flow's own. 0 is "empty"; the
 /// one flow in 2^32 whose tag comes out 0 just is not remembered.
 #[inline(always)]
-pub fn tag(flow_hash: u32, real: u32) -> u32 {
-    flow_hash ^ real.wrapping_mul(0x9e37_79b1)
+pub fn tag(client_hash: u32, real: u32) -> u32 {
+    client_hash ^ real.wrapping_mul(0x9e37_79b1)
 }
 
 /// The set of the flows of a client address and port: the request's source, the reply's
@@ -125,6 +137,16 @@ mod tests {
             ifindex: 3,
             check: 0,
         };
+        let vip = [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let digest = |b: &WayBack| b.digest(&vip, 80u16.to_be(), 5);
+        let mut other_vip = vip;
+        other_vip[3] = 11;
+        let mut other_vip6 = vip;
+        other_vip6[15] = 1;
+        assert_ne!(base.digest(&other_vip, 80u16.to_be(), 5), digest(&base));
+        assert_ne!(base.digest(&other_vip6, 80u16.to_be(), 5), digest(&base));
+        assert_ne!(base.digest(&vip, 81u16.to_be(), 5), digest(&base));
+        assert_ne!(base.digest(&vip, 80u16.to_be(), 6), digest(&base));
         let variants = [
             WayBack { client_mac: [2, 0, 0, 0, 0, 3], ..base },
             WayBack { client_mac: [3, 0, 0, 0, 0, 1], ..base },
@@ -133,7 +155,7 @@ mod tests {
             WayBack { ifindex: 4, ..base },
         ];
         for v in variants {
-            assert_ne!(v.digest(), base.digest(), "{v:?}");
+            assert_ne!(digest(&v), digest(&base), "{v:?}");
         }
     }
 }

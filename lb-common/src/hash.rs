@@ -1,9 +1,9 @@
-//! The flow hashes: the client's (its set in the connection table) and the whole 5-tuple's
-//! (a way's tag, a new connection's Maglev slot). They live here, not in the eBPF crate, so
+//! The flow hashes: the client's (its set in the connection table, its ways' tags) and the
+//! whole 5-tuple's (a new connection's Maglev slot). They live here, not in the eBPF crate, so
 //! the daemon and the tests compute exactly what the data plane does. MurmurHash3's 32-bit
-//! mixing: a few multiplies and rotates, no loop, no table. The flow hash goes on from the
-//! client hash's state, so a packet pays for each word once; an IPv4 address is one word
-//! (the other twelve bytes are zero, as the parser leaves them).
+//! mixing: a few multiplies and rotates, no loop, no table. An established flow's packet
+//! pays for the client hash only; an IPv4 address is one word (the other twelve bytes are
+//! zero, as the parser leaves them).
 
 use crate::FlowKey;
 
@@ -57,18 +57,17 @@ pub fn client_hash(addr: &[u8; 16], port_be: u16, proto: u8, family: u8) -> u32 
     finish(client_state(addr, port_be, proto, family))
 }
 
-/// Both hashes of a flow: (client hash, flow hash).
+/// The client hash of a flow (its source side).
 #[inline(always)]
-pub fn hashes(key: &FlowKey) -> (u32, u32) {
-    let client = client_state(&key.src, key.sport_be, key.proto, key.family);
-    let flow = mix(mix_addr(client, &key.dst, key.family), key.dport_be as u32);
-    (finish(client), finish(flow))
+pub fn flow_client_hash(key: &FlowKey) -> u32 {
+    client_hash(&key.src, key.sport_be, key.proto, key.family)
 }
 
-/// Hash of a flow's 5-tuple.
+/// Hash of a flow's 5-tuple: the client side's state, then the VIP side.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
-    hashes(key).1
+    let client = client_state(&key.src, key.sport_be, key.proto, key.family);
+    finish(mix(mix_addr(client, &key.dst, key.family), key.dport_be as u32))
 }
 
 /// The Maglev slot of a flow.
@@ -131,8 +130,8 @@ mod tests {
     }
 
     #[test]
-    fn the_client_hash_is_the_flow_hash_s_first_half() {
-        // A reply finds its request's set: the same client side, whatever the other side.
+    fn a_reply_has_the_client_hash_of_its_request() {
+        // A NAT reply (real -> client) finds its request's set: the client side decides.
         let key = FlowKey {
             src: [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             dst: [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -142,14 +141,19 @@ mod tests {
             family: crate::FAMILY_V4,
             _pad: [0; 2],
         };
-        let other_side = FlowKey {
-            dst: [10, 0, 0, 21, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            dport_be: 8080u16.to_be(),
+        let reply = FlowKey {
+            src: [10, 0, 0, 21, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: key.src,
+            sport_be: 8080u16.to_be(),
+            dport_be: key.sport_be,
             ..key
         };
-        assert_eq!(hashes(&key).0, client_hash(&key.src, key.sport_be, key.proto, key.family));
-        assert_eq!(hashes(&key).0, hashes(&other_side).0);
-        assert_ne!(hashes(&key).1, hashes(&other_side).1);
+        assert_eq!(
+            flow_client_hash(&key),
+            client_hash(&reply.dst, reply.dport_be, reply.proto, reply.family)
+        );
+        let other_client = FlowKey { sport_be: 40001u16.to_be(), ..key };
+        assert_ne!(flow_client_hash(&key), flow_client_hash(&other_client));
     }
 
     #[test]

@@ -17,9 +17,10 @@ pub struct Found {
     pub flags: u32,
 }
 
-/// The way holding `key`, whose flow hash is `hash`.
+/// The way holding `key`, whose client hash is `client`. The caller still checks that the
+/// real serves the packet's VIP (lb_common::flow_table::tag says why).
 #[inline(always)]
-pub fn find(ways: &Ways, keys: &[FlowKey; FLOW_WAYS], key: &FlowKey, hash: u32) -> Option<Found> {
+pub fn find(ways: &Ways, keys: &[FlowKey; FLOW_WAYS], key: &FlowKey, client: u32) -> Option<Found> {
     for way in 0..FLOW_WAYS {
         let t = unsafe { read_volatile(&ways.tags[way]) };
         if t == 0 {
@@ -27,7 +28,7 @@ pub fn find(ways: &Ways, keys: &[FlowKey; FLOW_WAYS], key: &FlowKey, hash: u32) 
         }
         let real = unsafe { read_volatile(&ways.reals[way]) };
         let flags = unsafe { read_volatile(&ways.flags[way]) };
-        if t == tag(hash, real) && same(&keys[way], key) {
+        if t == tag(client, real) && same(&keys[way], key) {
             return Some(Found { way, real, flags });
         }
     }
@@ -60,7 +61,7 @@ pub fn record(
     keys: &mut [FlowKey; FLOW_WAYS],
     w: usize,
     key: &FlowKey,
-    hash: u32,
+    client: u32,
     real: u32,
     flags: u32,
     now: u32,
@@ -78,7 +79,7 @@ pub fn record(
         write_volatile(&mut ways.reals[w], real);
         write_volatile(&mut ways.last_seen_s[w], now);
         write_volatile(&mut ways.flags[w], flags);
-        write_volatile(&mut ways.tags[w], tag(hash, real));
+        write_volatile(&mut ways.tags[w], tag(client, real));
     }
 }
 

@@ -24,7 +24,7 @@ use lb_common::{
     FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
     SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
     flow_table::{FlowSet, set_of_hash},
-    hash::hashes,
+    hash::{flow_client_hash as client_hash, maglev_slot},
     vip_home,
 };
 use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS};
@@ -68,9 +68,9 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
 /// NAT flows are left to the kernel: their quoted headers would need translating too.
 #[inline(always)]
 fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32, Reason), Reason> {
-    let (client, hash) = hashes(&packet.key);
+    let client = client_hash(&packet.key);
     let set = FLOWS.get(set_of_hash(client)).ok_or(Reason::PassInternal)?;
-    let found = flows::find(&set.ways, &set.keys, &packet.key, hash);
+    let found = flows::find(&set.ways, &set.keys, &packet.key, client);
     let real_id = found.ok_or(Reason::PassIcmpNoFlow)?.real;
     let real = serving_real(real_id, vip).ok_or(Reason::PassIcmpNoFlow)?;
     let done = match vip.forwarding {
@@ -123,12 +123,12 @@ pub(crate) struct Flow {
 #[inline(always)]
 fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
     let now = SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0);
-    let (client, hash) = hashes(&packet.key);
+    let client = client_hash(&packet.key);
     let set_ptr = FLOWS.get_ptr_mut(set_of_hash(client)).ok_or(Reason::PassInternal)?;
     let set = unsafe { &mut *set_ptr };
     let closes = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
     let mut way = None;
-    if let Some(found) = flows::find(&set.ways, &set.keys, &packet.key, hash) {
+    if let Some(found) = flows::find(&set.ways, &set.keys, &packet.key, client) {
         // A SYN on a tuple whose connection closed is a new connection (the client reused
         // its port): schedule it afresh, as IPVS does with conn_reuse_mode.
         let reused = found.flags & FLOW_CLOSING != 0 && packet.opens_connection();
@@ -147,7 +147,7 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
         // Rescheduled: the new real takes over this way (a second way would hide it).
         way = Some(found.way);
     }
-    let slot = vip.index * MAGLEV_SIZE + hash % MAGLEV_SIZE;
+    let slot = vip.index * MAGLEV_SIZE + maglev_slot(&packet.key);
     let real_id = *MAGLEV.get(slot).ok_or(Reason::PassInternal)?;
     if real_id == NO_REAL {
         return Err(Reason::PassNoReal);
@@ -155,7 +155,7 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
     let nat = if vip.forwarding == Forwarding::Nat as u8 { FLOW_NAT } else { 0 };
     let w = way.unwrap_or_else(|| flows::victim(&set.ways, now));
-    flows::record(&mut set.ways, &mut set.keys, w, &packet.key, hash, real_id, closes | nat, now);
+    flows::record(&mut set.ways, &mut set.keys, w, &packet.key, client, real_id, closes | nat, now);
     let new_connection = packet.opens_connection();
     Ok(Flow { real_id, real, new_flow: true, new_connection, set: set_ptr, way: w })
 }

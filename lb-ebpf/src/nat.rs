@@ -10,8 +10,8 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FAMILY_V4, FLOW_NAT, PROTO_TCP, PROTO_UDP, Reason, SETTING_CLOCK, SETTING_FLAGS, SETTING_NAT,
-    flow_table::{FLOW_WAYS, set_of_client, tag},
-    hash::flow_hash,
+    flow_table::{FLOW_WAYS, set_of_hash, tag},
+    hash::client_hash,
 };
 
 use crate::maps::{FLOWS, REALS, SETTINGS};
@@ -42,7 +42,7 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, R
         back.client_mac.copy_from_slice(&eth[6..12]);
         back.director_mac.copy_from_slice(&eth[..6]);
         back.ifindex = ingress;
-        let digest = back.digest();
+        let digest = back.digest(&packet.key.dst, packet.key.dport_be, flow.real_id);
         unsafe { write_volatile(&mut back.check, digest) };
     }
     rewrite(ctx, packet, End::Destination, &real.addr, real.port_be)?;
@@ -62,8 +62,8 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
         return Err(Reason::PassNotVip);
     }
     let key = &packet.key;
-    let set_index = set_of_client(&key.dst, key.dport_be, key.proto, key.family);
-    let set = unsafe { &mut *FLOWS.get_ptr_mut(set_index).ok_or(Reason::PassInternal)? };
+    let client = client_hash(&key.dst, key.dport_be, key.proto, key.family);
+    let set = unsafe { &mut *FLOWS.get_ptr_mut(set_of_hash(client)).ok_or(Reason::PassInternal)? };
     for w in 0..FLOW_WAYS {
         let t = unsafe { read_volatile(&set.ways.tags[w]) };
         let flags = unsafe { read_volatile(&set.ways.flags[w]) };
@@ -83,10 +83,11 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
         if real.port_be != key.sport_be || !flows::same(&real.addr, &key.src) {
             continue;
         }
-        // The whole way must be one writer's: tag against key and real, digest against
-        // the way back.
+        // The whole way must be one writer's: the tag ties client and real, the digest
+        // the way back, the VIP side and the real.
         let back = unsafe { read_volatile(&set.backs[w]) };
-        if t != tag(flow_hash(flow), real_id) || back.check != back.digest() {
+        if t != tag(client, real_id) || back.check != back.digest(&flow.dst, flow.dport_be, real_id)
+        {
             continue;
         }
         let vip_index = real.vip;

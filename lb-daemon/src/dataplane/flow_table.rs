@@ -11,7 +11,7 @@ use aya::maps::{Map, MapData};
 use lb_common::{
     FlowKey, FlowValue,
     flow_table::{FLOW_SETS, FLOW_WAYS, FlowSet, tag},
-    hash::flow_hash,
+    hash::flow_client_hash,
     map_names,
 };
 use memmap2::{MmapOptions, MmapRaw};
@@ -25,7 +25,7 @@ pub struct FlowTable {
 
 fn valid(set: &FlowSet, w: usize) -> bool {
     let ways = &set.ways;
-    ways.tags[w] != 0 && ways.tags[w] == tag(flow_hash(&set.keys[w]), ways.reals[w])
+    ways.tags[w] != 0 && ways.tags[w] == tag(flow_client_hash(&set.keys[w]), ways.reals[w])
 }
 
 impl FlowTable {
