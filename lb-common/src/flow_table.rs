@@ -48,19 +48,20 @@ impl WayBack {
     #[inline(always)]
     pub fn digest(&self, vip: &[u8; 16], vip_port_be: u16, real: u32) -> u32 {
         let (c, d) = (&self.client_mac, &self.director_mac);
-        let word = |i: usize| u32::from_ne_bytes([vip[i], vip[i + 1], vip[i + 2], vip[i + 3]]);
         let words = [
             u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
             u32::from_ne_bytes([c[4], c[5], d[0], d[1]]),
             u32::from_ne_bytes([d[2], d[3], d[4], d[5]]),
             self.ifindex,
-            word(0),
-            word(4),
-            word(8),
-            word(12),
+            hash::word(vip, 0),
+            hash::word(vip, 4),
+            hash::word(vip, 8),
+            hash::word(vip, 12),
             vip_port_be as u32,
             real,
         ];
+        // A checksum, not a hash to spread keys: one multiply a word (it is computed on
+        // every NAT reply), as FNV-1a does.
         let mut h = 0x2545_f491u32;
         for w in words {
             h = (h ^ w).wrapping_mul(0x0100_0193).rotate_left(5);
@@ -91,23 +92,17 @@ pub fn tag(client_hash: u32, real: u32) -> u32 {
     client_hash ^ real.wrapping_mul(0x9e37_79b1)
 }
 
-/// The set of the flows of a client address and port: the request's source, the reply's
-/// destination.
+/// The set of a client hash ([`hash::client_hash`]: the request's source, the reply's
+/// destination).
 #[inline(always)]
-pub fn set_of_client(addr: &[u8; 16], port_be: u16, proto: u8, family: u8) -> u32 {
-    set_of_hash(hash::client_hash(addr, port_be, proto, family))
+pub fn set_of_hash(client_hash: u32) -> u32 {
+    client_hash & (FLOW_SETS - 1)
 }
 
 /// The set of a flow.
 #[inline(always)]
 pub fn set_of(key: &FlowKey) -> u32 {
-    set_of_client(&key.src, key.sport_be, key.proto, key.family)
-}
-
-/// The set of a client hash (see [`hash::hashes`], which gives it with the flow hash).
-#[inline(always)]
-pub fn set_of_hash(client_hash: u32) -> u32 {
-    client_hash & (FLOW_SETS - 1)
+    set_of_hash(hash::flow_client_hash(key))
 }
 
 const _: () = {

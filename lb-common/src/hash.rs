@@ -25,8 +25,9 @@ fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// Bytes `i..i + 4` of an address as a word.
 #[inline(always)]
-fn word(a: &[u8; 16], i: usize) -> u32 {
+pub(crate) fn word(a: &[u8; 16], i: usize) -> u32 {
     u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
 }
 
@@ -80,17 +81,22 @@ pub fn maglev_slot(key: &FlowKey) -> u32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_field_changes_the_hash() {
-        let base = FlowKey {
-            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    /// 198.51.100.7:40000 -> 192.0.2.10:80, TCP.
+    fn client_to_vip() -> FlowKey {
+        FlowKey {
+            src: [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             dst: [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             sport_be: 40000u16.to_be(),
             dport_be: 80u16.to_be(),
             proto: crate::PROTO_TCP,
             family: crate::FAMILY_V4,
             _pad: [0; 2],
-        };
+        }
+    }
+
+    #[test]
+    fn every_field_changes_the_hash() {
+        let base = client_to_vip();
         let h = flow_hash(&base);
         let variants = [
             FlowKey { sport_be: 40001u16.to_be(), ..base },
@@ -132,15 +138,7 @@ mod tests {
     #[test]
     fn a_reply_has_the_client_hash_of_its_request() {
         // A NAT reply (real -> client) finds its request's set: the client side decides.
-        let key = FlowKey {
-            src: [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            dst: [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            sport_be: 40000u16.to_be(),
-            dport_be: 80u16.to_be(),
-            proto: crate::PROTO_TCP,
-            family: crate::FAMILY_V4,
-            _pad: [0; 2],
-        };
+        let key = client_to_vip();
         let reply = FlowKey {
             src: [10, 0, 0, 21, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             dst: key.src,

@@ -98,8 +98,7 @@ pub struct VipSlot {
 /// The slot a VIP's probe starts from: a multiplicative hash of the key's words.
 #[inline(always)]
 pub fn vip_home(key: &VipKey) -> u32 {
-    let a = &key.addr;
-    let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let word = |i| hash::word(&key.addr, i);
     let mut h =
         word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(14) ^ word(12).rotate_left(21);
     h ^= ((key.port_be as u32) << 16) | ((key.proto as u32) << 8) | key.family as u32;

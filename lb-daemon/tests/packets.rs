@@ -36,9 +36,8 @@ fn vip_packets_leave_with_only_their_macs_changed() {
     assert_eq!(dp.flows().len(), 2);
 }
 
-#[test]
-fn vlan_tagged_vip_packets_keep_their_tag() {
-    let mut dp = dataplane();
+/// A DNS query to the IPv4 VIP in VLAN 42.
+fn vlan_dns_query() -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
         .single_vlan(etherparse::VlanId::try_new(42).unwrap())
@@ -46,6 +45,13 @@ fn vlan_tagged_vip_packets_keep_their_tag() {
         .udp(41000, 53)
         .write(&mut v, b"query")
         .unwrap();
+    v
+}
+
+#[test]
+fn vlan_tagged_vip_packets_keep_their_tag() {
+    let mut dp = dataplane();
+    let v = vlan_dns_query();
     let (action, out) = run(&mut dp, &v);
     assert_eq!(action, XDP_TX);
     assert_eq!(out, dr_rewritten(&v));
@@ -674,13 +680,7 @@ fn more_malformed_inputs_have_defined_actions() {
 
     // Cut inside the headers the first test does not reach: the 802.1Q tag, IPv4 options,
     // an ICMP error's own header, its quoted IP header and its quoted ports.
-    let mut tagged = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
-        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
-        .ipv4([198, 51, 100, 7], VIP4, 64)
-        .udp(41000, 53)
-        .write(&mut tagged, b"query")
-        .unwrap();
+    let tagged = vlan_dns_query();
     let mut with_options = tcp4(VIP4, 80, true);
     with_options[14] = 0x46; // IHL 6: 4 bytes of options the frame below does not hold
     let mut quoted = tcp4([198, 51, 100, 7], 40000, false);

@@ -24,7 +24,7 @@ use lb_common::{
     FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
     SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
     flow_table::{FlowSet, set_of_hash},
-    hash::{flow_client_hash as client_hash, maglev_slot},
+    hash::{flow_client_hash, maglev_slot},
     vip_home,
 };
 use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS};
@@ -68,7 +68,7 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
 /// NAT flows are left to the kernel: their quoted headers would need translating too.
 #[inline(always)]
 fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32, Reason), Reason> {
-    let client = client_hash(&packet.key);
+    let client = flow_client_hash(&packet.key);
     let set = FLOWS.get(set_of_hash(client)).ok_or(Reason::PassInternal)?;
     let found = flows::find(&set.ways, &set.keys, &packet.key, client);
     let real_id = found.ok_or(Reason::PassIcmpNoFlow)?.real;
@@ -122,8 +122,8 @@ pub(crate) struct Flow {
 /// its real while the real still serves this VIP, whatever the weights say.
 #[inline(always)]
 fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
-    let now = SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0);
-    let client = client_hash(&packet.key);
+    let now = clock();
+    let client = flow_client_hash(&packet.key);
     let set_ptr = FLOWS.get_ptr_mut(set_of_hash(client)).ok_or(Reason::PassInternal)?;
     let set = unsafe { &mut *set_ptr };
     let closes = if packet.closes_connection() { FLOW_CLOSING } else { 0 };
@@ -158,6 +158,12 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
     flows::record(&mut set.ways, &mut set.keys, w, &packet.key, client, real_id, closes | nat, now);
     let new_connection = packet.opens_connection();
     Ok(Flow { real_id, real, new_flow: true, new_connection, set: set_ptr, way: w })
+}
+
+/// The daemon's clock, `SETTINGS[SETTING_CLOCK]`: what flows are aged by.
+#[inline(always)]
+pub(crate) fn clock() -> u32 {
+    SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0)
 }
 
 #[inline(always)]

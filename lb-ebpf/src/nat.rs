@@ -9,7 +9,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, FLOW_NAT, PROTO_TCP, PROTO_UDP, Reason, SETTING_CLOCK, SETTING_FLAGS, SETTING_NAT,
+    FAMILY_V4, FLOW_NAT, PROTO_TCP, PROTO_UDP, Reason, SETTING_FLAGS, SETTING_NAT,
     flow_table::{FLOW_WAYS, set_of_hash, tag},
     hash::client_hash,
 };
@@ -92,7 +92,7 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
         }
         let vip_index = real.vip;
         let found = flows::Found { way: w, real: real_id, flags };
-        flows::touch(&mut set.ways, &found, clock(), 0);
+        flows::touch(&mut set.ways, &found, crate::clock(), 0);
         rewrite(ctx, packet, End::Source, &flow.dst, flow.dport_be)?;
         let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
         eth[..6].copy_from_slice(&back.client_mac);
@@ -102,11 +102,6 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
         return Ok(transmit(ingress, back.ifindex));
     }
     Err(Reason::PassNotVip)
-}
-
-#[inline(always)]
-fn clock() -> u32 {
-    SETTINGS.get(SETTING_CLOCK).copied().unwrap_or(0)
 }
 
 /// Rewrites one end's address and port, updating the IPv4 header checksum and the TCP or
