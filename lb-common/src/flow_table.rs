@@ -108,6 +108,8 @@ pub fn set_of(key: &FlowKey) -> u32 {
 const _: () = {
     assert!(core::mem::size_of::<Ways>() == 64);
     assert!(core::mem::size_of::<WayBack>() == 20);
+    // Destination then source MAC, as the Ethernet header holds them.
+    assert!(core::mem::offset_of!(WayBack, director_mac) == 6);
     assert!(core::mem::size_of::<FlowSet>() == 320);
     assert!(FLOW_SETS.is_power_of_two());
 };

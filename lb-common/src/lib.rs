@@ -28,6 +28,25 @@ pub const MAX_FLOWS: u32 = flow_table::FLOW_SETS * flow_table::FLOW_WAYS as u32;
 /// Maglev slot value of a VIP without any real in service.
 pub const NO_REAL: u32 = u32::MAX;
 
+/// Maglev slots per entry of the MAGLEV map: one cache line of 16-bit real ids. A new
+/// flow reads one random slot, and the table's footprint decides whether that read
+/// misses the cache: as lines of `u16` a VIP's table takes 128 KiB, where `u32` entries,
+/// which the kernel rounds to 8 bytes each, took 512 KiB (docs/BENCHMARKS.md).
+pub const MAGLEV_LINE_SLOTS: u32 = 32;
+/// MAGLEV entries per VIP: slot `s` of VIP `i` is `reals[s % 32]` of entry
+/// `i * MAGLEV_LINES + s / 32`, which is also `u16` number `i * MAGLEV_LINES * 32 + s`
+/// of the map's memory. The last line's spare slots stay empty.
+pub const MAGLEV_LINES: u32 = MAGLEV_SIZE.div_ceil(MAGLEV_LINE_SLOTS);
+/// An empty Maglev slot in MAGLEV: [`NO_REAL`] in 16 bits.
+pub const MAGLEV_EMPTY: u16 = u16::MAX;
+
+/// One entry of MAGLEV: 32 consecutive slots of one VIP's table.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub struct MaglevLine {
+    pub reals: [u16; MAGLEV_LINE_SLOTS as usize],
+}
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
@@ -116,11 +135,12 @@ pub struct RealInfo {
     /// The real's MAC, as the daemon resolved it through the neighbour table; all zero
     /// while unresolved (the data plane then passes the packet and counts it).
     pub mac: [u8; 6],
+    /// The MAC of the director's interface the real is reached through: the source of
+    /// frames to it. Right after `mac`, as in an Ethernet header, so the data plane
+    /// writes both in two stores.
+    pub src_mac: [u8; 6],
     pub family: u8,
     pub flags: u8,
-    /// The MAC of the director's interface the real is reached through: the source of
-    /// frames to it.
-    pub src_mac: [u8; 6],
     /// The real's port (network byte order): NAT rewrites the VIP's port to it.
     pub port_be: u16,
     /// That interface's index: XDP_TX when it is the ingress one, a redirect otherwise.
@@ -276,9 +296,14 @@ const _: () = {
     assert!(core::mem::size_of::<VipSlot>() == 32);
     assert!(VIP_SLOTS.is_power_of_two() && VIP_SLOTS >= 4 * MAX_VIPS);
     assert!(core::mem::size_of::<RealInfo>() == 60);
+    // Destination then source MAC, as the Ethernet header holds them.
+    assert!(core::mem::offset_of!(RealInfo, src_mac) == core::mem::offset_of!(RealInfo, mac) + 6);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Counters>() == 40);
+    assert!(core::mem::size_of::<MaglevLine>() == 64);
+    // Real ids fit a Maglev slot, below the empty marker.
+    assert!(MAX_REALS < MAGLEV_EMPTY as u32);
 };
 
 #[cfg(feature = "std")]

@@ -3,8 +3,10 @@
 //! through [`flow_table`]). Everything above it speaks in lb-common's types.
 
 mod flow_table;
+mod mapped;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -13,8 +15,9 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, MAGLEV_SIZE, RealInfo, Reason, VIP_PROBES, VIP_SLOTS, VipInfo,
-    VipKey, VipSlot, XDP_PROGRAM, map_names,
+    Counters, FlowKey, FlowValue, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES, MAGLEV_SIZE,
+    MAX_VIPS, MaglevLine, NO_REAL, RealInfo, Reason, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
+    VipSlot, XDP_PROGRAM, map_names,
 };
 
 use crate::config;
@@ -34,15 +37,14 @@ pub struct Dataplane {
     vip_set: BTreeMap<VipKey, VipInfo>,
     /// The live generation of VIPS (SETTINGS[SETTING_VIP_GENERATION]).
     vip_generation: u32,
-    maglev: Array<MapData, u32>,
+    /// Every VIP's Maglev table, mapped: a rebuild stores only the slots that differ.
+    maglev: mapped::MappedArray<MaglevLine>,
     reals: Array<MapData, RealInfo>,
     flows: flow_table::FlowTable,
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
     settings: Array<MapData, u32>,
-    /// The Maglev table last written per VIP index, so a rebuild writes only changed slots.
-    written: StdHashMap<u32, Vec<u32>>,
     /// Interfaces the program is attached to, by ifindex.
     links: StdHashMap<u32, LinkInfo>,
 }
@@ -78,7 +80,11 @@ impl Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             vip_set: BTreeMap::new(),
             vip_generation: 0,
-            maglev: take(&mut ebpf, map_names::MAGLEV)?,
+            maglev: mapped::MappedArray::new(
+                take_map(&mut ebpf, map_names::MAGLEV)?,
+                map_names::MAGLEV,
+                MAX_VIPS * MAGLEV_LINES,
+            )?,
             reals: take(&mut ebpf, map_names::REALS)?,
             flows: flow_table::FlowTable::new(take_map(&mut ebpf, map_names::FLOWS)?)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
@@ -86,7 +92,6 @@ impl Dataplane {
             reasons: take(&mut ebpf, map_names::REASONS)?,
             settings: take(&mut ebpf, map_names::SETTINGS)?,
             ebpf,
-            written: StdHashMap::new(),
             links: StdHashMap::new(),
         })
     }
@@ -178,26 +183,35 @@ impl Dataplane {
         self.reals.set(id, real, 0).context("writing REALS")
     }
 
-    /// Writes VIP `index`'s Maglev table, only the slots that changed since the last write.
-    /// Each slot always holds a valid real, so packets in flight see the old or the new
-    /// choice, never garbage.
+    /// Writes VIP `index`'s Maglev table (real ids, `NO_REAL` for none), storing only the
+    /// slots that differ from what the map holds; returns how many. Each slot is one atomic
+    /// store of a valid real, so packets in flight see the old or the new choice.
     pub fn set_maglev(&mut self, index: u32, table: &[u32]) -> Result<usize> {
         anyhow::ensure!(
-            table.len() == MAGLEV_SIZE as usize,
-            "Maglev table of {} slots",
+            table.len() == MAGLEV_SIZE as usize && index < MAX_VIPS,
+            "Maglev table of {} slots for VIP index {index}",
             table.len()
         );
-        let base = index * MAGLEV_SIZE;
-        let previous = self.written.remove(&index);
         let mut changed = 0;
         for (slot, &real) in table.iter().enumerate() {
-            if previous.as_ref().is_some_and(|p| p[slot] == real) {
-                continue;
+            let real = match real {
+                NO_REAL => MAGLEV_EMPTY,
+                id => u16::try_from(id)
+                    .ok()
+                    .filter(|&id| id != MAGLEV_EMPTY)
+                    .with_context(|| format!("real id {id} does not fit a Maglev slot"))?,
+            };
+            let line = (index * MAGLEV_LINES) as usize + slot / MAGLEV_LINE_SLOTS as usize;
+            let line = self.maglev.ptr(line);
+            let at = slot % MAGLEV_LINE_SLOTS as usize;
+            // SAFETY: in the mapping (ptr checks the line), aligned, and only ever accessed
+            // whole, by us atomically and by the data plane as one 16-bit load.
+            let cell = unsafe { &*(std::ptr::addr_of_mut!((*line).reals[at]) as *const AtomicU16) };
+            if cell.load(Ordering::Relaxed) != real {
+                cell.store(real, Ordering::Relaxed);
+                changed += 1;
             }
-            self.maglev.set(base + slot as u32, real, 0).context("writing MAGLEV")?;
-            changed += 1;
         }
-        self.written.insert(index, table.to_vec());
         Ok(changed)
     }
 

@@ -5,7 +5,10 @@ mod common;
 
 use common::*;
 use etherparse::PacketBuilder;
-use lb_common::{FAMILY_V4, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason};
+use lb_common::{
+    FAMILY_V4, FlowKey, MAGLEV_LINE_SLOTS, MAGLEV_SIZE, NO_REAL, PROTO_TCP, REAL_PRESENT, RealInfo,
+    Reason, hash::maglev_slot,
+};
 use lb_daemon::dataplane::Dataplane;
 
 fn reason_count(dp: &Dataplane, reason: Reason) -> u64 {
@@ -160,17 +163,22 @@ fn a_vip_without_reals_passes() {
     assert_eq!(reason_count(&dp, Reason::PassNoReal), 1);
 }
 
-#[test]
-fn an_established_flow_keeps_its_real_when_the_table_changes() {
-    let mut dp = dataplane();
-    let second = RealInfo {
+/// Another real of the IPv4 TCP DR VIP (index 0), told apart by its MAC.
+fn second_dr_real() -> RealInfo {
+    RealInfo {
         mac: [0x02, 0, 0, 0, 0, 0x12],
         src_mac: DIRECTOR_MAC,
         flags: REAL_PRESENT,
         family: FAMILY_V4,
         vip: 0,
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn an_established_flow_keeps_its_real_when_the_table_changes() {
+    let mut dp = dataplane();
+    let second = second_dr_real();
     dp.set_real(10, second).unwrap();
     let syn = tcp4(VIP4, 80, true);
     let (_, out) = run(&mut dp, &syn);
@@ -184,6 +192,45 @@ fn an_established_flow_keeps_its_real_when_the_table_changes() {
     other[34..36].copy_from_slice(&40001u16.to_be_bytes());
     let (_, out) = run(&mut dp, &other);
     assert_eq!(&out[..6], &second.mac);
+}
+
+/// lbd stores only the Maglev slots a rebuild changes, and the data plane reads each slot
+/// where lbd stored it: 16-bit ids in lines of 32, from the first line to the last slot.
+#[test]
+fn a_maglev_rebuild_stores_only_changed_slots_and_each_is_read_where_stored() {
+    let key = |sport: u16| FlowKey {
+        src: addr16(&[198, 51, 100, 7]),
+        dst: addr16(&VIP4),
+        sport_be: sport.to_be(),
+        dport_be: 80u16.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let port_at = |want: fn(u32) -> bool| {
+        (1..=u16::MAX).find(|&p| want(maglev_slot(&key(p)))).expect("some port hashes there")
+    };
+    for sport in [port_at(|s| s == MAGLEV_SIZE - 1), port_at(|s| s < MAGLEV_LINE_SLOTS)] {
+        let slot = maglev_slot(&key(sport)) as usize;
+        let mut dp = dataplane();
+        let second = second_dr_real();
+        dp.set_real(10, second).unwrap();
+        // dataplane() gave every slot of VIP 0 to real 0.
+        let mut table = vec![0u32; MAGLEV_SIZE as usize];
+        assert_eq!(dp.set_maglev(0, &table).unwrap(), 0, "the same table again");
+        let mut syn = tcp4(VIP4, 80, true);
+        syn[34..36].copy_from_slice(&sport.to_be_bytes());
+
+        table[slot] = NO_REAL;
+        assert_eq!(dp.set_maglev(0, &table).unwrap(), 1, "slot {slot} emptied");
+        assert_eq!(run(&mut dp, &syn).0, XDP_PASS, "slot {slot} reads empty");
+        assert_eq!(reason_count(&dp, Reason::PassNoReal), 1);
+
+        table[slot] = 10;
+        assert_eq!(dp.set_maglev(0, &table).unwrap(), 1, "slot {slot} given to real 10");
+        let (action, out) = run(&mut dp, &syn);
+        assert_eq!((action, &out[..6]), (XDP_TX, &second.mac[..]), "slot {slot}");
+    }
 }
 
 /// Flows are aged by the clock the daemon publishes (SETTINGS), not a kernel helper.

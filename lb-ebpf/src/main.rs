@@ -4,6 +4,7 @@
 //! counted under its reason.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod csum;
 mod floor;
@@ -13,6 +14,9 @@ mod maps;
 mod nat;
 mod parse;
 mod tunnel;
+mod words;
+
+use core::{mem::offset_of, ptr::read_volatile};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_PASS, XDP_TX},
@@ -21,8 +25,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_SIZE, NO_REAL, REAL_PRESENT, RealInfo, Reason,
-    SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
+    FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES,
+    REAL_PRESENT, RealInfo, Reason, SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS,
+    VipInfo, VipKey,
     flow_table::{FlowSet, set_of_hash},
     hash::{flow_client_hash, maglev_slot},
     vip_home,
@@ -31,6 +36,7 @@ use maps::{FLOWS, MAGLEV, REAL_STATS, REALS, REASONS, SETTINGS, VIP_STATS, VIPS}
 use parse::Packet;
 
 #[xdp]
+#[inline(always)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = match balance(&ctx) {
         Ok(done) => done,
@@ -147,17 +153,27 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
         // Rescheduled: the new real takes over this way (a second way would hide it).
         way = Some(found.way);
     }
-    let slot = vip.index * MAGLEV_SIZE + maglev_slot(&packet.key);
-    let real_id = *MAGLEV.get(slot).ok_or(Reason::PassInternal)?;
-    if real_id == NO_REAL {
+    let real_id = maglev_pick(packet, vip)?;
+    if real_id == MAGLEV_EMPTY {
         return Err(Reason::PassNoReal);
     }
+    let real_id = real_id as u32;
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
     let nat = if vip.forwarding == Forwarding::Nat as u8 { FLOW_NAT } else { 0 };
     let w = way.unwrap_or_else(|| flows::victim(&set.ways, now));
     flows::record(&mut set.ways, &mut set.keys, w, &packet.key, client, real_id, closes | nat, now);
     let new_connection = packet.opens_connection();
     Ok(Flow { real_id, real, new_flow: true, new_connection, set: set_ptr, way: w })
+}
+
+/// The real that VIP `vip`'s Maglev table gives the packet's flow, or `MAGLEV_EMPTY`.
+#[inline(always)]
+fn maglev_pick(packet: &Packet, vip: &VipInfo) -> Result<u16, Reason> {
+    let slot = maglev_slot(&packet.key);
+    let line = vip.index * MAGLEV_LINES + slot / MAGLEV_LINE_SLOTS;
+    let line = MAGLEV.get(line).ok_or(Reason::PassInternal)?;
+    // One aligned 16-bit load: the daemon stores each slot whole.
+    Ok(unsafe { read_volatile(&line.reals[(slot % MAGLEV_LINE_SLOTS) as usize]) })
 }
 
 /// The daemon's clock, `SETTINGS[SETTING_CLOCK]`: what flows are aged by.
@@ -179,11 +195,19 @@ fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason
     if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] {
         return Err(Reason::PassRealUnresolved);
     }
-    let eth = unsafe { &mut *parse::bytes_at::<12>(ctx, 0)? };
-    eth[..6].copy_from_slice(&real.mac);
-    eth[6..].copy_from_slice(&real.src_mac);
+    address_to_real(ctx, real)?;
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     Ok(transmit(ingress, real.ifindex))
+}
+
+/// Addresses the frame to the real's MAC from ours on its side.
+#[inline(always)]
+pub(crate) fn address_to_real(ctx: &XdpContext, real: &RealInfo) -> Result<(), Reason> {
+    let eth = parse::bytes_at::<12>(ctx, 0)? as *mut u8;
+    let macs = unsafe { (real as *const RealInfo as *const u8).add(offset_of!(RealInfo, mac)) };
+    // `mac` then `src_mac`, adjacent as in the header (lb-common asserts it).
+    unsafe { words::copy12(eth, macs) };
+    Ok(())
 }
 
 /// Sends the rewritten frame out of `egress`: XDP_TX when it is where the frame came in

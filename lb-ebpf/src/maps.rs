@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 use lb_common::{
-    Counters, MAGLEV_SIZE, MAX_REALS, MAX_VIPS, RealInfo, Reason, SETTINGS_LEN, VIP_SLOTS, VipSlot,
+    Counters, MAGLEV_LINES, MAX_REALS, MAX_VIPS, MaglevLine, RealInfo, Reason, SETTINGS_LEN,
+    VIP_SLOTS, VipSlot,
     flow_table::{FLOW_SETS, FlowSet},
 };
 
@@ -16,10 +17,12 @@ use lb_common::{
 #[map]
 pub static VIPS: Array<VipSlot> = Array::with_max_entries(2 * VIP_SLOTS, 0);
 
-/// Every VIP's Maglev table, back to back: slot `s` of VIP `i` is entry
-/// `i * MAGLEV_SIZE + s`, holding a real id or `NO_REAL`. Writer: daemon.
+/// Every VIP's Maglev table, back to back, in lines of 32 slots (lb_common::MaglevLine):
+/// slot `s` of VIP `i` is in entry `i * MAGLEV_LINES + s / 32`, a real id or
+/// `MAGLEV_EMPTY`. Writer: daemon, through mmap, one atomic 16-bit store per changed slot.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * MAGLEV_SIZE, 0);
+pub static MAGLEV: Array<MaglevLine> =
+    Array::with_max_entries(MAX_VIPS * MAGLEV_LINES, BPF_F_MMAPABLE);
 
 /// Reals by id: address, MAC, interface. Writer: daemon (MACs from the neighbour table).
 #[map]
@@ -40,7 +43,8 @@ pub static FLOWS: Array<FlowSet> = Array::with_max_entries(FLOW_SETS, BPF_F_MMAP
 #[map]
 pub static SETTINGS: Array<u32> = Array::with_max_entries(SETTINGS_LEN, 0);
 
-/// The daemon maps the connection table into its memory instead of a syscall per set.
+/// The daemon maps the connection table and the Maglev tables into its memory: no
+/// syscall per set or slot.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Per-VIP counters, by `VipInfo::index`. Writer: data plane.

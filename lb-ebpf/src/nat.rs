@@ -10,13 +10,13 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FAMILY_V4, FLOW_NAT, PROTO_TCP, PROTO_UDP, Reason, SETTING_FLAGS, SETTING_NAT,
-    flow_table::{FLOW_WAYS, set_of_hash, tag},
+    flow_table::{FLOW_WAYS, WayBack, set_of_hash, tag},
     hash::client_hash,
 };
 
 use crate::maps::{FLOWS, REALS, SETTINGS};
 use crate::parse::{Packet, bytes_at};
-use crate::{Flow, csum, flows, transmit};
+use crate::{Flow, csum, flows, transmit, words};
 
 /// Which end of the packet's 5-tuple a rewrite changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,9 +46,7 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, R
         unsafe { write_volatile(&mut back.check, digest) };
     }
     rewrite(ctx, packet, End::Destination, &real.addr, real.port_be)?;
-    let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
-    eth[..6].copy_from_slice(&real.mac);
-    eth[6..].copy_from_slice(&real.src_mac);
+    crate::address_to_real(ctx, real)?;
     Ok(transmit(ingress, real.ifindex))
 }
 
@@ -94,9 +92,9 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
         let found = flows::Found { way: w, real: real_id, flags };
         flows::touch(&mut set.ways, &found, crate::clock(), 0);
         rewrite(ctx, packet, End::Source, &flow.dst, flow.dport_be)?;
-        let eth = unsafe { &mut *bytes_at::<12>(ctx, 0)? };
-        eth[..6].copy_from_slice(&back.client_mac);
-        eth[6..].copy_from_slice(&back.director_mac);
+        let eth = bytes_at::<12>(ctx, 0)? as *mut u8;
+        // `client_mac` then `director_mac`, as in the header (lb-common asserts it).
+        unsafe { words::copy12(eth, &back as *const WayBack as *const u8) };
         crate::count_reply(vip_index, real_id, packet.len);
         let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
         return Ok(transmit(ingress, back.ifindex));

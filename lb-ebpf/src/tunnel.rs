@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{FAMILY_V4, RealInfo, Reason};
 
 use crate::parse::{Packet, bytes_at};
-use crate::{icmp, transmit};
+use crate::{icmp, transmit, words};
 
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
@@ -44,9 +44,8 @@ pub fn forward(
     }
     // The frame is now [L2 header][outer IP][inner packet]: write the first two anew.
     let ethertype: [u8; 2] = if v4 { [0x08, 0x00] } else { [0x86, 0xdd] };
+    crate::address_to_real(ctx, real)?;
     let eth = unsafe { &mut *bytes_at::<14>(ctx, 0)? };
-    eth[..6].copy_from_slice(&real.mac);
-    eth[6..12].copy_from_slice(&real.src_mac);
     if vlan {
         let l2 = unsafe { &mut *bytes_at::<18>(ctx, 0)? };
         l2[12..16].copy_from_slice(&tag);
@@ -79,8 +78,10 @@ pub fn forward(
         out[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
         out[6] = IPPROTO_IPV6;
         out[7] = TTL;
-        out[8..24].copy_from_slice(&real.tunnel_src);
-        out[24..40].copy_from_slice(&real.addr);
+        unsafe {
+            words::copy16(out[8..].as_mut_ptr(), real.tunnel_src.as_ptr());
+            words::copy16(out[24..].as_mut_ptr(), real.addr.as_ptr());
+        }
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     Ok(transmit(ingress, real.ifindex))

@@ -3,24 +3,22 @@
 //! pass over memory, not a syscall per flow. A way counts only when it passes the data
 //! plane's own tag check (lb_common::flow_table).
 
-use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::{addr_of_mut, read_volatile, write_volatile};
 
-use anyhow::{Context, Result, ensure};
-use aya::maps::{Map, MapData};
+use anyhow::Result;
+use aya::maps::Map;
 use lb_common::{
     FlowKey, FlowValue,
     flow_table::{FLOW_SETS, FLOW_WAYS, FlowSet, tag},
     hash::flow_client_hash,
     map_names,
 };
-use memmap2::{MmapOptions, MmapRaw};
+
+use super::mapped::MappedArray;
 
 /// The connection table, mapped.
 pub struct FlowTable {
-    mem: MmapRaw,
-    /// Keeps the map's fd open beside the mapping.
-    _map: MapData,
+    sets: MappedArray<FlowSet>,
 }
 
 fn valid(set: &FlowSet, w: usize) -> bool {
@@ -31,27 +29,11 @@ fn valid(set: &FlowSet, w: usize) -> bool {
 impl FlowTable {
     /// Maps `map`, after checking it is the array of sets this build expects.
     pub fn new(map: Map) -> Result<Self> {
-        let name = map_names::FLOWS;
-        let Map::Array(map) = map else { anyhow::bail!("map {name} is not an array") };
-        let info = map.info().with_context(|| format!("reading map {name}'s info"))?;
-        ensure!(
-            info.value_size() as usize == size_of::<FlowSet>() && info.max_entries() == FLOW_SETS,
-            "map {name}: {} sets of {} bytes, this lbd expects {FLOW_SETS} of {}",
-            info.max_entries(),
-            info.value_size(),
-            size_of::<FlowSet>()
-        );
-        let mem = MmapOptions::new()
-            .len(size_of::<FlowSet>() * FLOW_SETS as usize)
-            .map_raw(map.fd().as_fd().as_raw_fd())
-            .with_context(|| format!("mapping {name} into memory"))?;
-        Ok(FlowTable { mem, _map: map })
+        Ok(FlowTable { sets: MappedArray::new(map, map_names::FLOWS, FLOW_SETS)? })
     }
 
     fn set_ptr(&self, i: usize) -> *mut FlowSet {
-        assert!(i < FLOW_SETS as usize);
-        // In bounds: the mapping holds FLOW_SETS sets (checked in `new`).
-        unsafe { (self.mem.as_mut_ptr() as *mut FlowSet).add(i) }
+        self.sets.ptr(i)
     }
 
     /// Every valid way: set index, way index and a copy of its set. The data plane may be
