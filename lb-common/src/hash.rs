@@ -25,10 +25,12 @@ fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Bytes `i..i + 4` of an address as a word.
+/// Bytes `i..i + 4` of an address as a word. Read as one 4-byte value, not four bytes: the
+/// data plane's key is written a word at a time, and byte reads of it made the compiler
+/// split the key into sixteen-odd byte variables, reassembled with shifts at every use.
 #[inline(always)]
 pub(crate) fn word(a: &[u8; 16], i: usize) -> u32 {
-    u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+    a[i..i + 4].try_into().map_or(0, u32::from_le_bytes)
 }
 
 /// Mixes an address in: one word for IPv4, four for IPv6.

@@ -35,15 +35,18 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, R
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if flow.new_flow && flow.way < FLOW_WAYS {
         let eth = unsafe { &*bytes_at::<12>(ctx, 0)? };
-        let back = unsafe { &mut (*flow.set).backs[flow.way] };
-        // Invalid while it changes: a reply cannot come before this request has left, but
-        // a way back must never be read half written.
-        unsafe { write_volatile(&mut back.check, 0) };
+        let mut back = WayBack { ifindex: ingress, ..WayBack::default() };
         back.client_mac.copy_from_slice(&eth[6..12]);
         back.director_mac.copy_from_slice(&eth[..6]);
-        back.ifindex = ingress;
-        let digest = back.digest(&packet.key.dst, packet.key.dport_be, flow.real_id);
-        unsafe { write_volatile(&mut back.check, digest) };
+        let check = back.digest(&packet.key.dst, packet.key.dport_be, flow.real_id);
+        let way_back = unsafe { &mut (*flow.set).backs[flow.way] };
+        // Invalid while it changes: a reply cannot come before this request has left, but
+        // a way back must never be read half written.
+        unsafe {
+            write_volatile(&mut way_back.check, 0);
+            write_volatile(way_back, back);
+            write_volatile(&mut way_back.check, check);
+        }
     }
     rewrite(ctx, packet, End::Destination, &real.addr, real.port_be)?;
     crate::address_to_real(ctx, real)?;

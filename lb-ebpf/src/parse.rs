@@ -5,6 +5,8 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 
+use crate::words;
+
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
@@ -110,22 +112,21 @@ fn parse_icmp_error(ctx: &XdpContext, l4: usize, family: u8) -> Result<FlowKey, 
             return Err(Reason::PassMalformed);
         }
         key.proto = ip[9];
-        key.dst[..4].copy_from_slice(&ip[12..16]);
-        key.src[..4].copy_from_slice(&ip[16..20]);
+        key.dst = unsafe { words::addr4(ip[12..].as_ptr()) };
+        key.src = unsafe { words::addr4(ip[16..].as_ptr()) };
         quote + 20
     } else {
         let ip = unsafe { &*bytes_at::<IPV6_HLEN>(ctx, quote)? };
         key.proto = ip[6];
-        key.dst.copy_from_slice(&ip[8..24]);
-        key.src.copy_from_slice(&ip[24..40]);
+        key.dst = unsafe { words::addr16(ip[8..].as_ptr()) };
+        key.src = unsafe { words::addr16(ip[24..].as_ptr()) };
         quote + IPV6_HLEN
     };
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
         return Err(Reason::PassOtherProto);
     }
-    let ports = unsafe { &*bytes_at::<4>(ctx, ports_at)? };
-    key.dport_be = u16::from_ne_bytes([ports[0], ports[1]]);
-    key.sport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    let ports = bytes_at::<4>(ctx, ports_at)? as *const u8;
+    (key.dport_be, key.sport_be) = unsafe { words::ports(ports) };
     Ok(key)
 }
 
@@ -150,8 +151,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, R
     }
     key.family = FAMILY_V4;
     key.proto = proto;
-    key.src[..4].copy_from_slice(&ip[12..16]);
-    key.dst[..4].copy_from_slice(&ip[16..20]);
+    key.src = unsafe { words::addr4(ip[12..].as_ptr()) };
+    key.dst = unsafe { words::addr4(ip[16..].as_ptr()) };
     Ok(l3 + ihl)
 }
 
@@ -171,8 +172,8 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, R
     }
     key.family = FAMILY_V6;
     key.proto = next;
-    key.src.copy_from_slice(&ip[8..24]);
-    key.dst.copy_from_slice(&ip[24..40]);
+    key.src = unsafe { words::addr16(ip[8..].as_ptr()) };
+    key.dst = unsafe { words::addr16(ip[24..].as_ptr()) };
     Ok(l3 + IPV6_HLEN)
 }
 
@@ -191,16 +192,14 @@ fn parse_ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, Rea
         if tcp[12] >> 4 < 5 {
             return Err(Reason::PassMalformed);
         }
-        key.sport_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
-        key.dport_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
+        (key.sport_be, key.dport_be) = unsafe { words::ports(tcp.as_ptr()) };
         Ok(tcp[13])
     } else {
         let udp = unsafe { &*bytes_at::<UDP_HLEN>(ctx, l4)? };
         if (be16(udp, 4) as usize) < UDP_HLEN {
             return Err(Reason::PassMalformed);
         }
-        key.sport_be = u16::from_ne_bytes([udp[0], udp[1]]);
-        key.dport_be = u16::from_ne_bytes([udp[2], udp[3]]);
+        (key.sport_be, key.dport_be) = unsafe { words::ports(udp.as_ptr()) };
         Ok(0)
     }
 }
