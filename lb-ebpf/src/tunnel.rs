@@ -33,7 +33,7 @@ pub fn forward(
     }
     // What the outer header copies from the inner one, read before the head moves.
     let inner: [u8; 4] = unsafe { *bytes_at::<4>(ctx, packet.l3)? };
-    let (first, second) = (inner[0], inner[1]);
+    let second = inner[1];
     let flags = if v4 { unsafe { (*bytes_at::<8>(ctx, packet.l3)?)[6] } } else { 0 };
     let dont_fragment = flags & 0x40;
     let vlan = packet.l3 == 18;
@@ -53,38 +53,49 @@ pub fn forward(
     } else {
         eth[12..14].copy_from_slice(&ethertype);
     }
+    // Written in words, as they lie in memory (words.rs says why).
+    let out = bytes_at::<IPV6_HLEN>(ctx, packet.l3)? as *mut u8;
     if v4 {
         let total = ((inner_len + IPV4_HLEN) as u16).to_be_bytes();
-        let mut h = [0u8; IPV4_HLEN];
-        h[0] = 0x45;
-        h[1] = second; // TOS copied from the inner header (RFC 2003, 3.1)
-        h[2..4].copy_from_slice(&total);
-        h[6] = dont_fragment;
-        h[8] = TTL;
-        h[9] = IPPROTO_IPIP;
-        h[12..16].copy_from_slice(&real.tunnel_src[..4]);
-        h[16..20].copy_from_slice(&real.addr[..4]);
-        let csum = ipv4_header_checksum(&h).to_be_bytes();
-        h[10..12].copy_from_slice(&csum);
-        let out = unsafe { &mut *bytes_at::<IPV4_HLEN>(ctx, packet.l3)? };
-        *out = h;
-    } else {
-        let out = unsafe { &mut *bytes_at::<IPV6_HLEN>(ctx, packet.l3)? };
-        // Version 6; traffic class and flow label copied from the inner header.
-        out[0] = first;
-        out[1] = second;
-        out[2] = inner[2];
-        out[3] = inner[3];
-        out[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
-        out[6] = IPPROTO_IPV6;
-        out[7] = TTL;
+        // TOS copied from the inner header (RFC 2003, 3.1); identification 0.
+        let w0 = u32::from_ne_bytes([0x45, second, total[0], total[1]]);
+        let w1 = u32::from_ne_bytes([0, 0, dont_fragment, 0]);
+        let w2 = u32::from_ne_bytes([TTL, IPPROTO_IPIP, 0, 0]);
+        let (src, dst) = unsafe {
+            (words::load_u32(real.tunnel_src.as_ptr()), words::load_u32(real.addr.as_ptr()))
+        };
+        // The Internet checksum does not depend on byte order as long as it is stored in
+        // the order it was summed in: sum the words as they lie, store the same way.
+        let sum = [w0, w1, w2, src, dst].iter().fold(0u64, |s, &w| s + w as u64);
+        let check = !fold_to_16(sum);
+        let w2 = w2 | (check as u32) << 16;
         unsafe {
-            words::copy16(out[8..].as_mut_ptr(), real.tunnel_src.as_ptr());
-            words::copy16(out[24..].as_mut_ptr(), real.addr.as_ptr());
+            words::store_u64(out, w0 as u64 | (w1 as u64) << 32);
+            words::store_u64(out.add(8), w2 as u64 | (src as u64) << 32);
+            words::store_u32(out.add(16), dst);
+        }
+    } else {
+        // Version 6; traffic class and flow label copied from the inner header.
+        let len = (inner_len as u16).to_be_bytes();
+        let w1 = u32::from_ne_bytes([len[0], len[1], IPPROTO_IPV6, TTL]);
+        unsafe {
+            words::store_u64(out, u32::from_ne_bytes(inner) as u64 | (w1 as u64) << 32);
+            words::copy16(out.add(8), real.tunnel_src.as_ptr());
+            words::copy16(out.add(24), real.addr.as_ptr());
         }
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     Ok(transmit(ingress, real.ifindex))
+}
+
+/// A sum of 32-bit words folded to 16 bits, ones' complement.
+#[inline(always)]
+fn fold_to_16(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
 }
 
 /// The IPv4 header checksum of a header whose checksum field is zero.

@@ -29,7 +29,7 @@ pub unsafe fn load_u32(p: *const u8) -> u32 {
 }
 
 #[inline(always)]
-unsafe fn store_u32(p: *mut u8, v: u32) {
+pub unsafe fn store_u32(p: *mut u8, v: u32) {
     unsafe {
         asm!("*(u32 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v as u64,
             options(nostack, preserves_flags));
@@ -37,7 +37,7 @@ unsafe fn store_u32(p: *mut u8, v: u32) {
 }
 
 #[inline(always)]
-unsafe fn store_u64(p: *mut u8, v: u64) {
+pub unsafe fn store_u64(p: *mut u8, v: u64) {
     unsafe {
         asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v,
             options(nostack, preserves_flags));
