@@ -199,21 +199,25 @@ fn main() {
         }
     }
 
-    let stats: Vec<(f64, u64)> = paths.iter_mut().map(|p| summarize(&mut p.samples)).collect();
-    let (floor_mean, floor_median) = stats[0];
+    let stats: Vec<Summary> = paths.iter_mut().map(|p| summarize(&mut p.samples)).collect();
+    let floor = &stats[0];
     println!(
         "BPF_PROG_TEST_RUN, repeat = 1, {} runs per path in {ROUNDS} interleaved rounds",
         RUNS * ROUNDS
     );
     println!();
-    println!("| path | mean ns | median ns | mean / floor | median / floor |");
-    println!("|---|---:|---:|---:|---:|");
-    for (p, (mean, median)) in paths.iter().zip(&stats) {
+    println!("| path | mean ns | median ns | p90 ns | p99 ns | mean / floor | median / floor |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (p, s) in paths.iter().zip(&stats) {
         println!(
-            "| {} | {mean:.0} | {median} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {} | {} | {} | {:.2} | {:.2} |",
             p.name,
-            mean / floor_mean,
-            *median as f64 / floor_median as f64
+            s.mean,
+            s.median,
+            s.p90,
+            s.p99,
+            s.mean / floor.mean,
+            s.median as f64 / floor.median as f64
         );
     }
 }
@@ -226,8 +230,22 @@ fn run_floor(program: &mut Xdp, frame: &[u8]) -> (u32, Duration) {
     (result.return_value, result.duration)
 }
 
-fn summarize(samples: &mut [u64]) -> (f64, u64) {
+fn summarize(samples: &mut [u64]) -> Summary {
     samples.sort_unstable();
-    let mean = samples.iter().sum::<u64>() as f64 / samples.len() as f64;
-    (mean, samples[samples.len() / 2])
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Summary {
+        mean: samples.iter().sum::<u64>() as f64 / samples.len() as f64,
+        median: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+    }
+}
+
+/// One path's samples: the mean is the measure; the median and the tail show how
+/// much of it this VM's noise and cache misses make.
+struct Summary {
+    mean: f64,
+    median: u64,
+    p90: u64,
+    p99: u64,
 }
