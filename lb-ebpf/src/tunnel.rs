@@ -69,6 +69,7 @@ pub fn forward(
         let sum = [w0, w1, w2, src, dst].iter().fold(0u64, |s, &w| s + w as u64);
         let check = !fold_to_16(sum);
         let w2 = w2 | (check as u32) << 16;
+        // Word pairs as u64: the first word at the lower address (bpfel is little-endian).
         unsafe {
             words::store_u64(out, w0 as u64 | (w1 as u64) << 32);
             words::store_u64(out.add(8), w2 as u64 | (src as u64) << 32);

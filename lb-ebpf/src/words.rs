@@ -1,10 +1,12 @@
-//! Word-sized loads from the packet and copies between maps and the packet. Packet data is only 2-aligned (after
-//! Ethernet's 14 bytes), and LLVM's BPF backend turns every copy it cannot prove aligned
-//! into single bytes: an IPv6 tunnel header's two addresses took 64 instructions and a
-//! tenth of the path's time (docs/BENCHMARKS.md). The kernel accepts misaligned loads
-//! and stores here (the verifier checks alignment only in strict mode, on architectures
-//! without efficient unaligned access), so these are written in assembly, which promises
-//! the compiler nothing about alignment. Callers check bounds first (`bytes_at`).
+//! Word-sized loads from the packet, and copies between maps and the packet. Packet data
+//! is only 2-aligned (after Ethernet's 14 bytes), and LLVM's BPF backend turns every
+//! access it cannot prove aligned into single bytes: an IPv6 tunnel header's two
+//! addresses took 64 instructions and a tenth of the path's time, and byte loads of the
+//! flow key spread it over forty variables (docs/BENCHMARKS.md). The kernel accepts
+//! misaligned loads and stores here (the verifier checks alignment only in strict mode,
+//! on architectures without efficient unaligned access), so these are written in
+//! assembly, which promises the compiler nothing about alignment. Callers check bounds
+//! first (`bytes_at`).
 
 use core::arch::asm;
 
