@@ -155,6 +155,14 @@ pub struct RealInfo {
     pub _pad: [u8; 2],
 }
 
+impl RealInfo {
+    /// Both MACs known: the data plane can address frames to this real.
+    #[inline(always)]
+    pub fn macs_resolved(&self) -> bool {
+        self.mac != [0u8; 6] && self.src_mac != [0u8; 6]
+    }
+}
+
 /// A flow's 5-tuple as seen from the client (ports in network byte order), the key of the
 /// connection tables. Aligned to 8 so the data plane compares keys a word at a time.
 #[repr(C, align(8))]

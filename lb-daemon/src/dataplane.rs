@@ -80,13 +80,13 @@ impl Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             vip_set: BTreeMap::new(),
             vip_generation: 0,
-            maglev: mapped::MappedArray::new(
-                take_map(&mut ebpf, map_names::MAGLEV)?,
+            maglev: mapped::MappedArray::take(
+                &mut ebpf,
                 map_names::MAGLEV,
                 MAX_VIPS * MAGLEV_LINES,
             )?,
             reals: take(&mut ebpf, map_names::REALS)?,
-            flows: flow_table::FlowTable::new(take_map(&mut ebpf, map_names::FLOWS)?)?,
+            flows: flow_table::FlowTable::take(&mut ebpf)?,
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             reasons: take(&mut ebpf, map_names::REASONS)?,

@@ -64,7 +64,7 @@ fn too_big_v4(ctx: &XdpContext, mtu: u32) -> Result<(u32, Reason), Reason> {
     h[9] = 1; // ICMP
     h[12..16].copy_from_slice(&ip[16..20]); // from the VIP
     h[16..20].copy_from_slice(&ip[12..16]); // to the client
-    let csum = crate::tunnel::ipv4_header_checksum(&h).to_be_bytes();
+    let csum = crate::csum::ipv4_header(&h).to_be_bytes();
     h[10..12].copy_from_slice(&csum);
     frame[ETH..ETH + 20].copy_from_slice(&h);
     let icmp = ETH + 20;

@@ -154,10 +154,6 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
         way = Some(found.way);
     }
     let real_id = maglev_pick(packet, vip)?;
-    if real_id == MAGLEV_EMPTY {
-        return Err(Reason::PassNoReal);
-    }
-    let real_id = real_id as u32;
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;
     let nat = if vip.forwarding == Forwarding::Nat as u8 { FLOW_NAT } else { 0 };
     let w = way.unwrap_or_else(|| flows::victim(&set.ways, now));
@@ -166,14 +162,18 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
     Ok(Flow { real_id, real, new_flow: true, new_connection, set: set_ptr, way: w })
 }
 
-/// The real that VIP `vip`'s Maglev table gives the packet's flow, or `MAGLEV_EMPTY`.
+/// The real that VIP `vip`'s Maglev table gives the packet's flow; `PassNoReal` when the
+/// VIP has no real in service.
 #[inline(always)]
-fn maglev_pick(packet: &Packet, vip: &VipInfo) -> Result<u16, Reason> {
+fn maglev_pick(packet: &Packet, vip: &VipInfo) -> Result<u32, Reason> {
     let slot = maglev_slot(&packet.key);
     let line = vip.index * MAGLEV_LINES + slot / MAGLEV_LINE_SLOTS;
     let line = MAGLEV.get(line).ok_or(Reason::PassInternal)?;
     // One aligned 16-bit load: the daemon stores each slot whole.
-    Ok(unsafe { read_volatile(&line.reals[(slot % MAGLEV_LINE_SLOTS) as usize]) })
+    match unsafe { read_volatile(&line.reals[(slot % MAGLEV_LINE_SLOTS) as usize]) } {
+        MAGLEV_EMPTY => Err(Reason::PassNoReal),
+        real_id => Ok(real_id as u32),
+    }
 }
 
 /// The daemon's clock, `SETTINGS[SETTING_CLOCK]`: what flows are aged by.
@@ -192,7 +192,7 @@ fn serving_real(real_id: u32, vip: &VipInfo) -> Option<&'static RealInfo> {
 /// (the real carries the VIP on its loopback and answers the client directly).
 #[inline(always)]
 fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason> {
-    if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] {
+    if !real.macs_resolved() {
         return Err(Reason::PassRealUnresolved);
     }
     address_to_real(ctx, real)?;

@@ -29,7 +29,7 @@ enum End {
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, Reason), Reason> {
     let real = flow.real;
-    if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] {
+    if !real.macs_resolved() {
         return Err(Reason::PassRealUnresolved);
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };

@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{FAMILY_V4, RealInfo, Reason};
 
 use crate::parse::{Packet, bytes_at};
-use crate::{icmp, transmit, words};
+use crate::{csum, icmp, transmit, words};
 
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
@@ -21,7 +21,7 @@ pub fn forward(
     packet: &Packet,
     real: &RealInfo,
 ) -> Result<(u32, Reason), Reason> {
-    if real.mac == [0u8; 6] || real.src_mac == [0u8; 6] || real.tunnel_src == [0u8; 16] {
+    if !real.macs_resolved() || real.tunnel_src == [0u8; 16] {
         return Err(Reason::PassRealUnresolved);
     }
     let v4 = packet.key.family == FAMILY_V4;
@@ -32,10 +32,10 @@ pub fn forward(
         return icmp::too_big(ctx, packet, real.mtu as u32 - outer_len as u32);
     }
     // What the outer header copies from the inner one, read before the head moves.
-    let inner: [u8; 4] = unsafe { *bytes_at::<4>(ctx, packet.l3)? };
+    // IPv4: TOS (byte 1), DF (byte 6); IPv6: version, traffic class, flow label (0..4).
+    let inner: [u8; 8] = unsafe { *bytes_at::<8>(ctx, packet.l3)? };
     let second = inner[1];
-    let flags = if v4 { unsafe { (*bytes_at::<8>(ctx, packet.l3)?)[6] } } else { 0 };
-    let dont_fragment = flags & 0x40;
+    let dont_fragment = if v4 { inner[6] & 0x40 } else { 0 };
     let vlan = packet.l3 == 18;
     let tag = if vlan { unsafe { *bytes_at::<4>(ctx, 14)? } } else { [0u8; 4] };
 
@@ -67,7 +67,7 @@ pub fn forward(
         // The Internet checksum does not depend on byte order as long as it is stored in
         // the order it was summed in: sum the words as they lie, store the same way.
         let sum = [w0, w1, w2, src, dst].iter().fold(0u64, |s, &w| s + w as u64);
-        let check = !fold_to_16(sum);
+        let check = !csum::fold(sum);
         let w2 = w2 | (check as u32) << 16;
         // Word pairs as u64: the first word at the lower address (bpfel is little-endian).
         unsafe {
@@ -80,35 +80,12 @@ pub fn forward(
         let len = (inner_len as u16).to_be_bytes();
         let w1 = u32::from_ne_bytes([len[0], len[1], IPPROTO_IPV6, TTL]);
         unsafe {
-            words::store_u64(out, u32::from_ne_bytes(inner) as u64 | (w1 as u64) << 32);
+            let first = u32::from_ne_bytes([inner[0], inner[1], inner[2], inner[3]]);
+            words::store_u64(out, first as u64 | (w1 as u64) << 32);
             words::copy16(out.add(8), real.tunnel_src.as_ptr());
             words::copy16(out.add(24), real.addr.as_ptr());
         }
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     Ok(transmit(ingress, real.ifindex))
-}
-
-/// A sum of 32-bit words folded to 16 bits, ones' complement.
-#[inline(always)]
-fn fold_to_16(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-/// The IPv4 header checksum of a header whose checksum field is zero.
-#[inline(always)]
-pub fn ipv4_header_checksum(h: &[u8; IPV4_HLEN]) -> u16 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < IPV4_HLEN {
-        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

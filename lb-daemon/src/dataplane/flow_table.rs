@@ -6,7 +6,7 @@
 use std::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use anyhow::Result;
-use aya::maps::Map;
+use aya::Ebpf;
 use lb_common::{
     FlowKey, FlowValue,
     flow_table::{FLOW_SETS, FLOW_WAYS, FlowSet, tag},
@@ -27,20 +27,17 @@ fn valid(set: &FlowSet, w: usize) -> bool {
 }
 
 impl FlowTable {
-    /// Maps `map`, after checking it is the array of sets this build expects.
-    pub fn new(map: Map) -> Result<Self> {
-        Ok(FlowTable { sets: MappedArray::new(map, map_names::FLOWS, FLOW_SETS)? })
-    }
-
-    fn set_ptr(&self, i: usize) -> *mut FlowSet {
-        self.sets.ptr(i)
+    /// Takes FLOWS out of `ebpf` and maps it, after checking it is the array of sets this
+    /// build expects.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(FlowTable { sets: MappedArray::take(ebpf, map_names::FLOWS, FLOW_SETS)? })
     }
 
     /// Every valid way: set index, way index and a copy of its set. The data plane may be
     /// writing meanwhile; a way caught half written fails its check and is left out.
     fn valid_ways(&self) -> impl Iterator<Item = (usize, usize, FlowSet)> + '_ {
         (0..FLOW_SETS as usize).flat_map(move |i| {
-            let set = unsafe { read_volatile(self.set_ptr(i)) };
+            let set = unsafe { read_volatile(self.sets.ptr(i)) };
             (0..FLOW_WAYS).filter(move |&w| valid(&set, w)).map(move |w| (i, w, set))
         })
     }
@@ -71,7 +68,7 @@ impl FlowTable {
             .collect();
         for &(i, w) in &doomed {
             // A tag of 0 is an empty way, to the data plane as to us.
-            unsafe { write_volatile(addr_of_mut!((*self.set_ptr(i)).ways.tags[w]), 0) };
+            unsafe { write_volatile(addr_of_mut!((*self.sets.ptr(i)).ways.tags[w]), 0) };
         }
         doomed.len()
     }

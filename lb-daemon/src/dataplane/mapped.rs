@@ -6,7 +6,10 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result, bail, ensure};
-use aya::maps::{Map, MapData};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData},
+};
 use memmap2::{MmapOptions, MmapRaw};
 
 /// An array map of `len` entries of `T`, mapped.
@@ -19,10 +22,12 @@ pub struct MappedArray<T> {
 }
 
 impl<T> MappedArray<T> {
-    /// Maps `map`, after checking it is an array of `len` entries of `T` (the layout this
-    /// build of lbd shares with the data plane).
-    pub fn new(map: Map, name: &str, len: u32) -> Result<Self> {
-        let Map::Array(map) = map else { bail!("map {name} is not an array") };
+    /// Takes map `name` out of `ebpf` and maps it, after checking it is an array of `len`
+    /// entries of `T` (the layout this build of lbd shares with the data plane).
+    pub fn take(ebpf: &mut Ebpf, name: &str, len: u32) -> Result<Self> {
+        let Map::Array(map) = super::take_map(ebpf, name)? else {
+            bail!("map {name} is not an array")
+        };
         let info = map.info().with_context(|| format!("reading map {name}'s info"))?;
         ensure!(
             info.value_size() as usize == size_of::<T>() && info.max_entries() == len,
