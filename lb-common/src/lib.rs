@@ -251,7 +251,7 @@ pub enum Reason {
     DropTooBig,
     /// Too big to tunnel: turned into ICMP fragmentation-needed / packet-too-big.
     TooBigSent,
-    /// An ICMP error about a VIP flow the table does not hold (or a NAT flow).
+    /// An ICMP error about a VIP flow the table does not hold.
     PassIcmpNoFlow,
 }
 

@@ -1,7 +1,8 @@
 //! End to end, NAT: the client and the director's eth0 on one segment, the director's eth1
 //! and three reals (nginx on 8080, dnsmasq) on another, the director their gateway with IP
 //! forwarding off, so only the XDP program can carry requests and replies across.
-//! IPv4 and IPv6, TCP and UDP, a real port other than the VIP's. Needs root.
+//! IPv4 and IPv6, TCP and UDP, a real port other than the VIP's, and the reals' ICMP
+//! errors translated back to the client. Needs root.
 
 mod e2e;
 
@@ -34,6 +35,9 @@ fn config(socket: &Path) -> String {
         service("dns", &format!("{VIP}:53"), "udp", tcp53, reals4(53)),
         service("web6", &format!("[{VIP6}]:80"), "tcp", http, reals6(8080)),
         service("dns6", &format!("[{VIP6}]:53"), "udp", tcp53, reals6(53)),
+        // Nothing listens on the reals' port 5399: they answer with ICMP port unreachable.
+        service("closed", &format!("{VIP}:5300"), "udp", tcp53, reals4(5399)),
+        service("closed6", &format!("[{VIP6}]:5300"), "udp", tcp53, reals6(5399)),
     ]
     .concat()
 }
@@ -69,4 +73,31 @@ fn nat_carries_http_and_dns_both_ways_over_ipv4_and_ipv6() {
     let dns = stats.lines().find(|l| l.starts_with(&format!("UDP  {VIP}:53"))).expect(&stats);
     let cols: Vec<u64> = dns.split_whitespace().skip(2).map(|c| c.parse().unwrap()).collect();
     assert_eq!((cols[1], cols[2]), (20, 20), "every query answered through the director: {stats}");
+}
+
+/// A real's "port unreachable" about a NAT request reaches the client translated (from the
+/// VIP, quoting the request as the client sent it), so the client's stack matches it to its
+/// socket: dig reports the refusal at once instead of timing out. Without the translation
+/// the error, addressed to the client from the real's address, dies in the director's
+/// kernel (forwarding is off).
+#[test]
+fn a_reals_port_unreachable_reaches_the_client_from_the_vip() {
+    let d = Director::start(Lab::split("lbi").expect("lab"), config);
+    for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
+        let family = if vip.is_ipv6() { "-6" } else { "-4" };
+        let at = format!("@{vip}");
+        let out = d
+            .lab
+            .exec(ROLE_CLIENT, &["dig", family, "-p", "5300", "+tries=1", "+time=3", &at, "a.lab"])
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.contains("connection refused"), "{vip}: {out}");
+    }
+    let stats = d.lbadm(&["-L", "-n", "--stats"]);
+    for vip in [format!("{VIP}:5300"), format!("[{VIP6}]:5300")] {
+        let line = stats.lines().find(|l| l.starts_with(&format!("UDP  {vip}"))).expect(&stats);
+        let cols: Vec<u64> = line.split_whitespace().skip(2).map(|c| c.parse().unwrap()).collect();
+        // One query in, its ICMP error out through the director.
+        assert_eq!((cols[1], cols[2]), (1, 1), "{stats}");
+    }
 }

@@ -10,6 +10,7 @@ use lb_common::{
     Reason, hash::maglev_slot,
 };
 use lb_daemon::dataplane::Dataplane;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 fn reason_count(dp: &Dataplane, reason: Reason) -> u64 {
     dp.reasons().unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
@@ -21,6 +22,75 @@ fn dr_rewritten(frame: &[u8]) -> Vec<u8> {
     want[..6].copy_from_slice(&REAL_MAC);
     want[6..12].copy_from_slice(&DIRECTOR_MAC);
     want
+}
+
+/// The NAT tests' addresses, IPv4 then IPv6: (VIP, real, client).
+fn nat_addresses() -> [(IpAddr, IpAddr, IpAddr); 2] {
+    [
+        (
+            IpAddr::V4(Ipv4Addr::from(VIP4)),
+            IpAddr::V4(Ipv4Addr::from(NAT_REAL4)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
+        ),
+        (
+            IpAddr::V6(Ipv6Addr::from(VIP6)),
+            IpAddr::V6(Ipv6Addr::from(NAT_REAL6)),
+            IpAddr::V6("2001:db8:1::7".parse().unwrap()),
+        ),
+    ]
+}
+
+/// A NAT flow's request (client -> VIP, a SYN for TCP) and its real's reply (real ->
+/// client, before the director rewrites it), with the VIP and real ports of `udp`.
+fn nat_flow(vip: IpAddr, real: IpAddr, client: SocketAddr, udp: bool) -> (Frame, Frame) {
+    let (vip_port, real_port) = if udp {
+        (NAT_VIP_PORT_UDP, NAT_REAL_PORT_UDP)
+    } else {
+        (NAT_VIP_PORT_TCP, NAT_REAL_PORT_TCP)
+    };
+    let request = Frame {
+        src_mac: CLIENT_MAC,
+        dst_mac: DIRECTOR_MAC,
+        src: client,
+        dst: SocketAddr::new(vip, vip_port),
+        udp,
+        syn: true,
+        payload: b"request".to_vec(),
+    };
+    let reply = Frame {
+        src_mac: REAL_MAC,
+        dst_mac: DIRECTOR_MAC,
+        src: SocketAddr::new(real, real_port),
+        dst: client,
+        udp,
+        syn: false,
+        payload: b"the answer".to_vec(),
+    };
+    (request, reply)
+}
+
+/// ICMP fragmentation-needed (IPv4) or packet-too-big (IPv6), MTU 1400, from `from` to `to`,
+/// between `macs` (source, destination), quoting `quoted` (an IP packet, or its start).
+fn too_big_error(macs: ([u8; 6], [u8; 6]), from: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader};
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(macs.0, macs.1);
+    match (from, to) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => b
+            .ipv4(f.octets(), t.octets(), 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut v, quoted)
+            .unwrap(),
+        (IpAddr::V6(f), IpAddr::V6(t)) => b
+            .ipv6(f.octets(), t.octets(), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+            .write(&mut v, quoted)
+            .unwrap(),
+        _ => panic!("mixed families"),
+    }
+    v
 }
 
 #[test]
@@ -254,13 +324,12 @@ fn a_flow_records_the_published_clock_at_each_packet() {
 #[test]
 fn purging_a_vip_removes_its_flows_and_nat_replies() {
     use lb_common::{PROTO_TCP, VipKey};
-    use std::net::SocketAddr;
     let mut dp = dataplane();
     run(&mut dp, &tcp4(VIP4, 80, true));
     run(&mut dp, &udp6(VIP6, 53));
     let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-    let vip = SocketAddr::new(std::net::Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_TCP);
-    let real = SocketAddr::new(std::net::Ipv4Addr::from(NAT_REAL4).into(), NAT_REAL_PORT_TCP);
+    let vip = SocketAddr::new(Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_TCP);
+    let real = SocketAddr::new(Ipv4Addr::from(NAT_REAL4).into(), NAT_REAL_PORT_TCP);
     let request = Frame::opening(client, vip, false);
     let request_frame = request.build();
     let reply =
@@ -314,53 +383,17 @@ fn a_syn_on_a_closed_tuple_is_a_new_connection() {
 /// etherparse builds for the rewritten addresses, checksums included.
 #[test]
 fn nat_rewrites_requests_and_replies_with_correct_checksums() {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let mut dp = dataplane();
-    let cases = [
-        (
-            IpAddr::V4(Ipv4Addr::from(VIP4)),
-            IpAddr::V4(Ipv4Addr::from(NAT_REAL4)),
-            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
-        ),
-        (
-            IpAddr::V6(Ipv6Addr::from(VIP6)),
-            IpAddr::V6(Ipv6Addr::from(NAT_REAL6)),
-            IpAddr::V6("2001:db8:1::7".parse().unwrap()),
-        ),
-    ];
-    for (vip, real, client) in cases {
+    for (vip, real, client) in nat_addresses() {
         for udp in [false, true] {
-            let (vip_port, real_port) = if udp {
-                (NAT_VIP_PORT_UDP, NAT_REAL_PORT_UDP)
-            } else {
-                (NAT_VIP_PORT_TCP, NAT_REAL_PORT_TCP)
-            };
             let client = SocketAddr::new(client, 40000 + udp as u16);
-            let vip = SocketAddr::new(vip, vip_port);
-            let real = SocketAddr::new(real, real_port);
-            let request = Frame {
-                src_mac: CLIENT_MAC,
-                dst_mac: DIRECTOR_MAC,
-                src: client,
-                dst: vip,
-                udp,
-                syn: true,
-                payload: b"request".to_vec(),
-            };
+            let (request, reply) = nat_flow(vip, real, client, udp);
+            let (vip, real) = (request.dst, reply.src);
             let (action, out) = run(&mut dp, &request.build());
             let want = Frame { src_mac: DIRECTOR_MAC, dst_mac: REAL_MAC, dst: real, ..request };
             assert_eq!(action, XDP_TX, "{client} -> {vip}");
             assert_eq!(out, want.build(), "request {client} -> {vip} udp={udp}");
 
-            let reply = Frame {
-                src_mac: REAL_MAC,
-                dst_mac: DIRECTOR_MAC,
-                src: real,
-                dst: client,
-                udp,
-                syn: false,
-                payload: b"the answer".to_vec(),
-            };
             let (action, out) = run(&mut dp, &reply.build());
             let want = Frame { src_mac: DIRECTOR_MAC, dst_mac: CLIENT_MAC, src: vip, ..reply };
             assert_eq!(action, XDP_TX, "{real} -> {client}");
@@ -374,8 +407,8 @@ fn nat_rewrites_requests_and_replies_with_correct_checksums() {
 #[test]
 fn nat_keeps_an_absent_ipv4_udp_checksum_absent() {
     let mut dp = dataplane();
-    let client: std::net::SocketAddr = "198.51.100.7:41000".parse().unwrap();
-    let vip = std::net::SocketAddr::new(std::net::Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_UDP);
+    let client: SocketAddr = "198.51.100.7:41000".parse().unwrap();
+    let vip = SocketAddr::new(Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_UDP);
     let request = Frame {
         src_mac: CLIENT_MAC,
         dst_mac: DIRECTOR_MAC,
@@ -395,7 +428,6 @@ fn nat_keeps_an_absent_ipv4_udp_checksum_absent() {
 
 #[test]
 fn a_reply_without_a_nat_flow_passes_untouched() {
-    use std::net::{Ipv4Addr, SocketAddr};
     let mut dp = dataplane();
     let client: SocketAddr = "198.51.100.9:40000".parse().unwrap();
     let real = SocketAddr::new(Ipv4Addr::from(NAT_REAL4).into(), NAT_REAL_PORT_TCP);
@@ -436,7 +468,6 @@ fn a_reply_without_a_nat_flow_passes_untouched() {
 #[test]
 fn tunnel_wraps_the_packet_in_ip_in_ip() {
     use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let mut dp = dataplane();
     let clients =
         [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V6("2001:db8:1::7".parse().unwrap())];
@@ -487,7 +518,6 @@ fn tunnel_wraps_the_packet_in_ip_in_ip() {
 #[test]
 fn dr_and_tunnel_forward_every_family_and_protocol_byte_exact() {
     use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let mut dp = dataplane();
     for v6 in [false, true] {
         let (client, vip) = if v6 {
@@ -546,7 +576,6 @@ fn tunnel_answers_too_big_packets_with_icmp() {
         Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice,
         icmpv4::DestUnreachableHeader,
     };
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let mut dp = dataplane();
     let clients =
         [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V6("2001:db8:1::7".parse().unwrap())];
@@ -597,8 +626,6 @@ fn tunnel_answers_too_big_packets_with_icmp() {
 /// or "unreachable" to the VIP, so to the director) reaches the real that owns the flow.
 #[test]
 fn icmp_errors_about_a_flow_go_to_its_real() {
-    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let mut dp = dataplane();
     let clients =
         [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V6("2001:db8:1::7".parse().unwrap())];
@@ -619,26 +646,8 @@ fn icmp_errors_about_a_flow_go_to_its_real() {
             .build();
             answer[14..14 + if from.is_ipv4() { 28 } else { 48 }].to_vec()
         };
-        let icmp = |quoted: &[u8]| {
-            let mut v = Vec::new();
-            let b = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC);
-            match (router, vip.ip()) {
-                (IpAddr::V4(r), IpAddr::V4(v4)) => b
-                    .ipv4(r.octets(), v4.octets(), 64)
-                    .icmpv4(Icmpv4Type::DestinationUnreachable(
-                        DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
-                    ))
-                    .write(&mut v, quoted)
-                    .unwrap(),
-                (IpAddr::V6(r), IpAddr::V6(v6)) => b
-                    .ipv6(r.octets(), v6.octets(), 64)
-                    .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
-                    .write(&mut v, quoted)
-                    .unwrap(),
-                _ => unreachable!(),
-            }
-            v
-        };
+        let icmp =
+            |quoted: &[u8]| too_big_error((CLIENT_MAC, DIRECTOR_MAC), router, vip.ip(), quoted);
         // Before the flow exists: passed to the kernel, counted.
         let early = icmp(&quote(vip, client));
         let (action, out) = run(&mut dp, &early);
@@ -656,6 +665,62 @@ fn icmp_errors_about_a_flow_go_to_its_real() {
         assert_eq!((action, &out), (XDP_PASS, &stray));
     }
     assert_eq!(reason_count(&dp, Reason::PassIcmpNoFlow), 4);
+}
+
+/// ICMP errors about a NAT flow are translated both ways, as IPVS does: a router's error
+/// about a reply (quoting VIP -> client) reaches the real quoting the reply as the real sent
+/// it; the real's error about a request (quoting client -> real) reaches the client
+/// quoting the request as the client sent it ("too big" stands for every error here: the
+/// translation does not depend on the type). Whole quotes (as Linux routers send) and the
+/// minimal 8 bytes (a TCP quote then lacks its checksum); every output equals the frame
+/// etherparse builds, so every checksum, the quoted ones included, is checked.
+#[test]
+fn nat_translates_icmp_errors_both_ways_with_correct_checksums() {
+    let mut dp = dataplane();
+    let error = too_big_error;
+    let mut port = 42000;
+    for (vip, real, client) in nat_addresses() {
+        let router: IpAddr =
+            if vip.is_ipv4() { "203.0.113.1" } else { "2001:db8:ff::1" }.parse().unwrap();
+        for udp in [false, true] {
+            for whole_quote in [true, false] {
+                port += 1;
+                let (request, reply) = nat_flow(vip, real, SocketAddr::new(client, port), udp);
+                let (client, vip, real) = (request.src, request.dst, reply.src);
+                let cut = |frame: Vec<u8>| {
+                    let ip = &frame[14..];
+                    let len = if whole_quote {
+                        ip.len()
+                    } else {
+                        8 + if vip.is_ipv4() { 20 } else { 40 }
+                    };
+                    ip[..len].to_vec()
+                };
+                let case = format!("{client} -> {vip} udp={udp} whole quote={whole_quote}");
+                assert_eq!(run(&mut dp, &request.build()).0, XDP_TX, "{case}");
+                let sent_reply = Frame { src: vip, ..reply.clone() };
+
+                // A router on the client's side: too big / unreachable, about a reply.
+                let frame =
+                    error((CLIENT_MAC, DIRECTOR_MAC), router, vip.ip(), &cut(sent_reply.build()));
+                let want = error((DIRECTOR_MAC, REAL_MAC), router, real.ip(), &cut(reply.build()));
+                let (action, out) = run(&mut dp, &frame);
+                assert_eq!(action, XDP_TX, "to the real: {case}");
+                assert_eq!(out, want, "to the real: {case}");
+
+                // The real (or a router between us and it), about a request as it arrived.
+                let arrived = Frame { dst: real, ..request.clone() };
+                let frame =
+                    error((REAL_MAC, DIRECTOR_MAC), real.ip(), client.ip(), &cut(arrived.build()));
+                let want =
+                    error((DIRECTOR_MAC, CLIENT_MAC), vip.ip(), client.ip(), &cut(request.build()));
+                let (action, out) = run(&mut dp, &frame);
+                assert_eq!(action, XDP_TX, "to the client: {case}");
+                assert_eq!(out, want, "to the client: {case}");
+            }
+        }
+    }
+    assert_eq!(reason_count(&dp, Reason::PassIcmpNoFlow), 0);
 }
 
 /// Echo requests to a VIP, and ICMPv6 neighbour discovery, are the director kernel's.

@@ -49,10 +49,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     let packet = parse::parse(ctx)?;
+    if packet.icmp_error {
+        return icmp_error(ctx, &packet);
+    }
     let vip = match find_vip(&packet) {
-        Ok(vip) if packet.icmp_error => return icmp_to_real(ctx, &packet, &vip),
         Ok(vip) => vip,
-        Err(Reason::PassNotVip) if packet.icmp_error => return Err(Reason::PassNotVip),
         // Not for a VIP: maybe a real's answer to a NAT flow, on its way back.
         Err(Reason::PassNotVip) => return nat::reply(ctx, &packet),
         Err(other) => return Err(other),
@@ -69,9 +70,21 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     Ok(done)
 }
 
+/// An ICMP error about a flow: about one to a VIP, it goes to the flow's real; about a NAT
+/// flow's request, back to the client. Cold: errors are rare, and without the hint their
+/// code cost every other packet registers and about 8 ns (docs/BENCHMARKS.md).
+#[cold]
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason> {
+    match find_vip(packet) {
+        Ok(vip) => icmp_to_real(ctx, packet, &vip),
+        Err(Reason::PassNotVip) => nat::icmp_to_client(ctx, packet),
+        Err(other) => Err(other),
+    }
+}
+
 /// An ICMP error about a VIP flow goes to the real that owns the flow, as the flow's own
 /// packets do, so its stack learns of the unreachable client or the smaller path MTU.
-/// NAT flows are left to the kernel: their quoted headers would need translating too.
 #[inline(always)]
 fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32, Reason), Reason> {
     let client = flow_client_hash(&packet.key);
@@ -82,7 +95,8 @@ fn icmp_to_real(ctx: &XdpContext, packet: &Packet, vip: &VipInfo) -> Result<(u32
     let done = match vip.forwarding {
         f if f == Forwarding::Dr as u8 => forward_dr(ctx, real)?,
         f if f == Forwarding::Tunnel as u8 => tunnel::forward(ctx, packet, real)?,
-        _ => return Err(Reason::PassIcmpNoFlow),
+        f if f == Forwarding::Nat as u8 => nat::icmp_to_real(ctx, packet, real)?,
+        _ => return Err(Reason::PassInternal),
     };
     count_traffic(vip.index, real_id, false, packet.len);
     Ok(done)

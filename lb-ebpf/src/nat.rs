@@ -3,13 +3,15 @@
 //! our MAC, interface) beside it in FLOWS. Replies (the real routes them through the
 //! director) are found in the set of their destination, the client, as IPVS finds a
 //! connection from either side: source address and port become the VIP's again, and the
-//! frame goes back where the request came from.
+//! frame goes back where the request came from. ICMP errors about a NAT flow are
+//! translated both ways, quote included, as IPVS's ip_vs_nat_icmp does.
 
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, FLOW_NAT, PROTO_TCP, PROTO_UDP, Reason, SETTING_FLAGS, SETTING_NAT,
+    FAMILY_V4, FLOW_NAT, FlowKey, PROTO_TCP, PROTO_UDP, RealInfo, Reason, SETTING_FLAGS,
+    SETTING_NAT,
     flow_table::{FLOW_WAYS, WayBack, set_of_hash, tag},
     hash::client_hash,
 };
@@ -53,11 +55,59 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, R
     Ok(transmit(ingress, real.ifindex))
 }
 
+/// An ICMP error about a NAT flow, from a router on the client's side about one of the
+/// flow's replies (which left here from the VIP): it goes to the flow's real with the VIP
+/// turned back into the real, as destination and as the quoted reply's source, so the
+/// real's stack finds its own connection in the quote (a smaller path MTU, an unreachable
+/// client).
+#[inline(always)]
+pub fn icmp_to_real(
+    ctx: &XdpContext,
+    packet: &Packet,
+    real: &RealInfo,
+) -> Result<(u32, Reason), Reason> {
+    if !real.macs_resolved() {
+        return Err(Reason::PassRealUnresolved);
+    }
+    rewrite_icmp(ctx, packet, End::Destination, &real.addr, real.port_be)?;
+    crate::address_to_real(ctx, real)?;
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    Ok(transmit(ingress, real.ifindex))
+}
+
 /// A real's reply to a NAT flow goes back to the client from the VIP; anything else is
-/// not ours (`PassNotVip`). The reply is (real -> client); its flow is (client -> VIP),
-/// in the client's set, with a real whose address and port are the reply's source.
+/// not ours (`PassNotVip`).
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason> {
+    let flow = find_reply_flow(packet)?;
+    rewrite(ctx, packet, End::Source, &flow.key.dst, flow.key.dport_be)?;
+    send_back(ctx, packet, &flow)
+}
+
+/// An ICMP error about a NAT flow's request (the real's "port unreachable", or a router's
+/// between us and the real) goes back to the client from the VIP, quoting the request as
+/// the client sent it. Its key, read from the quote, is shaped like a reply's.
+#[inline(always)]
+pub fn icmp_to_client(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason> {
+    let flow = find_reply_flow(packet)?;
+    rewrite_icmp(ctx, packet, End::Source, &flow.key.dst, flow.key.dport_be)?;
+    send_back(ctx, packet, &flow)
+}
+
+/// A NAT flow found from its reply's side.
+struct ReplyFlow {
+    /// The flow's key, (client -> VIP), in its set.
+    key: &'static FlowKey,
+    back: WayBack,
+    real_id: u32,
+    vip_index: u32,
+}
+
+/// The NAT flow of a reply (real -> client): in the client's set, a NAT way whose client is
+/// the reply's destination and whose real's address and port are its source. Marks it
+/// seen. `PassNotVip` when there is none (or no NAT VIP at all).
+#[inline(always)]
+fn find_reply_flow(packet: &Packet) -> Result<ReplyFlow, Reason> {
     let nat_on = SETTINGS.get(SETTING_FLAGS).is_some_and(|s| s & SETTING_NAT != 0);
     if !nat_on {
         return Err(Reason::PassNotVip);
@@ -91,18 +141,22 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason>
         {
             continue;
         }
-        let vip_index = real.vip;
         let found = flows::Found { way: w, real: real_id, flags };
         flows::touch(&mut set.ways, &found, crate::clock(), 0);
-        rewrite(ctx, packet, End::Source, &flow.dst, flow.dport_be)?;
-        let eth = bytes_at::<12>(ctx, 0)? as *mut u8;
-        // `client_mac` then `director_mac`, as in the header (lb-common asserts it).
-        unsafe { words::copy12(eth, &back as *const WayBack as *const u8) };
-        crate::count_reply(vip_index, real_id, packet.len);
-        let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-        return Ok(transmit(ingress, back.ifindex));
+        return Ok(ReplyFlow { key: flow, back, real_id, vip_index: real.vip });
     }
     Err(Reason::PassNotVip)
+}
+
+/// Sends a rewritten reply to the client the way its request came in, and counts it.
+#[inline(always)]
+fn send_back(ctx: &XdpContext, packet: &Packet, flow: &ReplyFlow) -> Result<(u32, Reason), Reason> {
+    let eth = bytes_at::<12>(ctx, 0)? as *mut u8;
+    // `client_mac` then `director_mac`, as in the header (lb-common asserts it).
+    unsafe { words::copy12(eth, &flow.back as *const WayBack as *const u8) };
+    crate::count_reply(flow.vip_index, flow.real_id, packet.len);
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    Ok(transmit(ingress, flow.back.ifindex))
 }
 
 /// Rewrites one end's address and port, updating the IPv4 header checksum and the TCP or
@@ -157,5 +211,83 @@ fn rewrite(
         let l4_csum = unsafe { &mut *bytes_at::<2>(ctx, l4_csum_at)? };
         *l4_csum = new_l4.to_be_bytes();
     }
+    Ok(())
+}
+
+/// Rewrites an ICMP error about a NAT flow: address `outer` of its own header, and the other
+/// end's address and port in the quoted packet (which travelled the other way), with every
+/// checksum that covers them: the outer and the quoted IPv4 header's, the quoted TCP or
+/// UDP checksum when the quote holds it, and the ICMP checksum, which covers the whole
+/// quote (ICMPv6's the outer addresses too). The parser has checked that the frame holds
+/// the quoted IP header and ports; nothing is written before every field is found.
+#[inline(always)]
+fn rewrite_icmp(
+    ctx: &XdpContext,
+    packet: &Packet,
+    outer: End,
+    addr: &[u8; 16],
+    port_be: u16,
+) -> Result<(), Reason> {
+    let v4 = packet.key.family == FAMILY_V4;
+    let udp = packet.key.proto == PROTO_UDP;
+    let inner = if outer == End::Source { End::Destination } else { End::Source };
+    let addr_at = |end: End| match (v4, end) {
+        (true, End::Source) => 12,
+        (true, End::Destination) => 16,
+        (false, End::Source) => 8,
+        (false, End::Destination) => 24,
+    };
+    let quote = packet.l4 + 8;
+    let quote_l4 = quote + if v4 { 20 } else { 40 };
+    let icmp_csum = unsafe { &mut *bytes_at::<2>(ctx, packet.l4 + 2)? };
+    let port =
+        unsafe { &mut *bytes_at::<2>(ctx, quote_l4 + (inner == End::Destination) as usize * 2)? };
+    // UDP's checksum is in the 8 bytes every error quotes; TCP's only when the router
+    // quoted more (Linux quotes up to 576 bytes). An IPv4 UDP checksum of 0 stays 0.
+    let l4_csum = bytes_at::<2>(ctx, quote_l4 + if udp { 6 } else { 16 })
+        .ok()
+        .map(|c| unsafe { &mut *c })
+        .filter(|c| !(v4 && udp && **c == [0, 0]));
+    let mut icmp = u16::from_be_bytes(*icmp_csum);
+    let mut l4 = l4_csum.as_ref().map(|c| u16::from_be_bytes(**c));
+
+    if v4 {
+        let new: [u8; 4] = [addr[0], addr[1], addr[2], addr[3]];
+        let outer_addr = unsafe { &mut *bytes_at::<4>(ctx, packet.l3 + addr_at(outer))? };
+        let outer_csum = unsafe { &mut *bytes_at::<2>(ctx, packet.l3 + 10)? };
+        let quoted = unsafe { &mut *bytes_at::<4>(ctx, quote + addr_at(inner))? };
+        let quoted_csum = unsafe { &mut *bytes_at::<2>(ctx, quote + 10)? };
+        *outer_csum = csum::update(u16::from_be_bytes(*outer_csum), outer_addr, &new).to_be_bytes();
+        *outer_addr = new;
+        let new_quoted_csum =
+            csum::update(u16::from_be_bytes(*quoted_csum), quoted, &new).to_be_bytes();
+        icmp = csum::update(icmp, quoted_csum, &new_quoted_csum);
+        icmp = csum::update(icmp, quoted, &new);
+        l4 = l4.map(|s| csum::update(s, quoted, &new));
+        *quoted_csum = new_quoted_csum;
+        *quoted = new;
+    } else {
+        let outer_addr = unsafe { &mut *bytes_at::<16>(ctx, packet.l3 + addr_at(outer))? };
+        let quoted = unsafe { &mut *bytes_at::<16>(ctx, quote + addr_at(inner))? };
+        icmp = csum::update(icmp, outer_addr, addr);
+        icmp = csum::update(icmp, quoted, addr);
+        l4 = l4.map(|s| csum::update(s, quoted, addr));
+        *outer_addr = *addr;
+        *quoted = *addr;
+    }
+
+    let new_port = port_be.to_ne_bytes();
+    icmp = csum::update(icmp, port, &new_port);
+    l4 = l4.map(|s| csum::update(s, port, &new_port));
+    *port = new_port;
+    if let (Some(field), Some(mut new)) = (l4_csum, l4) {
+        if udp && new == 0 {
+            new = 0xffff;
+        }
+        let new = new.to_be_bytes();
+        icmp = csum::update(icmp, field, &new);
+        *field = new;
+    }
+    *icmp_csum = icmp.to_be_bytes();
     Ok(())
 }

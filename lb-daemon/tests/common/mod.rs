@@ -191,6 +191,7 @@ pub fn run_timed(dp: &mut Dataplane, frame: &[u8]) -> (u32, std::time::Duration)
 
 /// Any TCP or UDP frame, checksums computed by etherparse: the independent reference the
 /// rewriting paths are compared with.
+#[derive(Clone)]
 pub struct Frame {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
