@@ -42,6 +42,13 @@ fn config(socket: &Path) -> String {
     .concat()
 }
 
+/// The counters (Conns, InPkts, OutPkts, InBytes, OutBytes) of the service line of
+/// `lbadm -L -n --stats` that starts with `service` ("TCP  192.0.2.1:80").
+fn service_stats(stats: &str, service: &str) -> Vec<u64> {
+    let line = stats.lines().find(|l| l.starts_with(service)).expect(stats);
+    line.split_whitespace().skip(2).map(|c| c.parse().unwrap()).collect()
+}
+
 #[test]
 fn nat_carries_http_and_dns_both_ways_over_ipv4_and_ipv6() {
     let d = Director::start(Lab::split("lbn").expect("lab"), config);
@@ -66,12 +73,10 @@ fn nat_carries_http_and_dns_both_ways_over_ipv4_and_ipv6() {
     );
     // NAT sees the replies: OutPkts counts them (at least one per request).
     let stats = d.lbadm(&["-L", "-n", "--stats"]);
-    let web = stats.lines().find(|l| l.starts_with(&format!("TCP  {VIP}:80"))).expect(&stats);
-    let cols: Vec<u64> = web.split_whitespace().skip(2).map(|c| c.parse().unwrap()).collect();
+    let cols = service_stats(&stats, &format!("TCP  {VIP}:80"));
     assert_eq!(cols[0], 300, "{stats}");
     assert!(cols[2] >= 300, "OutPkts {}: {stats}", cols[2]);
-    let dns = stats.lines().find(|l| l.starts_with(&format!("UDP  {VIP}:53"))).expect(&stats);
-    let cols: Vec<u64> = dns.split_whitespace().skip(2).map(|c| c.parse().unwrap()).collect();
+    let cols = service_stats(&stats, &format!("UDP  {VIP}:53"));
     assert_eq!((cols[1], cols[2]), (20, 20), "every query answered through the director: {stats}");
 }
 
@@ -95,8 +100,7 @@ fn a_reals_port_unreachable_reaches_the_client_from_the_vip() {
     }
     let stats = d.lbadm(&["-L", "-n", "--stats"]);
     for vip in [format!("{VIP}:5300"), format!("[{VIP6}]:5300")] {
-        let line = stats.lines().find(|l| l.starts_with(&format!("UDP  {vip}"))).expect(&stats);
-        let cols: Vec<u64> = line.split_whitespace().skip(2).map(|c| c.parse().unwrap()).collect();
+        let cols = service_stats(&stats, &format!("UDP  {vip}"));
         // One query in, its ICMP error out through the director.
         assert_eq!((cols[1], cols[2]), (1, 1), "{stats}");
     }

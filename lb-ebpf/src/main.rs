@@ -209,6 +209,13 @@ fn forward_dr(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason
     if !real.macs_resolved() {
         return Err(Reason::PassRealUnresolved);
     }
+    send_to_real(ctx, real)
+}
+
+/// Addresses the frame to the real and sends it out of the real's interface. The caller
+/// has checked that the real's MACs are known, before changing anything else.
+#[inline(always)]
+pub(crate) fn send_to_real(ctx: &XdpContext, real: &RealInfo) -> Result<(u32, Reason), Reason> {
     address_to_real(ctx, real)?;
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     Ok(transmit(ingress, real.ifindex))

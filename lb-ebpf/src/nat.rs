@@ -27,6 +27,44 @@ enum End {
     Destination,
 }
 
+impl End {
+    /// Where this end's address is in an IPv4 or IPv6 header.
+    #[inline(always)]
+    fn addr_at(self, v4: bool) -> usize {
+        match (v4, self) {
+            (true, End::Source) => 12,
+            (true, End::Destination) => 16,
+            (false, End::Source) => 8,
+            (false, End::Destination) => 24,
+        }
+    }
+
+    /// Where this end's port is in a TCP or UDP header.
+    #[inline(always)]
+    fn port_at(self) -> usize {
+        if self == End::Source { 0 } else { 2 }
+    }
+}
+
+/// Where the checksum is in a TCP or UDP header.
+#[inline(always)]
+fn l4_csum_at(udp: bool) -> usize {
+    if udp { 6 } else { 16 }
+}
+
+/// Whether a TCP or UDP checksum is in use: an IPv4 UDP checksum of 0 means "none", and
+/// stays so.
+#[inline(always)]
+fn l4_csum_used(csum: &[u8; 2], v4: bool, udp: bool) -> bool {
+    !(v4 && udp && *csum == [0, 0])
+}
+
+/// A computed TCP or UDP checksum as stored: UDP sends 0 as 0xffff (0 would mean "none").
+#[inline(always)]
+fn l4_csum_stored(csum: u16, udp: bool) -> [u8; 2] {
+    if udp && csum == 0 { [0xff, 0xff] } else { csum.to_be_bytes() }
+}
+
 /// Forwards a request to its flow's real, leaving the way back on the flow's first packet.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, Reason), Reason> {
@@ -34,9 +72,9 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, R
     if !real.macs_resolved() {
         return Err(Reason::PassRealUnresolved);
     }
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if flow.new_flow && flow.way < FLOW_WAYS {
         let eth = unsafe { &*bytes_at::<12>(ctx, 0)? };
+        let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
         let mut back = WayBack { ifindex: ingress, ..WayBack::default() };
         back.client_mac.copy_from_slice(&eth[6..12]);
         back.director_mac.copy_from_slice(&eth[..6]);
@@ -51,8 +89,7 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, flow: &Flow) -> Result<(u32, R
         }
     }
     rewrite(ctx, packet, End::Destination, &real.addr, real.port_be)?;
-    crate::address_to_real(ctx, real)?;
-    Ok(transmit(ingress, real.ifindex))
+    crate::send_to_real(ctx, real)
 }
 
 /// An ICMP error about a NAT flow, from a router on the client's side about one of the
@@ -70,9 +107,7 @@ pub fn icmp_to_real(
         return Err(Reason::PassRealUnresolved);
     }
     rewrite_icmp(ctx, packet, End::Destination, &real.addr, real.port_be)?;
-    crate::address_to_real(ctx, real)?;
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    Ok(transmit(ingress, real.ifindex))
+    crate::send_to_real(ctx, real)
 }
 
 /// A real's reply to a NAT flow goes back to the client from the VIP; anything else is
@@ -169,20 +204,18 @@ fn rewrite(
     addr: &[u8; 16],
     port_be: u16,
 ) -> Result<(), Reason> {
-    let l4_csum_at = match packet.key.proto {
-        PROTO_TCP => packet.l4 + 16,
-        PROTO_UDP => packet.l4 + 6,
+    let (v4, udp) = match packet.key.proto {
+        PROTO_TCP => (packet.key.family == FAMILY_V4, false),
+        PROTO_UDP => (packet.key.family == FAMILY_V4, true),
         _ => return Err(Reason::PassInternal),
     };
+    let l4_csum_at = packet.l4 + l4_csum_at(udp);
     let l4_csum = unsafe { &mut *bytes_at::<2>(ctx, l4_csum_at)? };
-    let old_l4 = u16::from_be_bytes(*l4_csum);
-    // An IPv4 UDP checksum of 0 means "none" and stays so.
-    let l4_has_csum =
-        !(packet.key.proto == PROTO_UDP && packet.key.family == FAMILY_V4 && old_l4 == 0);
-    let mut new_l4 = old_l4;
+    let l4_has_csum = l4_csum_used(l4_csum, v4, udp);
+    let mut new_l4 = u16::from_be_bytes(*l4_csum);
 
-    if packet.key.family == FAMILY_V4 {
-        let at = packet.l3 + if end == End::Source { 12 } else { 16 };
+    let at = packet.l3 + end.addr_at(v4);
+    if v4 {
         let field = unsafe { &mut *bytes_at::<4>(ctx, at)? };
         let mut new = [0u8; 4];
         new.copy_from_slice(&addr[..4]);
@@ -191,25 +224,19 @@ fn rewrite(
         new_l4 = csum::update(new_l4, field, &new);
         *field = new;
     } else {
-        let at = packet.l3 + if end == End::Source { 8 } else { 24 };
         let field = unsafe { &mut *bytes_at::<16>(ctx, at)? };
         new_l4 = csum::update(new_l4, field, addr);
         *field = *addr;
     }
 
-    let port_at = packet.l4 + if end == End::Source { 0 } else { 2 };
-    let port = unsafe { &mut *bytes_at::<2>(ctx, port_at)? };
+    let port = unsafe { &mut *bytes_at::<2>(ctx, packet.l4 + end.port_at())? };
     let new_port = port_be.to_ne_bytes();
     new_l4 = csum::update(new_l4, port, &new_port);
     *port = new_port;
 
     if l4_has_csum {
-        // UDP sends a computed 0 as 0xffff (0 would mean "no checksum").
-        if packet.key.proto == PROTO_UDP && new_l4 == 0 {
-            new_l4 = 0xffff;
-        }
         let l4_csum = unsafe { &mut *bytes_at::<2>(ctx, l4_csum_at)? };
-        *l4_csum = new_l4.to_be_bytes();
+        *l4_csum = l4_csum_stored(new_l4, udp);
     }
     Ok(())
 }
@@ -231,31 +258,24 @@ fn rewrite_icmp(
     let v4 = packet.key.family == FAMILY_V4;
     let udp = packet.key.proto == PROTO_UDP;
     let inner = if outer == End::Source { End::Destination } else { End::Source };
-    let addr_at = |end: End| match (v4, end) {
-        (true, End::Source) => 12,
-        (true, End::Destination) => 16,
-        (false, End::Source) => 8,
-        (false, End::Destination) => 24,
-    };
     let quote = packet.l4 + 8;
     let quote_l4 = quote + if v4 { 20 } else { 40 };
     let icmp_csum = unsafe { &mut *bytes_at::<2>(ctx, packet.l4 + 2)? };
-    let port =
-        unsafe { &mut *bytes_at::<2>(ctx, quote_l4 + (inner == End::Destination) as usize * 2)? };
+    let port = unsafe { &mut *bytes_at::<2>(ctx, quote_l4 + inner.port_at())? };
     // UDP's checksum is in the 8 bytes every error quotes; TCP's only when the router
-    // quoted more (Linux quotes up to 576 bytes). An IPv4 UDP checksum of 0 stays 0.
-    let l4_csum = bytes_at::<2>(ctx, quote_l4 + if udp { 6 } else { 16 })
+    // quoted more (Linux quotes up to 576 bytes).
+    let l4_csum = bytes_at::<2>(ctx, quote_l4 + l4_csum_at(udp))
         .ok()
         .map(|c| unsafe { &mut *c })
-        .filter(|c| !(v4 && udp && **c == [0, 0]));
+        .filter(|c| l4_csum_used(c, v4, udp));
     let mut icmp = u16::from_be_bytes(*icmp_csum);
     let mut l4 = l4_csum.as_ref().map(|c| u16::from_be_bytes(**c));
 
     if v4 {
         let new: [u8; 4] = [addr[0], addr[1], addr[2], addr[3]];
-        let outer_addr = unsafe { &mut *bytes_at::<4>(ctx, packet.l3 + addr_at(outer))? };
+        let outer_addr = unsafe { &mut *bytes_at::<4>(ctx, packet.l3 + outer.addr_at(v4))? };
         let outer_csum = unsafe { &mut *bytes_at::<2>(ctx, packet.l3 + 10)? };
-        let quoted = unsafe { &mut *bytes_at::<4>(ctx, quote + addr_at(inner))? };
+        let quoted = unsafe { &mut *bytes_at::<4>(ctx, quote + inner.addr_at(v4))? };
         let quoted_csum = unsafe { &mut *bytes_at::<2>(ctx, quote + 10)? };
         *outer_csum = csum::update(u16::from_be_bytes(*outer_csum), outer_addr, &new).to_be_bytes();
         *outer_addr = new;
@@ -267,8 +287,8 @@ fn rewrite_icmp(
         *quoted_csum = new_quoted_csum;
         *quoted = new;
     } else {
-        let outer_addr = unsafe { &mut *bytes_at::<16>(ctx, packet.l3 + addr_at(outer))? };
-        let quoted = unsafe { &mut *bytes_at::<16>(ctx, quote + addr_at(inner))? };
+        let outer_addr = unsafe { &mut *bytes_at::<16>(ctx, packet.l3 + outer.addr_at(v4))? };
+        let quoted = unsafe { &mut *bytes_at::<16>(ctx, quote + inner.addr_at(v4))? };
         icmp = csum::update(icmp, outer_addr, addr);
         icmp = csum::update(icmp, quoted, addr);
         l4 = l4.map(|s| csum::update(s, quoted, addr));
@@ -280,11 +300,8 @@ fn rewrite_icmp(
     icmp = csum::update(icmp, port, &new_port);
     l4 = l4.map(|s| csum::update(s, port, &new_port));
     *port = new_port;
-    if let (Some(field), Some(mut new)) = (l4_csum, l4) {
-        if udp && new == 0 {
-            new = 0xffff;
-        }
-        let new = new.to_be_bytes();
+    if let (Some(field), Some(new)) = (l4_csum, l4) {
+        let new = l4_csum_stored(new, udp);
         icmp = csum::update(icmp, field, &new);
         *field = new;
     }
