@@ -2,7 +2,7 @@
 //! socket. `lbadm` is only a client of it; the server hands each request to the engine,
 //! which alone knows the state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -107,8 +107,14 @@ pub struct RealStatus {
     pub address: SocketAddr,
     pub health: Health,
     pub weight: u32,
-    /// MAC the data plane sends to, if resolved.
+    /// MAC the data plane sends to, if resolved: the real's, or its router's.
     pub mac: Option<String>,
+    /// The router the real is reached through, when it is not on the director's segment.
+    #[serde(default)]
+    pub via: Option<IpAddr>,
+    /// Why the data plane cannot send it the service's packets, whatever its health.
+    #[serde(default)]
+    pub unreachable: Option<String>,
     /// The last result of each check: (success, detail).
     pub last_check: Option<(bool, String)>,
     /// Seconds since the health state last changed (or since the real was added).

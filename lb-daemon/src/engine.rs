@@ -66,10 +66,15 @@ struct RealState {
     weight: u32,
     checks: Vec<CheckState>,
     checkers: Vec<JoinHandle<()>>,
+    /// Its next hop's MAC: its own, or the router's when `via` is set.
     mac: Option<[u8; 6]>,
     /// The interface the real is reached through; None while the real is unresolved or
     /// behind an interface XDP is not attached to.
     link: Option<u32>,
+    /// The router on the kernel's route to the real, if it is not on our segment.
+    via: Option<IpAddr>,
+    /// The kernel's source address for the real: a tunnel's outer source.
+    route_src: Option<IpAddr>,
     health: Health,
     since: Instant,
 }
@@ -92,9 +97,38 @@ impl RealState {
         }
     }
 
-    /// Receives new connections: up, weighted, and with a MAC to send to.
-    fn schedulable(&self) -> bool {
-        self.health == Health::Up && self.weight > 0 && self.mac.is_some() && self.link.is_some()
+    /// Receives new connections: up, weighted, and reachable as `forwarding` needs.
+    fn schedulable(&self, forwarding: config::Forwarding) -> bool {
+        self.health == Health::Up && self.weight > 0 && self.unreachable(forwarding).is_none()
+    }
+
+    /// Why the data plane cannot send the real a `forwarding` service's packets, whatever
+    /// its health; None when it can.
+    fn unreachable(&self, forwarding: config::Forwarding) -> Option<String> {
+        if self.mac.is_none() {
+            return Some("its next hop is not resolved".into());
+        }
+        if self.link.is_none() {
+            return Some("it is reached through an interface XDP is not attached to".into());
+        }
+        match (forwarding, self.via) {
+            // The frame keeps the VIP as its destination: a router would send it back.
+            (config::Forwarding::Dr, Some(router)) => {
+                return Some(format!(
+                    "direct routing needs it on the director's segment, but the route to it goes via {router}"
+                ));
+            }
+            (config::Forwarding::Tunnel, _) if self.tunnel_src().is_none() => {
+                return Some("the route to it has no source address to tunnel from".into());
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// A tunnel's outer source: the kernel's source for the real, of the real's family.
+    fn tunnel_src(&self) -> Option<IpAddr> {
+        self.route_src.filter(|s| s.is_ipv4() == self.addr.is_ipv4())
     }
 
     /// Listed by lbadm and kept by established flows: everything but a failed real of an
@@ -265,6 +299,8 @@ impl Engine {
                             checkers: Vec::new(),
                             mac: None,
                             link: None,
+                            via: None,
+                            route_src: None,
                             health: Health::Unknown,
                             since: Instant::now(),
                         };
@@ -327,11 +363,6 @@ impl Engine {
         for r in &s.reals {
             let (addr, family) = addr16(r.addr.ip());
             let link = r.link.and_then(|l| self.dp.link(l));
-            // A tunnel leaves from the egress interface's address of the real's family.
-            let tunnel_src = link.and_then(|l| match r.addr.ip() {
-                IpAddr::V4(_) => l.addr4.map(|a| addr16(a.into()).0),
-                IpAddr::V6(_) => l.addr6.map(|a| addr16(a.into()).0),
-            });
             let info = RealInfo {
                 addr,
                 mac: r.mac.unwrap_or_default(),
@@ -341,13 +372,12 @@ impl Engine {
                 port_be: r.addr.port().to_be(),
                 ifindex: r.link.unwrap_or(0),
                 vip: s.index,
-                tunnel_src: tunnel_src.unwrap_or_default(),
+                tunnel_src: r.tunnel_src().map_or([0; 16], |a| addr16(a).0),
                 mtu: link.map_or(0, |l| l.mtu),
                 _pad: [0; 2],
             };
             self.dp.set_real(r.id, info)?;
-            let can_tunnel = forwarding != config::Forwarding::Tunnel || tunnel_src.is_some();
-            ready.push(r.schedulable() && can_tunnel);
+            ready.push(r.schedulable(forwarding));
         }
         let keys: Vec<String> = s.reals.iter().map(|r| r.addr.to_string()).collect();
         let entries: Vec<maglev::Entry<'_>> = s
@@ -357,7 +387,6 @@ impl Engine {
             .zip(&ready)
             .filter(|(_, ready)| **ready)
             .map(|(r, _)| r)
-            .filter(|(r, _)| r.schedulable())
             .map(|(r, k)| maglev::Entry { key: k.as_bytes(), weight: r.weight, id: r.id })
             .collect();
         let serving = entries.len();
@@ -413,19 +442,18 @@ impl Engine {
 
     fn on_neighbor(&mut self, resolved: Resolved) -> Result<()> {
         let link = self.dp.link(resolved.ifindex).map(|_| resolved.ifindex);
-        if resolved.mac.is_some() && link.is_none() {
-            warn!(
-                real = %resolved.ip,
-                ifindex = resolved.ifindex,
-                "real is reached through an interface XDP is not attached to: it gets no traffic"
-            );
-        }
         let mut touched = Vec::new();
         for (i, s) in self.services.iter_mut().enumerate() {
             for r in s.reals.iter_mut().filter(|r| r.addr.ip() == resolved.ip) {
                 r.mac = resolved.mac;
                 r.link = link;
+                r.via = resolved.via;
+                r.route_src = resolved.src;
                 touched.push(i);
+                // Unresolved is said by the neighbour task; these are the config's problem.
+                if let Some(why) = r.unreachable(s.spec.forwarding).filter(|_| r.mac.is_some()) {
+                    warn!(service = %s.spec.name, real = %r.addr, ifindex = resolved.ifindex, "{why}: it gets no new connections");
+                }
             }
         }
         touched.dedup();
@@ -559,6 +587,8 @@ impl Engine {
                     health: r.health,
                     weight: r.effective_weight(),
                     mac: r.mac.map(neighbor::fmt_mac),
+                    via: r.via,
+                    unreachable: r.unreachable(s.spec.forwarding),
                     last_check: r
                         .checks
                         .iter()

@@ -49,6 +49,13 @@ pub const BACK_REALS6: [Ipv6Addr; 3] = [
     Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x13),
 ];
 
+/// The router between the two segments in the routed topology: its address on the
+/// client's segment and on the reals'.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0xfe);
+pub const ROUTER_BACK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+pub const ROUTER_BACK6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0xfe);
+
 /// How the hosts are wired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
@@ -59,7 +66,13 @@ pub enum Topology {
     Split,
     /// One segment, the reals bare: `lbadm realserver setup --mode tunnel` prepares them.
     Bare,
+    /// Client and director on one segment, the reals bare on another, a router between:
+    /// reals in another network, reached by tunnel.
+    Routed,
 }
+
+/// The router's namespace in the routed topology.
+pub const ROLE_ROUTER: &str = "router";
 
 /// Namespace roles; their names carry a per-lab prefix so labs never collide.
 pub const ROLE_CLIENT: &str = "client";
@@ -98,6 +111,11 @@ impl Lab {
         Self::build_with(prefix, Topology::Bare)
     }
 
+    /// Bare reals behind a router, for the test to prepare (tunnel mode).
+    pub fn routed(prefix: &str) -> Result<Self> {
+        Self::build_with(prefix, Topology::Routed)
+    }
+
     fn build_with(prefix: &str, topology: Topology) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -118,7 +136,7 @@ impl Lab {
     pub fn real(&self, i: usize) -> (Ipv4Addr, Ipv6Addr) {
         match self.topology {
             Topology::Shared | Topology::Bare => (REALS[i], REALS6[i]),
-            Topology::Split => (BACK_REALS[i], BACK_REALS6[i]),
+            Topology::Split | Topology::Routed => (BACK_REALS[i], BACK_REALS6[i]),
         }
     }
 
@@ -158,7 +176,8 @@ impl Lab {
             self.exec_ok("switch", &["ip", "link", "set", bridge, "up"])?;
         }
         let split = self.topology == Topology::Split;
-        let real_bridge = if split { "br1" } else { "br0" };
+        let routed = self.topology == Topology::Routed;
+        let real_bridge = if split || routed { "br1" } else { "br0" };
         // (role, interface, bridge, IPv4, IPv6)
         let mut links: Vec<(String, &str, &str, Ipv4Addr, Ipv6Addr)> = vec![
             (ROLE_CLIENT.into(), "eth0", "br0", CLIENT, CLIENT6),
@@ -166,6 +185,10 @@ impl Lab {
         ];
         if split {
             links.push((ROLE_DIRECTOR.into(), "eth1", "br1", DIRECTOR_BACK, DIRECTOR_BACK6));
+        }
+        if routed {
+            links.push((ROLE_ROUTER.into(), "eth0", "br0", ROUTER, ROUTER6));
+            links.push((ROLE_ROUTER.into(), "eth1", "br1", ROUTER_BACK, ROUTER_BACK6));
         }
         for i in 0..REALS.len() {
             let (a4, a6) = self.real(i);
@@ -201,9 +224,12 @@ impl Lab {
             ROLE_DIRECTOR,
             &["ip", "addr", "add", &vip6, "dev", "eth0", "nodad", "preferred_lft", "0"],
         )?;
+        if routed {
+            self.route_through_router()?;
+        }
         for i in 0..REALS.len() {
             let role = real_role(i);
-            if self.topology == Topology::Bare {
+            if matches!(self.topology, Topology::Bare | Topology::Routed) {
                 continue;
             }
             if split {
@@ -227,6 +253,32 @@ impl Lab {
             ] {
                 self.exec_ok(&role, &["sysctl", "-q", "-w", &format!("{key}={value}")])?;
             }
+        }
+        Ok(())
+    }
+
+    /// The routed topology's routes: the router forwards between the segments (no reverse
+    /// path filter: the reals answer from the VIP, an address of the other side), the
+    /// director reaches the reals' network through it, the reals everything else.
+    fn route_through_router(&self) -> Result<()> {
+        for key in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.eth1.rp_filter=0",
+        ] {
+            self.exec_ok(ROLE_ROUTER, &["sysctl", "-q", "-w", key])?;
+        }
+        let (net4, net6) = ("203.0.113.0/24", "2001:db8:200::/64");
+        self.exec_ok(ROLE_DIRECTOR, &["ip", "route", "add", net4, "via", &ROUTER.to_string()])?;
+        let via6 = ROUTER6.to_string();
+        self.exec_ok(ROLE_DIRECTOR, &["ip", "-6", "route", "add", net6, "via", &via6])?;
+        for i in 0..REALS.len() {
+            let role = real_role(i);
+            let via = ROUTER_BACK.to_string();
+            self.exec_ok(&role, &["ip", "route", "add", "default", "via", &via])?;
+            let via6 = ROUTER_BACK6.to_string();
+            self.exec_ok(&role, &["ip", "-6", "route", "add", "default", "via", &via6])?;
         }
         Ok(())
     }

@@ -1,9 +1,8 @@
-//! What lbd and lbadm need to know of an interface: index, MAC, MTU, addresses, and
+//! What lbd and lbadm need to know of an interface: index, MAC, MTU, and
 //! whether a device driver backs it. Read through ioctls and getifaddrs, which answer for
 //! the caller's network namespace; sysfs would answer for the namespace that mounted it,
 //! which under `nsenter --net` is the host's.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
 use anyhow::{Context as _, Result, bail};
@@ -13,9 +12,6 @@ pub struct LinkInfo {
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub mtu: u16,
-    /// Its first IPv4 and first global IPv6 address: a tunnel's outer source.
-    pub addr4: Option<Ipv4Addr>,
-    pub addr6: Option<Ipv6Addr>,
     /// Backed by a device on a bus (a NIC with a driver), not a virtual link such as veth.
     pub has_device: bool,
 }
@@ -45,21 +41,13 @@ impl LinkInfo {
     pub fn read(interface: &str) -> Result<Self> {
         let ifindex = nix::net::if_::if_nametoindex(interface)
             .with_context(|| format!("no interface {interface}"))?;
-        let (mut mac, mut addr4, mut addr6) = (None, None, None);
+        let mut mac = None;
         for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
             if ifa.interface_name != interface {
                 continue;
             }
-            let Some(address) = ifa.address else { continue };
-            if let Some(link) = address.as_link_addr() {
+            if let Some(link) = ifa.address.as_ref().and_then(|a| a.as_link_addr()) {
                 mac = mac.or(link.addr());
-            } else if let Some(a) = address.as_sockaddr_in() {
-                addr4 = addr4.or(Some(a.ip()));
-            } else if let Some(a) = address.as_sockaddr_in6() {
-                let ip = a.ip();
-                if !ip.is_unicast_link_local() {
-                    addr6 = addr6.or(Some(ip));
-                }
             }
         }
         let Some(mac) = mac else { bail!("interface {interface} has no MAC address") };
@@ -72,7 +60,7 @@ impl LinkInfo {
         .context("socket for interface ioctls")?;
         let mtu = mtu(&socket, interface).with_context(|| format!("interface {interface}: MTU"))?;
         let has_device = bus_info(&socket, interface).is_some_and(|b| !b.is_empty());
-        Ok(LinkInfo { ifindex, mac, mtu, addr4, addr6, has_device })
+        Ok(LinkInfo { ifindex, mac, mtu, has_device })
     }
 }
 

@@ -1,23 +1,43 @@
-//! MAC resolution for direct routing. The data plane rewrites frames to a real's MAC, which
-//! only the kernel's neighbour table knows; this task reads it over rtnetlink and, when an
-//! entry is missing or stale, makes the kernel resolve it by sending the real a datagram
-//! (ARP/ND are the kernel's job: XDP neither sends nor answers them).
+//! Next-hop resolution for the reals. The data plane rewrites frames to the MAC of a real's
+//! next hop: the real itself when it shares a segment with the director, the router the
+//! kernel's route names when it does not (NAT and tunnel reals may sit in other networks).
+//! This task asks the kernel for the route and reads the next hop's MAC from the neighbour
+//! table over rtnetlink; when an entry is missing or stale, it makes the kernel resolve it
+//! by sending the real a datagram (ARP/ND are the kernel's job: XDP neither sends nor
+//! answers them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use anyhow::{Context as _, Result};
 use futures_util::TryStreamExt as _;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::RouteMessageBuilder;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-/// A real's link-layer address as the kernel knows it; `mac: None` when it is lost.
+/// How the data plane reaches a real, as the kernel knows it; `mac: None` when it is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
     pub ip: IpAddr,
+    /// The next hop's MAC: the real's own, or the router's when `via` is set.
     pub mac: Option<[u8; 6]>,
     pub ifindex: u32,
+    /// The router the kernel's route to the real goes through; None when the real is on a
+    /// segment of the director's.
+    pub via: Option<IpAddr>,
+    /// The route's preferred source address: what a tunnel to the real leaves from.
+    pub src: Option<IpAddr>,
+}
+
+/// What the kernel's route to a real says.
+#[derive(Debug, Default, Clone, Copy)]
+struct Route {
+    ifindex: u32,
+    gateway: Option<IpAddr>,
+    src: Option<IpAddr>,
 }
 
 /// Interval between looks at the neighbour table.
@@ -42,21 +62,41 @@ pub async fn run<E: From<Resolved>>(
         match dump(&handle).await {
             Ok(table) => {
                 for ip in &wanted {
-                    let entry = table.get(ip);
-                    let now = Resolved {
-                        ip: *ip,
-                        mac: entry.map(|e| e.0),
-                        ifindex: entry.map_or(0, |e| e.1),
+                    let now = match route_to(&handle, *ip).await {
+                        Ok(route) => {
+                            let entry = table.get(&route.gateway.unwrap_or(*ip));
+                            // A stale entry is still right, but the kernel only refreshes
+                            // entries it uses itself; our forwarded frames bypass it, so we
+                            // ask it to confirm. A datagram to the real makes it resolve
+                            // the router, when there is one.
+                            if entry.is_none_or(|e| e.2) {
+                                probe(*ip);
+                            }
+                            Resolved {
+                                ip: *ip,
+                                mac: entry.map(|e| e.0),
+                                ifindex: route.ifindex,
+                                via: route.gateway,
+                                src: route.src,
+                            }
+                        }
+                        Err(e) => {
+                            if known.get(ip).is_none_or(|k| k.ifindex != 0) {
+                                warn!(real = %ip, error = %format!("{e:#}"), "no route to the real: it gets no traffic");
+                            }
+                            Resolved { ip: *ip, mac: None, ifindex: 0, via: None, src: None }
+                        }
                     };
-                    // A stale entry is still right, but the kernel only refreshes entries it
-                    // uses itself; our forwarded frames bypass it, so we ask it to confirm.
-                    if entry.is_none_or(|e| e.2) {
-                        probe(*ip);
-                    }
                     let previous = known.get(ip).copied();
-                    if previous.map(|p| (p.mac, p.ifindex)) != Some((now.mac, now.ifindex)) {
+                    if previous != Some(now) {
                         if now.mac.is_some() || previous.is_some_and(|p| p.mac.is_some()) {
-                            info!(real = %ip, mac = ?now.mac.map(fmt_mac), ifindex = now.ifindex, "neighbour");
+                            info!(
+                                real = %ip,
+                                mac = ?now.mac.map(fmt_mac),
+                                ifindex = now.ifindex,
+                                via = ?now.via,
+                                "next hop"
+                            );
                             if tx.send(now.into()).await.is_err() {
                                 return;
                             }
@@ -111,6 +151,39 @@ async fn dump(
         }
     }
     Ok(table)
+}
+
+/// The kernel's route to `ip` (`ip route get`): the interface, the router if any, the
+/// preferred source.
+async fn route_to(handle: &rtnetlink::Handle, ip: IpAddr) -> Result<Route> {
+    let host = if ip.is_ipv4() { 32 } else { 128 };
+    let query = RouteMessageBuilder::<IpAddr>::new().destination_prefix(ip, host)?.build();
+    let answer = handle
+        .route()
+        .get(query)
+        .execute()
+        .try_next()
+        .await
+        .context("route lookup")?
+        .context("the kernel sent no route")?;
+    let mut route = Route::default();
+    for attr in answer.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => route.ifindex = i,
+            RouteAttribute::Gateway(a) => route.gateway = ip_of(a),
+            RouteAttribute::PrefSource(a) => route.src = ip_of(a),
+            _ => {}
+        }
+    }
+    Ok(route)
+}
+
+fn ip_of(a: RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(a.into()),
+        RouteAddress::Inet6(a) => Some(a.into()),
+        _ => None,
+    }
 }
 
 /// Makes the kernel resolve `ip`: a datagram to the discard port needs its MAC.

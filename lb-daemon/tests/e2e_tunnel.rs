@@ -5,31 +5,56 @@
 
 mod e2e;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::{Director, assert_shares, dig, tally};
-use lb_daemon::lab::{self, Lab, REALS, REALS6, ROLE_CLIENT, VIP, VIP6};
+use lb_daemon::lab::{self, Lab, REALS, ROLE_CLIENT, VIP, VIP6};
 
-fn config(socket: &Path) -> String {
-    let service = |name: &str, vip: &str, proto: &str, check: &str, reals: String| {
+/// Tunnelled web and DNS services over IPv4 and IPv6 to `reals`; with `dr_too`,
+/// also a direct-routing web service on port 8080 to the same reals.
+fn config(reals: &[(Ipv4Addr, Ipv6Addr)], socket: &Path, dr_too: bool) -> String {
+    let service = |name: &str, vip: &str, proto: &str, mode: &str, check: &str, reals: &str| {
         format!(
-            "  - name: {name}\n    vip: \"{vip}\"\n    protocol: {proto}\n    forwarding: tunnel\n    check:\n{check}      interval: 500ms\n      timeout: 300ms\n    reals:\n{reals}"
+            "  - name: {name}\n    vip: \"{vip}\"\n    protocol: {proto}\n    forwarding: {mode}\n    check:\n{check}      interval: 500ms\n      timeout: 300ms\n    reals:\n{reals}"
         )
     };
     let http = "      type: http\n      path: /healthz\n";
     let tcp53 = "      type: tcp\n      port: 53\n";
-    let reals4: String = REALS.iter().map(|a| format!("      - address: {a}\n")).collect();
-    let reals6: String = REALS6.iter().map(|a| format!("      - address: \"{a}\"\n")).collect();
-    [
+    let reals4: String = reals.iter().map(|r| format!("      - address: {}\n", r.0)).collect();
+    let reals6: String = reals.iter().map(|r| format!("      - address: \"{}\"\n", r.1)).collect();
+    let mut text = [
         format!("director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n", socket.display()),
-        service("web", &format!("{VIP}:80"), "tcp", http, reals4.clone()),
-        service("dns", &format!("{VIP}:53"), "udp", tcp53, reals4),
-        service("web6", &format!("[{VIP6}]:80"), "tcp", http, reals6.clone()),
-        service("dns6", &format!("[{VIP6}]:53"), "udp", tcp53, reals6),
+        service("web", &format!("{VIP}:80"), "tcp", "tunnel", http, &reals4),
+        service("dns", &format!("{VIP}:53"), "udp", "tunnel", tcp53, &reals4),
+        service("web6", &format!("[{VIP6}]:80"), "tcp", "tunnel", http, &reals6),
+        service("dns6", &format!("[{VIP6}]:53"), "udp", "tunnel", tcp53, &reals6),
     ]
-    .concat()
+    .concat();
+    if dr_too {
+        text += &service("web-dr", &format!("{VIP}:8080"), "tcp", "dr", http, &reals4);
+    }
+    text
+}
+
+/// `lbadm realserver setup --mode tunnel` for both VIPs on every real, its pins below
+/// the lab's directory; returns the pin root.
+fn prepare_reals(lab: &mut Lab) -> String {
+    let pins = lab.dir().join("bpf");
+    lab.track_mount(pins.clone());
+    let pins = pins.to_str().unwrap().to_string();
+    for i in 0..REALS.len() {
+        for vip in [VIP.to_string(), VIP6.to_string()] {
+            let out = lbadm_on(lab, i, &setup_args("setup", &vip, &pins));
+            assert!(out.contains(&format!("{vip} is decapsulated on eth0")), "{out}");
+        }
+    }
+    pins
+}
+
+fn setup_args<'a>(verb: &'a str, vip: &'a str, pins: &'a str) -> [&'a str; 9] {
+    [verb, "--vip", vip, "--mode", "tunnel", "--interface", "eth0", "--pin-root", pins]
 }
 
 fn lbadm_on(lab: &Lab, real: usize, args: &[&str]) -> String {
@@ -98,46 +123,14 @@ fn upload(lab: &Lab, vip: SocketAddr, len: usize) -> String {
 #[test]
 fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
     let mut lab = Lab::bare("lbu").expect("lab");
-    let pins = lab.dir().join("bpf");
-    lab.track_mount(pins.clone());
-    let pins = pins.to_str().unwrap().to_string();
+    let pins = prepare_reals(&mut lab);
     for i in 0..REALS.len() {
-        for vip in [VIP.to_string(), VIP6.to_string()] {
-            let out = lbadm_on(
-                &lab,
-                i,
-                &[
-                    "setup",
-                    "--vip",
-                    &vip,
-                    "--mode",
-                    "tunnel",
-                    "--interface",
-                    "eth0",
-                    "--pin-root",
-                    &pins,
-                ],
-            );
-            assert!(out.contains(&format!("{vip} is decapsulated on eth0")), "{out}");
-        }
         // Set up twice: nothing new, nothing broken.
-        let again = lbadm_on(
-            &lab,
-            i,
-            &[
-                "setup",
-                "--vip",
-                &VIP.to_string(),
-                "--mode",
-                "tunnel",
-                "--interface",
-                "eth0",
-                "--pin-root",
-                &pins,
-            ],
-        );
+        let again = lbadm_on(&lab, i, &setup_args("setup", &VIP.to_string(), &pins));
         assert!(again.contains("already on lo") && !again.contains("attached"), "{again}");
     }
+    let reals: Vec<_> = (0..REALS.len()).map(|i| lab.real(i)).collect();
+    let config = move |socket: &Path| config(&reals, socket, false);
     let mut d = Director::start(lab, config);
 
     // tshark on the switch's port to real1: the frames there are the director's tunnel.
@@ -223,36 +216,60 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
     assert!(too_big.packets >= 2, "{:?}", status.packets);
 
     for i in 0..REALS.len() {
-        lbadm_on(
-            &d.lab,
-            i,
-            &[
-                "teardown",
-                "--vip",
-                &VIP6.to_string(),
-                "--mode",
-                "tunnel",
-                "--interface",
-                "eth0",
-                "--pin-root",
-                &pins,
-            ],
-        );
-        let out = lbadm_on(
-            &d.lab,
-            i,
-            &[
-                "teardown",
-                "--vip",
-                &VIP.to_string(),
-                "--mode",
-                "tunnel",
-                "--interface",
-                "eth0",
-                "--pin-root",
-                &pins,
-            ],
-        );
+        lbadm_on(&d.lab, i, &setup_args("teardown", &VIP6.to_string(), &pins));
+        let out = lbadm_on(&d.lab, i, &setup_args("teardown", &VIP.to_string(), &pins));
         assert!(out.contains("lb_decap detached from eth0"), "{out}");
     }
+}
+
+/// Reals in another network, behind a router: the tunnel goes to the router's MAC, the
+/// kernel's route says so, and the reals answer the client through the router. Direct
+/// routing cannot reach them (its frames keep the VIP as destination), and lbd says so
+/// instead of sending them to the router.
+#[test]
+fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
+    let mut lab = Lab::routed("lbr").expect("lab");
+    prepare_reals(&mut lab);
+    let router_mac = |dev: &str| {
+        let out = lab.exec_ok(lab::ROLE_ROUTER, &["cat", &format!("/sys/class/net/{dev}/address")]);
+        out.unwrap().trim().to_string()
+    };
+    let router_mac = router_mac("eth0");
+    let reals: Vec<_> = (0..REALS.len()).map(|i| lab.real(i)).collect();
+    let config = move |socket: &Path| config(&reals, socket, true);
+    let d = Director::start(lab, config);
+
+    for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
+        let count = tally(&d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(vip, 80), 300).unwrap());
+        assert_shares(&count, &[1.0, 1.0, 1.0]);
+        let answers = dig(&d.lab, vip, 20);
+        assert_eq!(answers.len(), 20, "DNS through {vip}: {answers:?}");
+    }
+
+    let status = d.status().unwrap();
+    for r in &status.reals {
+        let router =
+            if r.address.is_ipv4() { IpAddr::from(lab::ROUTER) } else { lab::ROUTER6.into() };
+        assert_eq!(r.via, Some(router), "{r:?}");
+        assert_eq!(r.mac.as_deref(), Some(router_mac.as_str()), "{r:?}");
+        if r.service == "web-dr" {
+            let why = r.unreachable.as_deref().unwrap_or_default();
+            assert!(why.contains("direct routing needs it on the director's segment"), "{r:?}");
+        } else {
+            assert_eq!(r.unreachable, None, "{r:?}");
+        }
+    }
+    let list = d.lbadm(&["status"]);
+    assert!(list.contains(&format!("reached via {}", lab::ROUTER)), "{list}");
+    assert!(list.contains("no new connections: direct routing needs"), "{list}");
+    let log = d.lab.log(lab::ROLE_DIRECTOR, "lbd");
+    assert!(log.contains("direct routing needs it on the director's segment"), "{log}");
+    // Nothing of web-dr went anywhere: the data plane has no real to schedule it to.
+    assert!(
+        d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(VIP.into(), 8080), 1).unwrap()[0].is_err()
+    );
+    let list = d.lbadm(&["-L", "-n", "--stats", "-t", &format!("{VIP}:8080")]);
+    let reals: Vec<&str> = list.lines().filter(|l| l.starts_with("  -> 203.0.113.")).collect();
+    assert_eq!(reals.len(), 3, "{list}");
+    assert!(reals.iter().all(|l| l.split_whitespace().nth(2) == Some("0")), "{list}");
 }

@@ -201,6 +201,12 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
             r.since_secs,
             last
         );
+        if let Some(router) = r.via {
+            println!("{:<12} {:<26} reached via {router}", "", "");
+        }
+        if let Some(why) = &r.unreachable {
+            println!("{:<12} {:<26} no new connections: {why}", "", "");
+        }
     }
     let counted: Vec<String> = view
         .packets
