@@ -75,6 +75,8 @@ struct RealState {
     via: Option<IpAddr>,
     /// The kernel's source address for the real: a tunnel's outer source.
     route_src: Option<IpAddr>,
+    /// The route's MTU, if it sets one below the interface's.
+    route_mtu: Option<u32>,
     health: Health,
     since: Instant,
 }
@@ -124,6 +126,12 @@ impl RealState {
             _ => {}
         }
         None
+    }
+
+    /// What a tunnelled packet may measure: the interface's MTU, or the route's when it is
+    /// narrower (a tunnel across a WAN link).
+    fn path_mtu(&self, link_mtu: u16) -> u16 {
+        self.route_mtu.map_or(link_mtu, |m| link_mtu.min(m.min(u16::MAX.into()) as u16))
     }
 
     /// A tunnel's outer source: the kernel's source for the real, of the real's family.
@@ -301,6 +309,7 @@ impl Engine {
                             link: None,
                             via: None,
                             route_src: None,
+                            route_mtu: None,
                             health: Health::Unknown,
                             since: Instant::now(),
                         };
@@ -373,7 +382,7 @@ impl Engine {
                 ifindex: r.link.unwrap_or(0),
                 vip: s.index,
                 tunnel_src: r.tunnel_src().map_or([0; 16], |a| addr16(a).0),
-                mtu: link.map_or(0, |l| l.mtu),
+                mtu: link.map_or(0, |l| r.path_mtu(l.mtu)),
                 _pad: [0; 2],
             };
             self.dp.set_real(r.id, info)?;
@@ -449,6 +458,7 @@ impl Engine {
                 r.link = link;
                 r.via = resolved.via;
                 r.route_src = resolved.src;
+                r.route_mtu = resolved.mtu;
                 touched.push(i);
                 // Unresolved is said by the neighbour task; these are the config's problem.
                 if let Some(why) = r.unreachable(s.spec.forwarding).filter(|_| r.mac.is_some()) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use futures_util::TryStreamExt as _;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
 use rtnetlink::RouteMessageBuilder;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -30,6 +30,9 @@ pub struct Resolved {
     pub via: Option<IpAddr>,
     /// The route's preferred source address: what a tunnel to the real leaves from.
     pub src: Option<IpAddr>,
+    /// The route's MTU, when it sets one (`ip route ... mtu N`, or a learnt path MTU):
+    /// a path to the real narrower than the interface.
+    pub mtu: Option<u32>,
 }
 
 /// What the kernel's route to a real says.
@@ -38,6 +41,7 @@ struct Route {
     ifindex: u32,
     gateway: Option<IpAddr>,
     src: Option<IpAddr>,
+    mtu: Option<u32>,
 }
 
 /// Interval between looks at the neighbour table.
@@ -78,13 +82,21 @@ pub async fn run<E: From<Resolved>>(
                                 ifindex: route.ifindex,
                                 via: route.gateway,
                                 src: route.src,
+                                mtu: route.mtu,
                             }
                         }
                         Err(e) => {
                             if known.get(ip).is_none_or(|k| k.ifindex != 0) {
                                 warn!(real = %ip, error = %format!("{e:#}"), "no route to the real: it gets no traffic");
                             }
-                            Resolved { ip: *ip, mac: None, ifindex: 0, via: None, src: None }
+                            Resolved {
+                                ip: *ip,
+                                mac: None,
+                                ifindex: 0,
+                                via: None,
+                                src: None,
+                                mtu: None,
+                            }
                         }
                     };
                     let previous = known.get(ip).copied();
@@ -154,7 +166,7 @@ async fn dump(
 }
 
 /// The kernel's route to `ip` (`ip route get`): the interface, the router if any, the
-/// preferred source.
+/// preferred source, the MTU if it sets one.
 async fn route_to(handle: &rtnetlink::Handle, ip: IpAddr) -> Result<Route> {
     let host = if ip.is_ipv4() { 32 } else { 128 };
     let query = RouteMessageBuilder::<IpAddr>::new().destination_prefix(ip, host)?.build();
@@ -172,6 +184,12 @@ async fn route_to(handle: &rtnetlink::Handle, ip: IpAddr) -> Result<Route> {
             RouteAttribute::Oif(i) => route.ifindex = i,
             RouteAttribute::Gateway(a) => route.gateway = ip_of(a),
             RouteAttribute::PrefSource(a) => route.src = ip_of(a),
+            RouteAttribute::Metrics(metrics) => {
+                route.mtu = metrics.into_iter().find_map(|m| match m {
+                    RouteMetric::Mtu(mtu) if mtu > 0 => Some(mtu),
+                    _ => None,
+                })
+            }
             _ => {}
         }
     }

@@ -77,6 +77,8 @@ fn upload(lab: &Lab, vip: SocketAddr, len: usize) -> String {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     let mut s = lab.connect(ROLE_CLIENT, vip).unwrap();
+    // A stalled path (nothing acknowledged) fails the write instead of hanging the test.
+    s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
     let head = format!("POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: {len}\r\n\r\n");
     s.write_all(head.as_bytes()).unwrap();
     if let Err(e) = s.write_all(&vec![b'x'; len]) {
@@ -118,6 +120,18 @@ fn upload(lab: &Lab, vip: SocketAddr, len: usize) -> String {
         }
     }
     String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_string()
+}
+
+/// Uploads through both VIPs' port 80 until the real has every byte, and asserts that
+/// the client learnt path MTU `mtu4` to the IPv4 VIP and `mtu6` to the IPv6 one.
+fn upload_learning_mtu(lab: &Lab, mtu4: u32, mtu6: u32) {
+    for (vip, family, mtu) in [(IpAddr::from(VIP), "-4", mtu4), (IpAddr::from(VIP6), "-6", mtu6)] {
+        let status = upload(lab, SocketAddr::new(vip, 80), 200_000);
+        assert!(status.starts_with("HTTP/1.1 200"), "upload through {vip}: {status}");
+        let route = lab.exec_ok(ROLE_CLIENT, &["ip", family, "route", "get", &vip.to_string()]);
+        let route = route.unwrap();
+        assert!(route.contains(&format!("mtu {mtu}")), "client's route to {vip}: {route}");
+    }
 }
 
 #[test]
@@ -204,13 +218,7 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
     // link: it answers ICMP fragmentation-needed / packet-too-big from the VIP, the
     // client's kernel lowers its path MTU to the VIP, and TCP resends in smaller segments.
     // Every byte of the upload is acknowledged by the real: nothing is silently dropped.
-    for (vip, family, mtu) in [(IpAddr::from(VIP), "-4", 1480), (IpAddr::from(VIP6), "-6", 1460)] {
-        let status = upload(&d.lab, SocketAddr::new(vip, 80), 200_000);
-        assert!(status.starts_with("HTTP/1.1 200"), "upload through {vip}: {status}");
-        let route = d.lab.exec_ok(ROLE_CLIENT, &["ip", family, "route", "get", &vip.to_string()]);
-        let route = route.unwrap();
-        assert!(route.contains(&format!("mtu {mtu}")), "client's route to {vip}: {route}");
-    }
+    upload_learning_mtu(&d.lab, 1480, 1460);
     let status = d.status().unwrap();
     let too_big = status.packets.iter().find(|c| c.reason == "too_big_sent").unwrap();
     assert!(too_big.packets >= 2, "{:?}", status.packets);
@@ -223,9 +231,11 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
 }
 
 /// Reals in another network, behind a router: the tunnel goes to the router's MAC, the
-/// kernel's route says so, and the reals answer the client through the router. Direct
-/// routing cannot reach them (its frames keep the VIP as destination), and lbd says so
-/// instead of sending them to the router.
+/// kernel's route says so, and the reals answer the client through the router. The path
+/// beyond the router is narrower (1400 bytes), which the director's route says: the
+/// director sizes its too-big answers by the route, not by its own 1500-byte link. Direct
+/// routing cannot reach the reals (its frames keep the VIP as destination), and lbd says
+/// so instead of sending them to the router.
 #[test]
 fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
     let mut lab = Lab::routed("lbr").expect("lab");
@@ -235,6 +245,17 @@ fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
         out.unwrap().trim().to_string()
     };
     let router_mac = router_mac("eth0");
+    lab.exec_ok(lab::ROLE_ROUTER, &["ip", "link", "set", "eth1", "mtu", "1400"]).unwrap();
+    for i in 0..REALS.len() {
+        lab.exec_ok(&lab::real_role(i), &["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
+    }
+    for (family, net, router) in [
+        ("-4", "203.0.113.0/24", lab::ROUTER.to_string()),
+        ("-6", "2001:db8:200::/64", lab::ROUTER6.to_string()),
+    ] {
+        let route = ["ip", family, "route", "change", net, "via", &router, "mtu", "1400"];
+        lab.exec_ok(lab::ROLE_DIRECTOR, &route).unwrap();
+    }
     let reals: Vec<_> = (0..REALS.len()).map(|i| lab.real(i)).collect();
     let config = move |socket: &Path| config(&reals, socket, true);
     let d = Director::start(lab, config);
@@ -245,6 +266,11 @@ fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
         let answers = dig(&d.lab, vip, 20);
         assert_eq!(answers.len(), 20, "DNS through {vip}: {answers:?}");
     }
+
+    // 1500-byte client packets: too big for the path once tunnelled. Without the route's
+    // MTU the director would send them on at 1520 bytes and the router would drop them
+    // (its ICMP goes to the director, not the client): the upload would stall.
+    upload_learning_mtu(&d.lab, 1380, 1360);
 
     let status = d.status().unwrap();
     for r in &status.reals {
