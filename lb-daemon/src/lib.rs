@@ -11,4 +11,5 @@ pub mod ipvsadm;
 pub mod lab;
 pub mod link;
 pub mod neighbor;
+pub mod pmtu;
 pub mod realserver;

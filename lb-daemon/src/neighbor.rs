@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use futures_util::TryStreamExt as _;
@@ -17,6 +17,8 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
 use rtnetlink::RouteMessageBuilder;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+
+use crate::pmtu::Learnt;
 
 /// How the data plane reaches a real, as the kernel knows it; `mac: None` when it is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +32,8 @@ pub struct Resolved {
     pub via: Option<IpAddr>,
     /// The route's preferred source address: what a tunnel to the real leaves from.
     pub src: Option<IpAddr>,
-    /// The route's MTU, when it sets one (`ip route ... mtu N`, or a learnt path MTU):
-    /// a path to the real narrower than the interface.
+    /// The path's MTU, when something narrows it: the route (`ip route ... mtu N`) or a
+    /// router's "too big" answer to a tunnel packet (crate::pmtu).
     pub mtu: Option<u32>,
 }
 
@@ -46,10 +48,15 @@ struct Route {
 
 /// Interval between looks at the neighbour table.
 const PERIOD: Duration = Duration::from_millis(500);
+/// How long a path MTU learnt from a router holds, as the kernel's own
+/// (net.ipv4.route.mtu_expires): the path may widen again.
+const LEARNT_MTU_EXPIRES: Duration = Duration::from_secs(600);
 
-/// Watches the addresses in `targets`, sending a [`Resolved`] whenever one changes.
+/// Watches the addresses in `targets`, sending a [`Resolved`] whenever one changes. Path
+/// MTUs that routers report (`learnt`, from [`crate::pmtu`]) narrow the routes' for a while.
 pub async fn run<E: From<Resolved>>(
     mut targets: watch::Receiver<Vec<IpAddr>>,
+    mut learnt: mpsc::Receiver<Learnt>,
     tx: mpsc::Sender<E>,
 ) {
     let (connection, handle, _) = match rtnetlink::new_connection() {
@@ -61,8 +68,10 @@ pub async fn run<E: From<Resolved>>(
     };
     tokio::spawn(connection);
     let mut known: HashMap<IpAddr, Resolved> = HashMap::new();
+    let mut narrowed: HashMap<IpAddr, (u32, Instant)> = HashMap::new();
     loop {
         let wanted = targets.borrow_and_update().clone();
+        narrowed.retain(|_, (_, until)| *until > Instant::now());
         match dump(&handle).await {
             Ok(table) => {
                 for ip in &wanted {
@@ -82,7 +91,7 @@ pub async fn run<E: From<Resolved>>(
                                 ifindex: route.ifindex,
                                 via: route.gateway,
                                 src: route.src,
-                                mtu: route.mtu,
+                                mtu: narrowest(route.mtu, narrowed.get(ip).map(|n| n.0)),
                             }
                         }
                         Err(e) => {
@@ -107,6 +116,7 @@ pub async fn run<E: From<Resolved>>(
                                 mac = ?now.mac.map(fmt_mac),
                                 ifindex = now.ifindex,
                                 via = ?now.via,
+                                mtu = ?now.mtu,
                                 "next hop"
                             );
                             if tx.send(now.into()).await.is_err() {
@@ -123,7 +133,19 @@ pub async fn run<E: From<Resolved>>(
         tokio::select! {
             _ = tokio::time::sleep(PERIOD) => {}
             changed = targets.changed() => if changed.is_err() { return },
+            Some(l) = learnt.recv() => {
+                let until = Instant::now() + LEARNT_MTU_EXPIRES;
+                let mtu = narrowest(Some(l.mtu), narrowed.get(&l.real).map(|n| n.0));
+                narrowed.insert(l.real, (mtu.unwrap_or(l.mtu), until));
+            }
         }
+    }
+}
+
+fn narrowest(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

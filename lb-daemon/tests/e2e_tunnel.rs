@@ -232,10 +232,10 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
 
 /// Reals in another network, behind a router: the tunnel goes to the router's MAC, the
 /// kernel's route says so, and the reals answer the client through the router. The path
-/// beyond the router is narrower (1400 bytes), which the director's route says: the
-/// director sizes its too-big answers by the route, not by its own 1500-byte link. Direct
-/// routing cannot reach the reals (its frames keep the VIP as destination), and lbd says
-/// so instead of sending them to the router.
+/// beyond the router is narrower (1400 bytes): lbd learns it from the router's ICMP about
+/// the tunnel packets, and later from a route that narrows it further, and the director
+/// sizes its too-big answers to clients by it. Direct routing cannot reach the reals (its
+/// frames keep the VIP as destination), and lbd says so instead of sending them there.
 #[test]
 fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
     let mut lab = Lab::routed("lbr").expect("lab");
@@ -249,13 +249,6 @@ fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
     for i in 0..REALS.len() {
         lab.exec_ok(&lab::real_role(i), &["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
     }
-    for (family, net, router) in [
-        ("-4", "203.0.113.0/24", lab::ROUTER.to_string()),
-        ("-6", "2001:db8:200::/64", lab::ROUTER6.to_string()),
-    ] {
-        let route = ["ip", family, "route", "change", net, "via", &router, "mtu", "1400"];
-        lab.exec_ok(lab::ROLE_DIRECTOR, &route).unwrap();
-    }
     let reals: Vec<_> = (0..REALS.len()).map(|i| lab.real(i)).collect();
     let config = move |socket: &Path| config(&reals, socket, true);
     let d = Director::start(lab, config);
@@ -267,10 +260,26 @@ fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
         assert_eq!(answers.len(), 20, "DNS through {vip}: {answers:?}");
     }
 
-    // 1500-byte client packets: too big for the path once tunnelled. Without the route's
-    // MTU the director would send them on at 1520 bytes and the router would drop them
-    // (its ICMP goes to the director, not the client): the upload would stall.
+    // Full-size client packets: too big for the path beyond the router once tunnelled.
+    // The router drops them and tells the director, whose kernel cannot use it (no ipip
+    // module); unless lbd learns the path MTU from it, the upload stalls.
     upload_learning_mtu(&d.lab, 1380, 1360);
+    let log = d.lab.log(lab::ROLE_DIRECTOR, "lbd");
+    assert!(log.contains("tunnel path MTU learnt"), "{log}");
+    // The operator narrows the routes further: the director's answers follow them.
+    for (family, net, router, mtu) in [
+        ("-4", "203.0.113.0/24", lab::ROUTER.to_string(), "1300"),
+        ("-6", "2001:db8:200::/64", lab::ROUTER6.to_string(), "1340"),
+    ] {
+        let route = ["ip", family, "route", "change", net, "via", &router, "mtu", mtu];
+        d.lab.exec_ok(lab::ROLE_DIRECTOR, &route).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let applied = |log: &str| log.contains("mtu=Some(1300)") && log.contains("mtu=Some(1340)");
+    while !applied(&d.lab.log(lab::ROLE_DIRECTOR, "lbd")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    upload_learning_mtu(&d.lab, 1280, 1300);
 
     let status = d.status().unwrap();
     for r in &status.reals {

@@ -10,7 +10,7 @@ use lb_daemon::config::{self, Config};
 use lb_daemon::control::{self, InterfaceView, Request, Response};
 use lb_daemon::dataplane::Dataplane;
 use lb_daemon::engine::{Engine, Event};
-use lb_daemon::neighbor;
+use lb_daemon::{neighbor, pmtu};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -83,7 +83,9 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     let (events, inbox) = mpsc::channel::<Event>(1024);
     let (engine, targets) = Engine::new(dp, path, &config, interfaces, events.clone())?;
     let engine = tokio::spawn(engine.run(inbox));
-    tokio::spawn(neighbor::run(targets, events.clone()));
+    let (learnt_tx, learnt) = mpsc::channel(64);
+    tokio::spawn(pmtu::run(learnt_tx));
+    tokio::spawn(neighbor::run(targets, learnt, events.clone()));
     let mut control = tokio::spawn(control::serve(listener, events.clone()));
     info!(config = %path.display(), socket = %config.director.socket.display(), services = config.services.len(), "lbd running");
 
