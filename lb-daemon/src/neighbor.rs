@@ -11,10 +11,10 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use futures_util::TryStreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
-use rtnetlink::RouteMessageBuilder;
+use rtnetlink::{MulticastGroup, RouteMessageBuilder};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -52,6 +52,13 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// (net.ipv4.route.mtu_expires): the path may widen again.
 const LEARNT_MTU_EXPIRES: Duration = Duration::from_secs(600);
 
+/// How often routes are read again though the kernel announced no change: a path MTU it
+/// learns for its own traffic is not announced.
+const ROUTE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The neighbour table: address to (MAC, ifindex, needs a probe).
+type Neighbours = HashMap<IpAddr, ([u8; 6], u32, bool)>;
+
 /// Watches the addresses in `targets`, sending a [`Resolved`] whenever one changes. Path
 /// MTUs that routers report (`learnt`, from [`crate::pmtu`]) narrow the routes' for a while.
 pub async fn run<E: From<Resolved>>(
@@ -59,7 +66,10 @@ pub async fn run<E: From<Resolved>>(
     mut learnt: mpsc::Receiver<Learnt>,
     tx: mpsc::Sender<E>,
 ) {
-    let (connection, handle, _) = match rtnetlink::new_connection() {
+    // Subscribed to route changes, so routes are read once per change, not per period.
+    let groups = [MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
+    let (connection, handle, mut route_changes) = match rtnetlink::new_multicast_connection(&groups)
+    {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cannot open rtnetlink: reals' MACs will not be resolved");
@@ -69,45 +79,27 @@ pub async fn run<E: From<Resolved>>(
     tokio::spawn(connection);
     let mut known: HashMap<IpAddr, Resolved> = HashMap::new();
     let mut narrowed: HashMap<IpAddr, (u32, Instant)> = HashMap::new();
+    let mut routes: HashMap<IpAddr, Result<Route, String>> = HashMap::new();
+    let mut routes_read = Instant::now();
     loop {
         let wanted = targets.borrow_and_update().clone();
         narrowed.retain(|_, (_, until)| *until > Instant::now());
+        if routes_read.elapsed() > ROUTE_REFRESH {
+            routes.clear();
+        }
+        routes.retain(|ip, _| wanted.contains(ip));
+        for ip in &wanted {
+            if !routes.contains_key(ip) {
+                let route = route_to(&handle, *ip).await.map_err(|e| format!("{e:#}"));
+                routes.insert(*ip, route);
+                routes_read = Instant::now();
+            }
+        }
         match dump(&handle).await {
             Ok(table) => {
-                for ip in &wanted {
-                    let now = match route_to(&handle, *ip).await {
-                        Ok(route) => {
-                            let entry = table.get(&route.gateway.unwrap_or(*ip));
-                            // A stale entry is still right, but the kernel only refreshes
-                            // entries it uses itself; our forwarded frames bypass it, so we
-                            // ask it to confirm. A datagram to the real makes it resolve
-                            // the router, when there is one.
-                            if entry.is_none_or(|e| e.2) {
-                                probe(*ip);
-                            }
-                            Resolved {
-                                ip: *ip,
-                                mac: entry.map(|e| e.0),
-                                ifindex: route.ifindex,
-                                via: route.gateway,
-                                src: route.src,
-                                mtu: narrowest(route.mtu, narrowed.get(ip).map(|n| n.0)),
-                            }
-                        }
-                        Err(e) => {
-                            if known.get(ip).is_none_or(|k| k.ifindex != 0) {
-                                warn!(real = %ip, error = %format!("{e:#}"), "no route to the real: it gets no traffic");
-                            }
-                            Resolved {
-                                ip: *ip,
-                                mac: None,
-                                ifindex: 0,
-                                via: None,
-                                src: None,
-                                mtu: None,
-                            }
-                        }
-                    };
+                for (ip, route) in &routes {
+                    let narrowed = narrowed.get(ip).map(|n| n.0);
+                    let now = next_hop(*ip, route, &table, narrowed, known.get(ip));
                     let previous = known.get(ip).copied();
                     if previous != Some(now) {
                         if now.mac.is_some() || previous.is_some_and(|p| p.mac.is_some()) {
@@ -130,15 +122,57 @@ pub async fn run<E: From<Resolved>>(
             }
             Err(e) => warn!(error = %e, "reading the neighbour table"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(PERIOD) => {}
-            changed = targets.changed() => if changed.is_err() { return },
-            Some(l) = learnt.recv() => {
-                let until = Instant::now() + LEARNT_MTU_EXPIRES;
-                let mtu = narrowest(Some(l.mtu), narrowed.get(&l.real).map(|n| n.0));
-                narrowed.insert(l.real, (mtu.unwrap_or(l.mtu), until));
+        let tick = tokio::time::sleep(PERIOD);
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                _ = &mut tick => break,
+                changed = targets.changed() => if changed.is_err() { return } else { break },
+                // A burst of changes is read once, at the next tick.
+                Some(_) = route_changes.next() => routes.clear(),
+                Some(l) = learnt.recv() => {
+                    let until = Instant::now() + LEARNT_MTU_EXPIRES;
+                    let mtu = narrowest(Some(l.mtu), narrowed.get(&l.real).map(|n| n.0));
+                    narrowed.insert(l.real, (mtu.unwrap_or(l.mtu), until));
+                    break;
+                }
             }
         }
+    }
+}
+
+/// Where the data plane sends `ip`'s frames, by its route and the neighbour table; asks the
+/// kernel to resolve the next hop when the table has no fresh entry.
+fn next_hop(
+    ip: IpAddr,
+    route: &Result<Route, String>,
+    table: &Neighbours,
+    narrowed: Option<u32>,
+    known: Option<&Resolved>,
+) -> Resolved {
+    let route = match route {
+        Ok(route) => route,
+        Err(e) => {
+            if known.is_none_or(|k| k.ifindex != 0) {
+                warn!(real = %ip, error = %e, "no route to the real: it gets no traffic");
+            }
+            return Resolved { ip, mac: None, ifindex: 0, via: None, src: None, mtu: None };
+        }
+    };
+    let entry = table.get(&route.gateway.unwrap_or(ip));
+    // A stale entry is still right, but the kernel only refreshes entries it uses itself;
+    // our forwarded frames bypass it, so we ask it to confirm. A datagram to the real makes
+    // it resolve the router, when there is one.
+    if entry.is_none_or(|e| e.2) {
+        probe(ip);
+    }
+    Resolved {
+        ip,
+        mac: entry.map(|e| e.0),
+        ifindex: route.ifindex,
+        via: route.gateway,
+        src: route.src,
+        mtu: narrowest(route.mtu, narrowed),
     }
 }
 
@@ -149,10 +183,7 @@ fn narrowest(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     }
 }
 
-/// The neighbour table: address to (MAC, ifindex, needs a probe).
-async fn dump(
-    handle: &rtnetlink::Handle,
-) -> Result<HashMap<IpAddr, ([u8; 6], u32, bool)>, rtnetlink::Error> {
+async fn dump(handle: &rtnetlink::Handle) -> Result<Neighbours, rtnetlink::Error> {
     let mut table = HashMap::new();
     let mut stream = handle.neighbours().get().execute();
     while let Some(msg) = stream.try_next().await? {
