@@ -368,7 +368,6 @@ impl Engine {
         let s = &self.services[i];
         let on_failure = s.spec.on_failure;
         let forwarding = s.spec.forwarding;
-        let mut ready = Vec::new();
         for r in &s.reals {
             let (addr, family) = addr16(r.addr.ip());
             let link = r.link.and_then(|l| self.dp.link(l));
@@ -386,16 +385,13 @@ impl Engine {
                 _pad: [0; 2],
             };
             self.dp.set_real(r.id, info)?;
-            ready.push(r.schedulable(forwarding));
         }
         let keys: Vec<String> = s.reals.iter().map(|r| r.addr.to_string()).collect();
         let entries: Vec<maglev::Entry<'_>> = s
             .reals
             .iter()
             .zip(&keys)
-            .zip(&ready)
-            .filter(|(_, ready)| **ready)
-            .map(|(r, _)| r)
+            .filter(|(r, _)| r.schedulable(forwarding))
             .map(|(r, k)| maglev::Entry { key: k.as_bytes(), weight: r.weight, id: r.id })
             .collect();
         let serving = entries.len();

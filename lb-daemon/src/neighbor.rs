@@ -131,9 +131,8 @@ pub async fn run<E: From<Resolved>>(
                 // A burst of changes is read once, at the next tick.
                 Some(_) = route_changes.next() => routes.clear(),
                 Some(l) = learnt.recv() => {
-                    let until = Instant::now() + LEARNT_MTU_EXPIRES;
-                    let mtu = narrowest(Some(l.mtu), narrowed.get(&l.real).map(|n| n.0));
-                    narrowed.insert(l.real, (mtu.unwrap_or(l.mtu), until));
+                    let mtu = narrowed.get(&l.real).map_or(l.mtu, |n| n.0.min(l.mtu));
+                    narrowed.insert(l.real, (mtu, Instant::now() + LEARNT_MTU_EXPIRES));
                     break;
                 }
             }
@@ -172,14 +171,7 @@ fn next_hop(
         ifindex: route.ifindex,
         via: route.gateway,
         src: route.src,
-        mtu: narrowest(route.mtu, narrowed),
-    }
-}
-
-fn narrowest(a: Option<u32>, b: Option<u32>) -> Option<u32> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+        mtu: route.mtu.into_iter().chain(narrowed).min(),
     }
 }
 
