@@ -56,8 +56,9 @@ const LEARNT_MTU_EXPIRES: Duration = Duration::from_secs(600);
 /// learns for its own traffic is not announced.
 const ROUTE_REFRESH: Duration = Duration::from_secs(30);
 
-/// The neighbour table: address to (MAC, ifindex, needs a probe).
-type Neighbours = HashMap<IpAddr, ([u8; 6], u32, bool)>;
+/// The neighbour table: (address, ifindex) to (MAC, needs a probe). By interface too: the
+/// same address may be a neighbour on two links, and the route names the one that counts.
+type Neighbours = HashMap<(IpAddr, u32), ([u8; 6], bool)>;
 
 /// Watches the addresses in `targets`, sending a [`Resolved`] whenever one changes. Path
 /// MTUs that routers report (`learnt`, from [`crate::pmtu`]) narrow the routes' for a while.
@@ -86,13 +87,13 @@ pub async fn run<E: From<Resolved>>(
         narrowed.retain(|_, (_, until)| *until > Instant::now());
         if routes_read.elapsed() > ROUTE_REFRESH {
             routes.clear();
+            routes_read = Instant::now();
         }
         routes.retain(|ip, _| wanted.contains(ip));
         for ip in &wanted {
             if !routes.contains_key(ip) {
                 let route = route_to(&handle, *ip).await.map_err(|e| format!("{e:#}"));
                 routes.insert(*ip, route);
-                routes_read = Instant::now();
             }
         }
         match dump(&handle).await {
@@ -158,11 +159,11 @@ fn next_hop(
             return Resolved { ip, mac: None, ifindex: 0, via: None, src: None, mtu: None };
         }
     };
-    let entry = table.get(&route.gateway.unwrap_or(ip));
+    let entry = table.get(&(route.gateway.unwrap_or(ip), route.ifindex));
     // A stale entry is still right, but the kernel only refreshes entries it uses itself;
     // our forwarded frames bypass it, so we ask it to confirm. A datagram to the real makes
     // it resolve the router, when there is one.
-    if entry.is_none_or(|e| e.2) {
+    if entry.is_none_or(|e| e.1) {
         probe(ip);
     }
     Resolved {
@@ -204,7 +205,7 @@ async fn dump(handle: &rtnetlink::Handle) -> Result<Neighbours, rtnetlink::Error
             }
         }
         if let (Some(ip), Some(mac)) = (ip, mac) {
-            table.insert(ip, (mac, msg.header.ifindex, needs_probe));
+            table.insert((ip, msg.header.ifindex), (mac, needs_probe));
         }
     }
     Ok(table)
