@@ -61,10 +61,34 @@ pub struct Director {
     pub socket: PathBuf,
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// How many services the data plane's maps are sized for (`director.max_vips`).
+    #[serde(default = "default_max_vips")]
+    pub max_vips: u32,
+    /// How many reals, over all services, the data plane's maps are sized for
+    /// (`director.max_reals`); a real listed in two services takes two.
+    #[serde(default = "default_max_reals")]
+    pub max_reals: u32,
 }
+
+/// `director.max_vips` when the config does not say.
+pub const DEFAULT_MAX_VIPS: u32 = 512;
+/// `director.max_reals` when the config does not say.
+pub const DEFAULT_MAX_REALS: u32 = 16384;
+/// The largest `director.max_vips` accepted.
+pub const LIMIT_MAX_VIPS: u32 = 1024;
+/// The largest `director.max_reals` accepted.
+pub const LIMIT_MAX_REALS: u32 = 65534;
 
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/lbd/lbd.sock")
+}
+
+fn default_max_vips() -> u32 {
+    DEFAULT_MAX_VIPS
+}
+
+fn default_max_reals() -> u32 {
+    DEFAULT_MAX_REALS
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -90,7 +114,7 @@ pub struct Service {
     pub persistence: Persistence,
     #[serde(default)]
     pub on_failure: OnFailure,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fallback")]
     pub fallback: Option<NotBuilt>,
     #[serde(default)]
     pub check: Option<Check>,
@@ -137,9 +161,14 @@ impl<'de> Deserialize<'de> for NotBuilt {
     }
 }
 
+/// `fallback`, refused under its own key (see [`keyword`] for the `key: message` form).
+fn fallback<'de, D: Deserializer<'de>>(_: D) -> Result<Option<NotBuilt>, D::Error> {
+    Err(D::Error::custom("fallback: is not built yet in this version of lbd"))
+}
+
 /// Parses a lowercase keyword, telling apart the keywords of SPEC.md that are not built yet.
 /// Errors of single values name their key first (`key: message`): the parser marks such
-/// errors at the enclosing mapping, and [`parse`] moves the mark to the key's own line.
+/// errors at the enclosing mapping, and [`parse`] moves the mark to the key's own position.
 fn keyword<'de, D: Deserializer<'de>>(
     d: D,
     built: &[&str],
@@ -272,9 +301,9 @@ fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error
     duration(d, "timeout").map(Some)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckType {
+/// The `type` key of a check, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckType {
     Tcp,
     Http,
     None,
@@ -291,17 +320,38 @@ impl<'de> Deserialize<'de> for CheckType {
     }
 }
 
-/// One health check, with the defaults of SPEC.md's example filled in.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, try_from = "RawCheck")]
+/// One health check: what every type shares, with the defaults of SPEC.md's example
+/// filled in, and the probe with only its own type's keys.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Check {
-    pub kind: CheckType,
+    pub probe: Probe,
     pub port: Option<u16>,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
-    pub http: Option<HttpCheck>,
+}
+
+/// What a check sends and what counts as up: one variant per `type`, each holding its
+/// own keys. The checkers dispatch on it in one place (health::probe).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// Up when a connection to the port completes.
+    Tcp,
+    Http(HttpCheck),
+    /// Always up.
+    None,
+}
+
+impl Probe {
+    /// The `type` keyword, for logs and status.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Probe::Tcp => "tcp",
+            Probe::Http(_) => "http",
+            Probe::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -312,6 +362,8 @@ pub struct HttpCheck {
     pub expect_body: Option<String>,
 }
 
+/// Every key any check type takes, as the parser sees them: one flat mapping, so an
+/// unknown key is reported at its own line. [`Check::try_from`] sorts them by type.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCheck {
@@ -328,6 +380,26 @@ struct RawCheck {
     host: Option<String>,
     expect_status: Option<u16>,
     expect_body: Option<String>,
+}
+
+/// A check is read as its [`RawCheck`] and then sorted by type, inside the check's own
+/// mapping: so the parser names a problem found in the sorting by the check's path
+/// (`services[0].checks[1]: ...`) and marks it there, not at the service.
+impl<'de> Deserialize<'de> for Check {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Check;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct RawCheck")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Check, A::Error> {
+                let raw = RawCheck::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Check::try_from(raw).map_err(A::Error::custom)
+            }
+        }
+        d.deserialize_map(Keys)
+    }
 }
 
 impl TryFrom<RawCheck> for Check {
@@ -352,8 +424,8 @@ impl TryFrom<RawCheck> for Check {
             || r.host.is_some()
             || r.expect_status.is_some()
             || r.expect_body.is_some();
-        let http = match r.kind {
-            CheckType::Http => Some(HttpCheck {
+        let probe = match r.kind {
+            CheckType::Http => Probe::Http(HttpCheck {
                 path: r.path.unwrap_or_else(|| "/".into()),
                 host: r.host,
                 expect_status: r.expect_status.unwrap_or(200),
@@ -365,9 +437,10 @@ impl TryFrom<RawCheck> for Check {
                     format!("{other:?}").to_lowercase()
                 ));
             }
-            _ => None,
+            CheckType::Tcp => Probe::Tcp,
+            CheckType::None => Probe::None,
         };
-        Ok(Check { kind: r.kind, port: r.port, interval, timeout, rise, fall, http })
+        Ok(Check { probe, port: r.port, interval, timeout, rise, fall })
     }
 }
 
@@ -400,7 +473,7 @@ impl<'de> Deserialize<'de> for RealAddress {
         match s.parse::<SocketAddr>() {
             Ok(sa) => Ok(RealAddress { ip: sa.ip(), port: Some(sa.port()) }),
             Err(_) => Err(D::Error::custom(format!(
-                "`{s}` is not an address: write 10.0.0.11, 10.0.0.11:80 or [2001:db8::11]:80"
+                "address: `{s}` is not an address: write 10.0.0.11, 10.0.0.11:80 or [2001:db8::11]:80"
             ))),
         }
     }
@@ -414,7 +487,7 @@ impl Real {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, Invalid> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         Invalid(vec![Problem {
             file: path.into(),
             line: 0,
@@ -422,83 +495,281 @@ pub fn load(path: &Path) -> Result<Config, Invalid> {
             message: format!("cannot read: {e}"),
         }])
     })?;
-    parse(path, &text)
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(path, &text),
+        Err(e) => {
+            let bytes = e.as_bytes();
+            let bad = e.utf8_error().valid_up_to();
+            let (line, column) = position(bytes, bad);
+            Err(Invalid(vec![Problem {
+                file: path.into(),
+                line,
+                column,
+                message: format!(
+                    "not UTF-8: byte 0x{:02x} does not begin a character here; write the config as UTF-8 text",
+                    bytes[bad]
+                ),
+            }]))
+        }
+    }
+}
+
+/// Line and column (1-based, the column in characters) of byte `at` of `bytes`, whose
+/// first `at` bytes are UTF-8.
+fn position(bytes: &[u8], at: usize) -> (usize, usize) {
+    let before = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
 }
 
 /// Parses and validates config text; `path` only names the file in problems.
 pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
+    let problem = |(line, column): (usize, usize), message: String| Problem {
+        file: path.into(),
+        line,
+        column,
+        message: one_line(&message),
+    };
     let config: Config = yaml_serde::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        let full = e.to_string();
-        let message = match full.rsplit_once(" at line ") {
-            Some((m, _)) => m.to_string(),
-            None => full,
-        };
-        let (line, column, message) = refine(text, line, column, message);
-        Invalid(vec![Problem { file: path.into(), line, column, message }])
+        let (at, message) = parser_problem(&Spans::of(text), &e);
+        Invalid(vec![problem(at, message)])
     })?;
-    let problems = validate(&config, text)
-        .into_iter()
-        .map(|(needle, message)| {
-            let (line, column) = locate(text, &needle);
-            Problem { file: path.into(), line, column, message }
-        })
-        .collect::<Vec<_>>();
-    if problems.is_empty() { Ok(config) } else { Err(Invalid(problems)) }
+    let found = validate(&config);
+    if found.is_empty() {
+        return Ok(config);
+    }
+    let spans = Spans::of(text);
+    Err(Invalid(
+        found.into_iter().map(|(node, message)| problem(spans.key(&node), message)).collect(),
+    ))
 }
 
-/// Moves a `path: key: message` error, which the parser marks at the mapping holding
-/// `key`, to the line of `key` itself and joins the key to the path.
-fn refine(text: &str, line: usize, column: usize, message: String) -> (usize, usize, String) {
-    let (path, rest) = match message.split_once(": ") {
-        Some((p, r)) if !p.contains(' ') => (p, r),
-        _ => return (line, column, message),
+/// The location and message of an error of the parser. Its message starts with the path of
+/// the node it concerns (`services[0].vip: ...`), and its location is that node's. Where the
+/// message names a key inside that node (`services[0].check: interval: ...`, as [`keyword`]
+/// and [`duration`] write them), the parser marks the mapping: the key's own position comes
+/// from `spans`, and the key joins the path.
+fn parser_problem(spans: &Spans, e: &yaml_serde::Error) -> ((usize, usize), String) {
+    let full = e.to_string();
+    let message = match full.rsplit_once(" at line ") {
+        Some((m, _)) => m.to_string(),
+        None => full,
     };
-    let Some((key, detail)) = rest.split_once(": ") else {
-        return (line, column, message);
-    };
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return (line, column, message);
+    let node = message.split_once(": ").filter(|(node, _)| !node.contains(' '));
+    if let Some((node, rest)) = node
+        && let Some((key, detail)) = rest.split_once(": ")
+        && !key.is_empty()
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && let Some(spot) = spans.get(&join(node, key))
+    {
+        return (spot.key, format!("{node}.{key}: {detail}"));
     }
-    let prefix = format!("{key}:");
-    let found = text.lines().enumerate().skip(line.saturating_sub(1)).find_map(|(i, l)| {
-        let body = l.trim_start().trim_start_matches("- ");
-        body.starts_with(&prefix).then(|| (i + 1, l.len() - body.len() + 1))
-    });
-    match found {
-        Some((line, column)) => (line, column, format!("{path}.{key}: {detail}")),
-        None => (line, column, message),
+    let at = match e.location() {
+        Some(l) => (l.line(), l.column()),
+        // Unmarked: at the value of the node the message names, if it does.
+        None => node.and_then(|(node, _)| spans.get(node)).map_or((1, 1), |spot| spot.value),
+    };
+    (at, message)
+}
+
+/// A message on one line: control characters (a newline in an offending value) are
+/// escaped as Rust writes them (`\n`), so every line of the output starts with a location.
+fn one_line(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The path of `key` inside the node at `node`, written as the parser writes paths.
+fn join(node: &str, key: &str) -> String {
+    if node.is_empty() || node == "." { key.to_string() } else { format!("{node}.{key}") }
+}
+
+/// Where a node is in the text: line and column (1-based, the column in characters) of
+/// its key and of its value. An item of a sequence has no key: both are the item's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spot {
+    key: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Every node of the first document of a YAML text, by its path as the parser's errors
+/// write it (`director.interfaces`, `services[1].reals[0].address`), from the positions
+/// of the events of a YAML parser that reports them (saphyr), not from searching the text.
+#[derive(Debug, Default)]
+struct Spans(std::collections::HashMap<String, Spot>);
+
+impl Spans {
+    /// Indexes `text` as far as it parses.
+    fn of(text: &str) -> Spans {
+        use saphyr_parser::{Event, Parser};
+        enum Open {
+            Seq {
+                path: String,
+                next: usize,
+            },
+            /// A mapping, with the path and position of the key whose value comes next.
+            Map {
+                path: String,
+                key: Option<(String, (usize, usize))>,
+            },
+        }
+        let mut nodes = std::collections::HashMap::new();
+        let mut open: Vec<Open> = Vec::new();
+        for event in Parser::new_from_str(text) {
+            let Ok((event, span)) = event else { break };
+            let at = (span.start.line(), span.start.col() + 1);
+            let seq = match event {
+                Event::SequenceStart(..) => Some(true),
+                Event::MappingStart(..) => Some(false),
+                Event::Scalar(..) | Event::Alias(_) => None,
+                Event::SequenceEnd | Event::MappingEnd => {
+                    open.pop();
+                    continue;
+                }
+                Event::DocumentEnd | Event::StreamEnd => break,
+                _ => continue,
+            };
+            // The node's path, or None for a key (whose own inside, if it is a mapping
+            // or a sequence, is not indexed).
+            let path = match open.last_mut() {
+                None => Some(String::new()),
+                Some(Open::Seq { path, next }) => {
+                    let p = format!("{path}[{next}]");
+                    *next += 1;
+                    nodes.entry(p.clone()).or_insert(Spot { key: at, value: at });
+                    Some(p)
+                }
+                Some(Open::Map { path, key }) => match key.take() {
+                    Some((p, key_at)) => {
+                        nodes.entry(p.clone()).or_insert(Spot { key: key_at, value: at });
+                        Some(p)
+                    }
+                    None => {
+                        let name = match &event {
+                            Event::Scalar(name, ..) => join(path, name),
+                            _ => join(path, "?"),
+                        };
+                        *key = Some((name, at));
+                        None
+                    }
+                },
+            };
+            if let Some(seq) = seq {
+                let path = path.unwrap_or_else(|| "?".into());
+                open.push(if seq {
+                    Open::Seq { path, next: 0 }
+                } else {
+                    Open::Map { path, key: None }
+                });
+            }
+        }
+        Spans(nodes)
+    }
+
+    fn get(&self, path: &str) -> Option<Spot> {
+        self.0.get(path).copied()
+    }
+
+    /// The position of the key of the node at `path`, or of its nearest ancestor that is
+    /// in the text (a node reached through an alias is not), or 1:1.
+    fn key(&self, path: &str) -> (usize, usize) {
+        let mut path = path;
+        loop {
+            if let Some(spot) = self.get(path) {
+                return spot.key;
+            }
+            match path.rfind(['.', '[']) {
+                Some(i) => path = &path[..i],
+                None => return (1, 1),
+            }
+        }
     }
 }
 
-/// Checks that span several keys. Each problem comes with the text to locate it by.
-fn validate(config: &Config, text: &str) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
+/// Checks that span several keys. Each problem comes with the path of the node it is
+/// located at.
+fn validate(config: &Config) -> Vec<(String, String)> {
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let d = &config.director;
     if config.ha.is_some() {
         problems.push((
-            "ha:".into(),
+            "ha".into(),
             "ha: VIP failover between directors is not built yet in this version of lbd".into(),
         ));
     }
-    if config.director.metrics.is_some() {
+    if d.metrics.is_some() {
         problems.push((
-            "metrics:".into(),
+            "director.metrics".into(),
             "director.metrics: the Prometheus endpoint is not built yet in this version of lbd"
                 .into(),
         ));
     }
-    if config.director.interfaces.is_empty() {
+    if d.interfaces.is_empty() {
         problems.push((
-            "interfaces:".into(),
+            "director.interfaces".into(),
             "director.interfaces: name at least one interface".into(),
         ));
     }
+    let max_vips_ok = (1..=LIMIT_MAX_VIPS).contains(&d.max_vips);
+    if !max_vips_ok {
+        problems.push((
+            "director.max_vips".into(),
+            format!(
+                "director.max_vips: {} is out of range: the data plane holds 1 to {LIMIT_MAX_VIPS} services",
+                d.max_vips
+            ),
+        ));
+    }
+    let max_reals_ok = (1..=LIMIT_MAX_REALS).contains(&d.max_reals);
+    if !max_reals_ok {
+        problems.push((
+            "director.max_reals".into(),
+            format!(
+                "director.max_reals: {} is out of range: the data plane holds 1 to {LIMIT_MAX_REALS} reals",
+                d.max_reals
+            ),
+        ));
+    }
+    if max_vips_ok && config.services.len() > d.max_vips as usize {
+        problems.push((
+            "services".into(),
+            format!(
+                "services: {} services, more than director.max_vips ({}): raise director.max_vips (at most {LIMIT_MAX_VIPS})",
+                config.services.len(),
+                d.max_vips
+            ),
+        ));
+    }
+    let total_reals: usize = config.services.iter().map(|s| s.reals.len()).sum();
+    if max_reals_ok && total_reals > d.max_reals as usize {
+        let limit = d.max_reals as usize;
+        let mut before = 0;
+        let first = config.services.iter().enumerate().find_map(|(i, s)| {
+            let j = limit - before;
+            before += s.reals.len();
+            (j < s.reals.len()).then_some((i, j))
+        });
+        if let Some((i, j)) = first {
+            problems.push((
+                format!("services[{i}].reals[{j}]"),
+                format!(
+                    "services[{i}].reals[{j}]: {total_reals} reals in all services (a real in two services counts twice), more than director.max_reals ({limit}): raise director.max_reals (at most {LIMIT_MAX_REALS})"
+                ),
+            ));
+        }
+    }
     let mut seen = std::collections::HashMap::new();
     for (i, s) in config.services.iter().enumerate() {
-        let at = |key: &str| format!("{key}: {}", find_value(text, key, i));
         if let Some(first) = seen.insert((s.vip, s.protocol), i) {
             problems.push((
-                at("vip"),
+                format!("services[{i}].vip"),
                 format!(
                     "services[{i}].vip: {} {} is already service {} ({})",
                     format!("{:?}", s.protocol).to_uppercase(),
@@ -510,88 +781,51 @@ fn validate(config: &Config, text: &str) -> Vec<(String, String)> {
         }
         if s.check.is_some() && s.checks.is_some() {
             problems.push((
-                format!("name: {}", s.name),
+                format!("services[{i}]"),
                 format!("services[{i}]: give either check or checks, not both"),
             ));
         }
         if s.reals.is_empty() {
             problems.push((
-                format!("name: {}", s.name),
+                format!("services[{i}].reals"),
                 format!("services[{i}].reals: list at least one real server"),
             ));
         }
         let mut reals = std::collections::HashSet::new();
         for (j, r) in s.reals.iter().enumerate() {
+            let node = format!("services[{i}].reals[{j}]");
             let addr = r.socket_addr(&s.vip);
             if addr.is_ipv4() != s.vip.is_ipv4() {
                 problems.push((
-                    format!("address: {}", raw_address(r)),
-                    format!("services[{i}].reals[{j}].address: {addr} is not of the VIP's address family"),
+                    format!("{node}.address"),
+                    format!("{node}.address: {addr} is not of the VIP's address family"),
                 ));
             }
             if s.forwarding != Forwarding::Nat && r.address.port.is_some_and(|p| p != s.vip.port())
             {
                 problems.push((
-                    format!("address: {}", raw_address(r)),
+                    format!("{node}.address"),
                     format!(
-                        "services[{i}].reals[{j}].address: a port other than the VIP's ({}) needs forwarding: nat",
+                        "{node}.address: a port other than the VIP's ({}) needs forwarding: nat",
                         s.vip.port()
                     ),
                 ));
             }
             if !reals.insert(addr) {
                 problems.push((
-                    format!("address: {}", raw_address(r)),
-                    format!("services[{i}].reals[{j}].address: {addr} is listed twice"),
+                    format!("{node}.address"),
+                    format!("{node}.address: {addr} is listed twice"),
                 ));
             }
             if r.weight > 65535 {
                 problems.push((
-                    format!("weight: {}", r.weight),
-                    format!(
-                        "services[{i}].reals[{j}].weight: {} is above 65535 (ipvsadm's range)",
-                        r.weight
-                    ),
+                    format!("{node}.weight"),
+                    format!("{node}.weight: {} is above 65535 (ipvsadm's range)", r.weight),
                 ));
             }
         }
     }
-    if config.services.len() > lb_common::MAX_VIPS as usize {
-        problems.push((
-            "services:".into(),
-            format!(
-                "services: {} services, the data plane holds {}",
-                config.services.len(),
-                lb_common::MAX_VIPS
-            ),
-        ));
-    }
     problems
-}
-
-fn raw_address(r: &Real) -> String {
-    match (r.address.ip, r.address.port) {
-        (ip, None) => ip.to_string(),
-        (ip, Some(p)) => SocketAddr::new(ip, p).to_string(),
-    }
-}
-
-/// The value text of the `n`-th occurrence of `key:` (services are in order in the file).
-fn find_value(text: &str, key: &str, n: usize) -> String {
-    let prefix = format!("{key}:");
-    text.lines()
-        .filter_map(|l| l.trim_start().trim_start_matches("- ").strip_prefix(&prefix))
-        .nth(n)
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Line and column (1-based) of the first line holding `needle`, or 1:1.
-fn locate(text: &str, needle: &str) -> (usize, usize) {
-    text.lines()
-        .enumerate()
-        .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
-        .unwrap_or((1, 1))
 }
 
 #[cfg(test)]
@@ -633,7 +867,8 @@ services:
         assert_eq!(s.vip, "192.0.2.10:80".parse().unwrap());
         assert_eq!(s.reals[1].weight, 1);
         let check = s.check.as_ref().unwrap();
-        assert_eq!(check.http.as_ref().unwrap().path, "/healthz");
+        let Probe::Http(http) = &check.probe else { panic!("{check:?}") };
+        assert_eq!(http.path, "/healthz");
         assert_eq!((check.rise, check.fall), (2, 3));
         assert_eq!(c.director.socket, default_socket());
     }
@@ -693,5 +928,303 @@ services:
     fn http_keys_on_a_tcp_check_are_refused() {
         let p = problems(&GOOD.replace("type: http", "type: tcp"));
         assert!(p[0].contains("apply to http checks"), "{p:?}");
+    }
+
+    /// GOOD with a second service (its first line is line 19).
+    fn two_services(second: &str) -> String {
+        format!("{GOOD}{second}")
+    }
+
+    #[test]
+    fn a_real_twice_in_the_second_service_is_reported_there() {
+        // 10.0.0.11 is also in services[0]: the problem is where it is listed twice.
+        let p = problems(&two_services(
+            "  - name: api
+    vip: 192.0.2.11:80
+    protocol: tcp
+    reals:
+      - address: 10.0.0.11
+      - address: 10.0.0.11
+",
+        ));
+        assert_eq!(p, ["lb.yaml:24:9: services[1].reals[1].address: 10.0.0.11:80 is listed twice"]);
+    }
+
+    #[test]
+    fn a_duplicated_vip_is_reported_at_the_second_services_vip() {
+        let p = problems(&two_services(
+            "  - name: again
+    vip: 192.0.2.10:80
+    protocol: tcp
+    reals: [{address: 10.0.0.21}]
+",
+        ));
+        assert_eq!(
+            p,
+            ["lb.yaml:20:5: services[1].vip: TCP 192.0.2.10:80 is already service 0 (web)"]
+        );
+        // Another protocol on the same address and port is another service.
+        let p = problems(&two_services(
+            "  - name: dns
+    vip: 192.0.2.10:80
+    protocol: udp
+    reals: [{address: 10.0.0.21}]
+",
+        ));
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn problems_inside_flow_sequences_are_located_at_their_keys() {
+        let text = "\
+director: {interfaces: []}
+services:
+  - {name: web, vip: 192.0.2.10:80, protocol: tcp,
+     reals: [{address: 10.0.0.11}, {address: 10.0.0.11, weight: 70000}]}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "lb.yaml:1:12: director.interfaces: name at least one interface",
+                "lb.yaml:4:37: services[0].reals[1].address: 10.0.0.11:80 is listed twice",
+                "lb.yaml:4:57: services[0].reals[1].weight: 70000 is above 65535 (ipvsadm's range)",
+            ]
+        );
+        // A key's error that the parser marks at its flow mapping moves to the key.
+        let text =
+            GOOD.replace("forwarding: dr", "checks: [{type: tcp}, {type: tcp, interval: 2}]");
+        let text = cut_check(&text);
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:7:39: services[0].checks[1].interval: `2` has no unit: write 2s or 2ms"]
+        );
+    }
+
+    /// `text` without its `check:` section (the lines from `check:` to `reals:`).
+    fn cut_check(text: &str) -> String {
+        let start = text.find("    check:\n").unwrap();
+        let end = text.find("    reals:\n").unwrap();
+        format!("{}{}", &text[..start], &text[end..])
+    }
+
+    #[test]
+    fn problems_in_a_checks_list_name_the_check() {
+        let checks = "    checks:
+      - type: tcp
+        port: 8080
+      - type: http
+        interval: 1s
+        timeout: 2s
+      - type: none
+        rise: x
+";
+        let text = cut_check(GOOD).replace("    reals:\n", &format!("{checks}    reals:\n"));
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:11:9: services[0].checks[1]: timeout (2s) must be above zero and at most the interval (1s)"
+            ]
+        );
+        let text = text.replace("        timeout: 2s\n", "");
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:14:15: services[0].checks[2].rise: invalid type: string \"x\", expected u32"]
+        );
+        let text = text.replace("        rise: x\n", "        interval: 5\n");
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:14:9: services[0].checks[2].interval: `5` has no unit: write 5s or 5ms"]
+        );
+        let text = text.replace("        interval: 5\n", "").replace("type: none", "type: dns");
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:13:9: services[0].checks[2].type: `dns` is not built yet in this version of lbd (built: tcp, http, none)"
+            ]
+        );
+        let text = text.replace("type: dns", "type: none");
+        assert!(problems(&text).is_empty(), "{:?}", problems(&text));
+        let both = GOOD.replace("    reals:\n", &format!("{checks}    reals:\n"));
+        assert_eq!(
+            problems(&both.replace("        rise: x\n", "").replace("timeout: 2s", "timeout: 1s")),
+            ["lb.yaml:4:5: services[0]: give either check or checks, not both"]
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_located_at_its_first_bad_byte() {
+        let dir = std::env::temp_dir().join(format!("lb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("latin1.yaml");
+        // Latin-1 after UTF-8 on the same line: the column counts characters.
+        let mut bytes = GOOD.as_bytes().to_vec();
+        bytes.extend_from_slice("    # café, ".as_bytes());
+        bytes.extend_from_slice(b"r\xe9seau\n");
+        std::fs::write(&path, &bytes).unwrap();
+        let got = load(&path).map(|_| ()).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            got,
+            format!(
+                "{}:19:14: not UTF-8: byte 0xe9 does not begin a character here; write the config as UTF-8 text",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_value_with_a_newline_stays_on_its_located_line() {
+        let text = GOOD.replace("forwarding: dr", "forwarding: \"gr\\ne\"");
+        let p = problems(&text);
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:7:5: services[0].forwarding: unknown value `gr\\ne`, expected one of: dr, nat, tunnel"
+            ]
+        );
+        let text = two_services(
+            "  - name: \"line one\\nline two\"
+    vip: 192.0.2.10:80
+    protocol: tcp
+    reals: [{address: 10.0.0.21}]
+",
+        )
+        .replace("name: web", "name: \"w\\re\\tb\"");
+        let Err(e) = parse(Path::new("lb.yaml"), &text) else { panic!() };
+        assert_eq!(
+            e.to_string(),
+            "lb.yaml:20:5: services[1].vip: TCP 192.0.2.10:80 is already service 0 (w\\re\\tb)"
+        );
+    }
+
+    #[test]
+    fn capacity_keys_default_and_are_read() {
+        let c = parse(Path::new("lb.yaml"), GOOD).unwrap();
+        assert_eq!(
+            (c.director.max_vips, c.director.max_reals),
+            (DEFAULT_MAX_VIPS, DEFAULT_MAX_REALS)
+        );
+        assert_eq!((DEFAULT_MAX_VIPS, DEFAULT_MAX_REALS), (512, 16384));
+        let text = GOOD.replace("[eth0]\n", "[eth0]\n  max_vips: 1024\n  max_reals: 65534\n");
+        let c = parse(Path::new("lb.yaml"), &text).unwrap();
+        assert_eq!((c.director.max_vips, c.director.max_reals), (LIMIT_MAX_VIPS, LIMIT_MAX_REALS));
+        let text = GOOD.replace("[eth0]\n", "[eth0]\n  max_vips: 1\n  max_reals: 2\n");
+        assert!(problems(&text).is_empty(), "{:?}", problems(&text));
+    }
+
+    #[test]
+    fn capacity_keys_out_of_range_are_refused() {
+        let text = GOOD.replace("[eth0]\n", "[eth0]\n  max_vips: 0\n  max_reals: 65535\n");
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:3:3: director.max_vips: 0 is out of range: the data plane holds 1 to 1024 services",
+                "lb.yaml:4:3: director.max_reals: 65535 is out of range: the data plane holds 1 to 65534 reals",
+            ]
+        );
+        let text = GOOD.replace("[eth0]\n", "[eth0]\n  max_vips: 1025\n  max_reals: 0\n");
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:3:3: director.max_vips: 1025 is out of range: the data plane holds 1 to 1024 services",
+                "lb.yaml:4:3: director.max_reals: 0 is out of range: the data plane holds 1 to 65534 reals",
+            ]
+        );
+        let text = GOOD.replace("[eth0]\n", "[eth0]\n  max_vips: -1\n");
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:3:13: director.max_vips: invalid type: integer `-1`, expected u32"]
+        );
+    }
+
+    #[test]
+    fn more_services_than_max_vips_are_refused_at_services() {
+        let text = two_services(
+            "  - name: api
+    vip: 192.0.2.11:80
+    protocol: tcp
+    reals: [{address: 10.0.0.21}]
+",
+        )
+        .replace("[eth0]\n", "[eth0]\n  max_vips: 1\n");
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:4:1: services: 2 services, more than director.max_vips (1): raise director.max_vips (at most 1024)"
+            ]
+        );
+        assert!(problems(&text.replace("max_vips: 1", "max_vips: 2")).is_empty());
+    }
+
+    #[test]
+    fn more_reals_than_max_reals_are_refused_at_the_first_that_does_not_fit() {
+        // services[0] has 2 reals, services[1] 2 more: the 4th counts though it is also
+        // in services[0].
+        let text = two_services(
+            "  - name: api
+    vip: 192.0.2.11:80
+    protocol: tcp
+    reals:
+      - address: 10.0.0.21
+      - address: 10.0.0.11
+",
+        )
+        .replace("[eth0]\n", "[eth0]\n  max_reals: 3\n");
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:25:9: services[1].reals[1]: 4 reals in all services (a real in two services counts twice), more than director.max_reals (3): raise director.max_reals (at most 65534)"
+            ]
+        );
+        assert_eq!(
+            problems(&text.replace("max_reals: 3", "max_reals: 1")),
+            [
+                "lb.yaml:19:9: services[0].reals[1]: 4 reals in all services (a real in two services counts twice), more than director.max_reals (1): raise director.max_reals (at most 65534)"
+            ]
+        );
+        assert!(problems(&text.replace("max_reals: 3", "max_reals: 4")).is_empty());
+    }
+
+    #[test]
+    fn the_index_knows_keys_and_values_of_block_and_flow_nodes() {
+        let spans = Spans::of(
+            "director:\n  interfaces: [eth0, eth1]\nservices:\n  - name: web\n    reals: [{address: 10.0.0.1}]\n",
+        );
+        let spot = |p: &str| spans.get(p).map(|s| (s.key, s.value));
+        assert_eq!(spot("director"), Some(((1, 1), (2, 3))));
+        assert_eq!(spot("director.interfaces"), Some(((2, 3), (2, 15))));
+        assert_eq!(spot("director.interfaces[1]"), Some(((2, 22), (2, 22))));
+        assert_eq!(spot("services[0]"), Some(((4, 5), (4, 5))));
+        assert_eq!(spot("services[0].name"), Some(((4, 5), (4, 11))));
+        assert_eq!(spot("services[0].reals[0].address"), Some(((5, 14), (5, 23))));
+        assert_eq!(spans.key("services[0].reals[3].weight"), (5, 5));
+        assert_eq!(spans.key("nowhere"), (1, 1));
+    }
+
+    #[test]
+    fn single_value_errors_are_located_at_their_keys() {
+        // The parser marks these at the mapping (here the real's first key, `weight`).
+        let text = GOOD
+            .replace("      - address: 10.0.0.12\n", "      - weight: 3\n        address: nope\n");
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:19:9: services[0].reals[1].address: `nope` is not an address: write 10.0.0.11, 10.0.0.11:80 or [2001:db8::11]:80"
+            ]
+        );
+        let text = GOOD
+            .replace("    forwarding: dr\n", "    forwarding: dr\n    fallback: 10.0.0.99:80\n");
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:8:5: services[0].fallback: is not built yet in this version of lbd"]
+        );
+        let text =
+            GOOD.replace("    forwarding: dr\n", "    forwarding: dr\n    persistence: 5m\n");
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:8:5: services[0].persistence: other than 0s is not built yet in this version of lbd"
+            ]
+        );
     }
 }
