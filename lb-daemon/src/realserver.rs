@@ -46,6 +46,9 @@ impl RealServer {
 
     /// Sets the real up; every step is idempotent. Returns what it did, a line each.
     pub fn setup(&self) -> Result<Vec<String>> {
+        // Decided before anything changes: a refusal leaves the real as it was.
+        let bpffs =
+            if self.mode == Mode::Tunnel { Some(plan_bpffs(&self.pin_root)?) } else { None };
         let mut done = Vec::new();
         let plen = if self.vip.is_ipv4() { 32 } else { 128 };
         if block_on(add_to_lo(self.vip, plen))? {
@@ -62,12 +65,13 @@ impl RealServer {
             sysctl(key, value)?;
             done.push(format!("{key} = {value}"));
         }
-        if self.mode == Mode::Tunnel {
-            // The decapsulated packet comes from the client, which may be routed elsewhere.
+        if let Some(bpffs) = bpffs {
+            // Tunnel mode. The decapsulated packet comes from the client, which may be
+            // routed elsewhere.
             let key = format!("net.ipv4.conf.{}.rp_filter", self.interface);
             sysctl(&key, "2")?;
             done.push(format!("{key} = 2 (loose: decapsulated packets come from the clients)"));
-            done.extend(self.setup_decap()?);
+            done.extend(self.setup_decap(bpffs)?);
         }
         Ok(done)
     }
@@ -100,10 +104,23 @@ impl RealServer {
         Ok(done)
     }
 
-    fn setup_decap(&self) -> Result<Vec<String>> {
-        ensure_bpffs(&self.pin_root)?;
-        let dir = self.pin_dir()?;
+    fn setup_decap(&self, bpffs: Bpffs) -> Result<Vec<String>> {
         let mut done = Vec::new();
+        if let Bpffs::MountAt(at) = bpffs {
+            std::fs::create_dir_all(&at).with_context(|| format!("creating {}", at.display()))?;
+            nix::mount::mount(
+                Some("bpf"),
+                &at,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .with_context(|| format!("mounting a bpffs at {}", at.display()))?;
+            done.push(format!("mounted a bpffs at {} (there was none)", at.display()));
+        }
+        std::fs::create_dir_all(&self.pin_root)
+            .with_context(|| format!("creating {}", self.pin_root.display()))?;
+        let dir = self.pin_dir()?;
         if !dir.join("link").exists() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut ebpf = Ebpf::load(DECAP_OBJECT).context("loading lb_decap")?;
@@ -131,26 +148,98 @@ impl RealServer {
     }
 }
 
-/// Mounts a bpffs at `root` unless one is there. Refuses in a private mount namespace
-/// (`ip netns exec` makes one per command), where the pins would vanish when lbadm exits.
-fn ensure_bpffs(root: &Path) -> Result<()> {
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let fs = nix::sys::statfs::statfs(root).context("statfs")?;
-    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
-        return Ok(());
+/// Where a bpffs is mounted by convention, and where lbadm mounts one, as bpftool does,
+/// for a pin root below it.
+const BPFFS_HOME: &str = "/sys/fs/bpf";
+
+/// What [`RealServer::setup`] has to do for a bpffs under the pin root.
+#[derive(Debug, PartialEq, Eq)]
+enum Bpffs {
+    /// The pin root is on one, or its nearest existing ancestor is.
+    Present,
+    /// None there: mount one at this directory.
+    MountAt(PathBuf),
+}
+
+/// Decides, changing nothing, where a bpffs for `root` comes from. Refuses in a private
+/// mount namespace (`ip netns exec` makes one per command), where a bpffs lbadm mounted
+/// and the pins in it would vanish when lbadm exits.
+fn plan_bpffs(root: &Path) -> Result<Bpffs> {
+    let existing = nearest_existing(root);
+    if is_bpffs(&existing)? {
+        return Ok(Bpffs::Present);
     }
-    // PID 1's mount namespace may be unreadable (a sandboxed init): then we cannot tell.
-    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
-    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
-    if own.is_some() && init.is_some() && own != init {
+    if let Some((why, netns)) = private_mount_namespace() {
         bail!(
-            "{} is not a bpffs, and this is a private mount namespace (ip netns exec?) where a \
-             bpffs would vanish with lbadm: run it with `nsenter --net=/run/netns/NAME lbadm ...`",
-            root.display()
+            "{} is not on a bpffs, and {why}: a bpffs mounted here, and the decapsulation \
+             program pinned in it, would vanish with lbadm. Run it in the network namespace \
+             only: `nsenter --net=/run/netns/{} lbadm ...`",
+            root.display(),
+            netns.as_deref().unwrap_or("NAME")
         );
     }
-    nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("mounting a bpffs at {}", root.display()))
+    let home = Path::new(BPFFS_HOME);
+    // Below /sys/fs/bpf: mount there (sysfs allows no directory of lbadm's own), unless
+    // the nearest existing ancestor is itself below it, on another filesystem.
+    let at = if !root.starts_with(home) {
+        root.to_path_buf()
+    } else if existing.starts_with(home) {
+        existing
+    } else {
+        home.to_path_buf()
+    };
+    Ok(Bpffs::MountAt(at))
+}
+
+fn nearest_existing(path: &Path) -> PathBuf {
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => return PathBuf::from(if path.is_absolute() { "/" } else { "." }),
+        }
+    }
+    p.to_path_buf()
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let fs =
+        nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    Ok(fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Why this process's mount namespace is one that goes away with it, if it can tell, and
+/// the network namespace's name if `ip netns exec` made it.
+fn private_mount_namespace() -> Option<(String, Option<String>)> {
+    // `ip netns exec NAME` remounts /sys in its own mount namespace, the netns's name as
+    // the sysfs's source: seen even when lbadm runs in a shell below it.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let is_netns = |name: &str| {
+        ["/run/netns", "/var/run/netns"].iter().any(|d| Path::new(d).join(name).exists())
+    };
+    if let Some(name) = sysfs_of_ip_netns_exec(&mountinfo, is_netns) {
+        let why = format!("this is the private mount namespace of `ip netns exec {name}`");
+        return Some((why, Some(name)));
+    }
+    // PID 1's mount namespace may be unreadable (a sandboxed init): then we cannot tell.
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    let init = std::fs::read_link("/proc/1/ns/mnt").ok()?;
+    let why = "this is a private mount namespace (ip netns exec?), not PID 1's";
+    (own != init).then(|| (why.to_string(), None))
+}
+
+/// The network namespace whose name is the source of the sysfs on /sys in `mountinfo`
+/// (proc(5)), if `is_netns` says one of that name exists: what `ip netns exec` mounts.
+fn sysfs_of_ip_netns_exec(mountinfo: &str, is_netns: impl Fn(&str) -> bool) -> Option<String> {
+    // The last mount on /sys is the one visible.
+    let line = mountinfo.lines().rev().find(|l| l.split(' ').nth(4) == Some("/sys"))?;
+    let (_, after) = line.split_once(" - ")?;
+    let mut fields = after.split(' ');
+    let (fstype, source) = (fields.next()?, fields.next()?);
+    if fstype != "sysfs" || source == "sysfs" || source.contains('/') || source.is_empty() {
+        return None;
+    }
+    is_netns(source).then(|| source.to_string())
 }
 
 fn sysctl(key: &str, value: &str) -> Result<()> {
@@ -210,4 +299,35 @@ async fn del_from_lo(vip: IpAddr) -> Result<bool> {
         .await
         .with_context(|| format!("removing {vip} from lo"))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sysfs_of_ip_netns_exec_is_told_from_the_hosts() {
+        let is_netns = |name: &str| name == "lab-real1";
+        let host = "23 27 0:22 / /sys rw,relatime shared:7 - sysfs sysfs rw\n";
+        assert_eq!(sysfs_of_ip_netns_exec(host, is_netns), None);
+        // Some hosts mount sysfs as "none" or "sys": not a network namespace's name.
+        let other = "23 27 0:22 / /sys rw,relatime - sysfs none rw\n";
+        assert_eq!(sysfs_of_ip_netns_exec(other, is_netns), None);
+        // ip netns exec: the host's /sys detached, its own on top, named after the netns.
+        let exec = format!("{host}48 45 0:39 / /sys rw,relatime master:7 - sysfs lab-real1 rw\n");
+        assert_eq!(sysfs_of_ip_netns_exec(&exec, is_netns), Some("lab-real1".into()));
+        // Its sysfs shadowed by another mount of the host's kind: that one counts.
+        let shadowed = format!("{exec}50 48 0:22 / /sys rw,relatime - sysfs sysfs rw\n");
+        assert_eq!(sysfs_of_ip_netns_exec(&shadowed, is_netns), None);
+        // A mount below /sys is not /sys.
+        let below = format!("{host}30 23 0:40 / /sys/fs/bpf rw - bpf lab-real1 rw\n");
+        assert_eq!(sysfs_of_ip_netns_exec(&below, is_netns), None);
+    }
+
+    #[test]
+    fn the_nearest_existing_ancestor() {
+        let tmp = std::env::temp_dir();
+        assert_eq!(nearest_existing(&tmp.join("no-such-lb-dir/a/b")), tmp);
+        assert_eq!(nearest_existing(Path::new("no-such-lb-dir/a")), PathBuf::from("."));
+    }
 }

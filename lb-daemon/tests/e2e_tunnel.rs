@@ -134,6 +134,37 @@ fn upload_learning_mtu(lab: &Lab, mtu4: u32, mtu6: u32) {
     }
 }
 
+/// The switch's port to real1 (the lab numbers ports client, director, then the reals).
+const REAL1_PORT: &str = "port2";
+
+/// Waits until the tshark on [`REAL1_PORT`] captures. tshark says "Capturing on 'IFACE'"
+/// before its dumpcap has even opened the port, so that line is only the first sign: then
+/// requests through the IPv4 VIP, one at a time, until one has gone through the tunnel to
+/// real1 and tshark has written one of its frames. Those frames are the same traffic the
+/// test checks, and count among the capture's five.
+fn wait_until_capturing(lab: &Lab) {
+    let limit = Duration::from_secs(60);
+    let log = || lab.log("switch", "tshark");
+    let start = Instant::now();
+    let started = format!("Capturing on '{REAL1_PORT}'");
+    while !log().contains(&started) {
+        assert!(start.elapsed() < limit, "tshark did not start within {limit:?}:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let start = Instant::now();
+    let web = SocketAddr::new(VIP.into(), 80);
+    let mut answers = Vec::new();
+    while !log().lines().any(|l| l.starts_with("4,")) {
+        assert!(
+            start.elapsed() < limit,
+            "tshark captured no tunnel frame within {limit:?} of requests ({answers:?}):\n{}",
+            log()
+        );
+        answers.extend(lab.http_gets(ROLE_CLIENT, web, 1).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
     let mut lab = Lab::bare("lbu").expect("lab");
@@ -153,7 +184,7 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
         "-l",
         "-n",
         "-i",
-        "port2",
+        REAL1_PORT,
         "-f",
         "ip proto 4",
         "-c",
@@ -178,7 +209,7 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
         "tcp.check_checksum:TRUE",
     ];
     d.lab.spawn("switch", "tshark", &capture).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until_capturing(&d.lab);
 
     for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
         let count = tally(&d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(vip, 80), 300).unwrap());
