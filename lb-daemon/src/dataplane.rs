@@ -16,11 +16,13 @@ use aya::{
 };
 use lb_common::{
     Counters, FlowKey, FlowValue, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES, MAGLEV_SIZE,
-    MAX_VIPS, MaglevLine, NO_REAL, RealInfo, Reason, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
-    VipSlot, XDP_PROGRAM, map_names,
+    MAX_VIPS, MaglevLine, NO_REAL, RealInfo, Reason, VIP_SLOTS, VipInfo, VipKey, VipSlot,
+    XDP_PROGRAM, map_names,
 };
 
 use crate::config;
+pub use crate::core::tables::vip_slots;
+use crate::drivers::dataplane::DataplaneOps;
 pub use crate::link::LinkInfo;
 
 /// The compiled data plane, built by build.rs from lb-ebpf: `lb_xdp`, and `floor`, the
@@ -119,6 +121,11 @@ impl Dataplane {
         self.links.get(&ifindex)
     }
 
+    /// The interfaces the program is attached to.
+    pub fn links(&self) -> impl Iterator<Item = &LinkInfo> {
+        self.links.values()
+    }
+
     /// Turns the data plane's search for NAT replies on or off.
     pub fn set_nat(&mut self, on: bool) -> Result<()> {
         let value = if on { lb_common::SETTING_NAT } else { 0 };
@@ -130,34 +137,28 @@ impl Dataplane {
         self.settings.set(lb_common::SETTING_CLOCK, seconds, 0).context("writing SETTINGS")
     }
 
+    /// Adds or changes one VIP (tests; lbd sets the whole table through [`DataplaneOps`]).
     pub fn set_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
-        if self.vip_set.get(&key) == Some(&info) {
+        let mut vips = self.vip_set.clone();
+        vips.insert(key, info);
+        self.set_vips(&vips)
+    }
+
+    /// Removes one VIP (tests; lbd sets the whole table through [`DataplaneOps`]).
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut vips = self.vip_set.clone();
+        vips.remove(key);
+        self.set_vips(&vips)
+    }
+
+    /// Makes `vips` the VIPS table: writes the whole idle generation, then makes it the
+    /// live one. A packet reads one generation from start to end; the one it may still be
+    /// reading is rewritten only at the next change.
+    pub fn set_vips(&mut self, vips: &BTreeMap<VipKey, VipInfo>) -> Result<()> {
+        if *vips == self.vip_set {
             return Ok(());
         }
-        let before = self.vip_set.insert(key, info);
-        self.publish_vips().inspect_err(|_| {
-            // Not live: forget it, so the next change does not publish it unasked.
-            match before {
-                Some(info) => self.vip_set.insert(key, info),
-                None => self.vip_set.remove(&key),
-            };
-        })
-    }
-
-    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        if let Some(info) = self.vip_set.remove(key) {
-            self.publish_vips().inspect_err(|_| {
-                self.vip_set.insert(*key, info);
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Writes the whole idle generation of VIPS, then makes it the live one. A packet
-    /// reads one generation from start to end; the one it may still be reading is
-    /// rewritten only at the next change.
-    fn publish_vips(&mut self) -> Result<()> {
-        let slots = vip_slots(&self.vip_set)?;
+        let slots = vip_slots(vips)?;
         let idle = self.vip_generation ^ 1;
         for (i, slot) in slots.iter().enumerate() {
             self.vips.set(idle * VIP_SLOTS + i as u32, *slot, 0).context("writing VIPS")?;
@@ -166,6 +167,7 @@ impl Dataplane {
             .set(lb_common::SETTING_VIP_GENERATION, idle, 0)
             .context("writing SETTINGS")?;
         self.vip_generation = idle;
+        self.vip_set = vips.clone();
         Ok(())
     }
 
@@ -247,22 +249,6 @@ impl Dataplane {
     }
 }
 
-/// Lays VIPs out as the data plane probes them: each in the first unused slot from its
-/// home, at most `VIP_PROBES` away (linear probing; with at most a quarter of the slots
-/// used, a VIP further away is all but impossible, and refused rather than unreachable).
-pub fn vip_slots(vips: &BTreeMap<VipKey, VipInfo>) -> Result<Vec<VipSlot>> {
-    let mut slots = vec![VipSlot::default(); VIP_SLOTS as usize];
-    for (key, info) in vips {
-        let home = lb_common::vip_home(key);
-        let free = (0..VIP_PROBES)
-            .map(|p| ((home + p) & (VIP_SLOTS - 1)) as usize)
-            .find(|&i| slots[i].used == 0)
-            .ok_or_else(|| anyhow!("no VIPS slot within {VIP_PROBES} of {key:?}'s home"))?;
-        slots[free] = VipSlot { key: *key, info: *info, used: 1 };
-    }
-    Ok(slots)
-}
-
 /// Attaches an XDP program. `auto` takes native mode on interfaces backed by a device
 /// driver and generic mode on virtual ones: on veth, native XDP_TX frames are only delivered
 /// when the peer runs an XDP program itself (see TOOLCHAIN.md), so generic is the mode that
@@ -309,4 +295,44 @@ fn sum<'a>(values: impl Iterator<Item = &'a Counters>) -> Result<Counters> {
         out_packets: a.out_packets + c.out_packets,
         out_bytes: a.out_bytes + c.out_bytes,
     }))
+}
+
+/// lbd's writes and reads go through the same seam as the tests' fake.
+impl DataplaneOps for Dataplane {
+    fn set_clock(&mut self, seconds: u32) -> Result<()> {
+        Dataplane::set_clock(self, seconds)
+    }
+    fn set_nat(&mut self, on: bool) -> Result<()> {
+        Dataplane::set_nat(self, on)
+    }
+    fn set_real(&mut self, id: u32, real: RealInfo) -> Result<()> {
+        Dataplane::set_real(self, id, real)
+    }
+    fn set_maglev(&mut self, index: u32, table: &[u32]) -> Result<usize> {
+        Dataplane::set_maglev(self, index, table)
+    }
+    fn set_vips(&mut self, vips: &BTreeMap<VipKey, VipInfo>) -> Result<()> {
+        Dataplane::set_vips(self, vips)
+    }
+    fn reset_real_counters(&mut self, id: u32) -> Result<()> {
+        Dataplane::reset_real_counters(self, id)
+    }
+    fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
+        Dataplane::reset_vip_counters(self, index)
+    }
+    fn purge_vip(&mut self, vip: &VipKey) -> usize {
+        Dataplane::purge_vip(self, vip)
+    }
+    fn vip_counters(&self, index: u32) -> Result<Counters> {
+        Dataplane::vip_counters(self, index)
+    }
+    fn real_counters(&self, id: u32) -> Result<Counters> {
+        Dataplane::real_counters(self, id)
+    }
+    fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
+        Dataplane::reasons(self)
+    }
+    fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        Dataplane::flows(self)
+    }
 }

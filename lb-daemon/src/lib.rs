@@ -4,8 +4,9 @@
 
 pub mod config;
 pub mod control;
+pub mod core;
 pub mod dataplane;
-pub mod engine;
+pub mod drivers;
 pub mod health;
 pub mod ipvsadm;
 pub mod lab;

@@ -20,22 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::pmtu::Learnt;
 
-/// How the data plane reaches a real, as the kernel knows it; `mac: None` when it is lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resolved {
-    pub ip: IpAddr,
-    /// The next hop's MAC: the real's own, or the router's when `via` is set.
-    pub mac: Option<[u8; 6]>,
-    pub ifindex: u32,
-    /// The router the kernel's route to the real goes through; None when the real is on a
-    /// segment of the director's.
-    pub via: Option<IpAddr>,
-    /// The route's preferred source address: what a tunnel to the real leaves from.
-    pub src: Option<IpAddr>,
-    /// The path's MTU, when something narrows it: the route (`ip route ... mtu N`) or a
-    /// router's "too big" answer to a tunnel packet (crate::pmtu).
-    pub mtu: Option<u32>,
-}
+pub use crate::core::Resolved;
 
 /// What the kernel's route to a real says.
 #[derive(Debug, Default, Clone, Copy)]

@@ -8,8 +8,9 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use lb_daemon::config::{self, Config};
 use lb_daemon::control::{self, InterfaceView, Request, Response};
+use lb_daemon::core::{Capacity, Core};
 use lb_daemon::dataplane::Dataplane;
-use lb_daemon::engine::{Engine, Event};
+use lb_daemon::drivers::{Driver, Event};
 use lb_daemon::{neighbor, pmtu};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
@@ -79,10 +80,14 @@ async fn run(path: &Path, config: Config) -> Result<()> {
             xdp_mode: format!("{mode:?}").to_lowercase(),
         });
     }
+    let links = dp.links().cloned().collect();
     let listener = control::bind(&config.director.socket)?;
     let (events, inbox) = mpsc::channel::<Event>(1024);
-    let (engine, targets) = Engine::new(dp, path, &config, interfaces, events.clone())?;
-    let engine = tokio::spawn(engine.run(inbox));
+    let capacity = Capacity { vips: lb_common::MAX_VIPS, reals: lb_common::MAX_REALS };
+    let core = Core::new(capacity, links, interfaces, seed());
+    let (mut driver, targets) = Driver::new(core, dp, path.into(), events.clone());
+    driver.start(config.clone())?;
+    let engine = tokio::spawn(driver.run(inbox));
     let (learnt_tx, learnt) = mpsc::channel(64);
     tokio::spawn(pmtu::run(learnt_tx));
     tokio::spawn(neighbor::run(targets, learnt, events.clone()));
@@ -122,4 +127,10 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     let _ = std::fs::remove_file(&config.director.socket);
     info!("XDP detached, socket removed");
     outcome
+}
+
+/// Seeds the checkers' jitter: different on every start, so directors do not probe in step.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher as _, RandomState};
+    RandomState::new().hash_one(std::process::id())
 }

@@ -1,0 +1,875 @@
+//! The director's core: the one owner of desired state, as a sans-IO state machine in the
+//! manner of quinn-proto. The time and inputs (the config, check observations, next hops,
+//! control requests, the data plane's answers) come in through [`Core::handle`]; effects
+//! (data-plane batches, checkers to start or stop, addresses to resolve, answers) go out.
+//! It holds no socket, task or map: `drivers` runs it, and its tests run it on a virtual
+//! clock against a fake data plane.
+
+mod hysteresis;
+pub mod tables;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Add;
+use std::time::Duration;
+
+use lb_common::{FAMILY_V4, FAMILY_V6, Forwarding as DpForwarding, REAL_PRESENT, RealInfo};
+use lb_common::{VipInfo, VipKey};
+use tracing::{debug, info, info_span, warn};
+
+pub use hysteresis::{Health, Hysteresis};
+pub use tables::{Batch, Op, Tables};
+pub use view::{Listed, connection_counts};
+
+use crate::config::{self, Check, Config, Director, OnFailure, Protocol, Service};
+use crate::control::{InterfaceView, Request, Response, StatusView};
+use crate::link::LinkInfo;
+use tables::{MaglevEntry, RealEntry};
+
+/// Monotonic time as the core sees it: CLOCK_MONOTONIC in the driver, any value in tests.
+/// The data plane ages flows by its whole seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(Duration);
+
+impl Time {
+    pub const fn from_duration(d: Duration) -> Self {
+        Time(d)
+    }
+
+    pub const fn from_secs(s: u64) -> Self {
+        Time(Duration::from_secs(s))
+    }
+
+    /// Whole seconds: the data plane's clock.
+    pub fn secs(self) -> u32 {
+        self.0.as_secs() as u32
+    }
+
+    /// Time since `earlier`, zero if `earlier` is later.
+    pub fn since(self, earlier: Time) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl Add<Duration> for Time {
+    type Output = Time;
+    fn add(self, d: Duration) -> Time {
+        Time(self.0.saturating_add(d))
+    }
+}
+
+/// How many VIPs and reals the data plane's maps hold (sized when they are created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub vips: u32,
+    pub reals: u32,
+}
+
+/// Names one checker: observations carry it, so a stopped checker's late report is ignored.
+pub type CheckerId = u64;
+/// Names one control request, so its answer finds its way back.
+pub type Token = u64;
+
+/// What a checker checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTarget {
+    /// The real's address and the check's (or the service's) port.
+    pub addr: SocketAddr,
+    pub check: Check,
+    /// Seeds the checker's jitter, so the spacing of checks is reproducible.
+    pub seed: u64,
+}
+
+/// One raw check result: the core applies hysteresis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub checker: CheckerId,
+    pub success: bool,
+    pub detail: String,
+}
+
+/// How the data plane reaches a real, as the kernel knows it; `mac: None` when it is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub ip: IpAddr,
+    /// The next hop's MAC: the real's own, or the router's when `via` is set.
+    pub mac: Option<[u8; 6]>,
+    pub ifindex: u32,
+    /// The router the kernel's route to the real goes through; None when the real is on a
+    /// segment of the director's.
+    pub via: Option<IpAddr>,
+    /// The route's preferred source address: what a tunnel to the real leaves from.
+    pub src: Option<IpAddr>,
+    /// The path's MTU, when something narrows it: the route (`ip route ... mtu N`) or a
+    /// router's "too big" answer to a tunnel packet (crate::pmtu).
+    pub mtu: Option<u32>,
+}
+
+/// Everything the core reacts to.
+#[derive(Debug)]
+pub enum Input {
+    /// A config to apply: at start, and on each reload (`source` names it in answers).
+    Config {
+        config: Config,
+        source: String,
+        reply: Option<Token>,
+    },
+    Observation(Observation),
+    Resolved(Resolved),
+    /// A control request other than reload (the driver reads the file and sends `Config`).
+    Control(Token, Request),
+    /// The outcome of an [`Effect::Apply`]: applied whole, or undone whole.
+    Applied {
+        batch: u64,
+        result: Result<(), String>,
+    },
+    /// Time passed ([`Core::poll_timeout`] was reached).
+    Tick,
+}
+
+/// What the driver does for the core.
+#[derive(Debug)]
+pub enum Effect {
+    /// Write these to the data plane, all or none, then report [`Input::Applied`].
+    Apply(Batch),
+    StartCheck {
+        id: CheckerId,
+        target: CheckTarget,
+    },
+    StopCheck(CheckerId),
+    /// The reals' addresses whose next hops the core needs (the whole set).
+    Resolve(Vec<IpAddr>),
+    Answer(Token, Answer),
+}
+
+/// A control answer; listings and status still need the data plane's counters, which the
+/// driver reads and fills in.
+#[derive(Debug)]
+pub enum Answer {
+    Done(Response),
+    List(Vec<Listed>),
+    Status(StatusView),
+}
+
+#[derive(Debug, Clone)]
+struct ServiceState {
+    spec: Service,
+    key: VipKey,
+    index: u32,
+    reals: Vec<RealState>,
+    /// Reals in the Maglev table at the last publish.
+    serving: usize,
+}
+
+#[derive(Debug, Clone)]
+struct RealState {
+    id: u32,
+    addr: SocketAddr,
+    /// From the config, or `lbadm -e` until the next reload.
+    weight: u32,
+    checks: Vec<CheckState>,
+    /// Its next hop, as the neighbour task last reported it.
+    hop: Option<Resolved>,
+    health: Health,
+    since: Time,
+}
+
+#[derive(Debug, Clone)]
+struct CheckState {
+    spec: Check,
+    checker: CheckerId,
+    hysteresis: Hysteresis,
+    last: Option<(bool, String)>,
+}
+
+/// A batch in flight, and what to do when it lands.
+enum Pending {
+    /// The clock: nothing to commit.
+    Clock,
+    /// A config or an admin change, planned on a copy of the state: committed only when
+    /// the data plane took it whole.
+    Plan(Box<Plan>),
+    /// A health or next-hop change, already in the state: the tables become the
+    /// data plane's on success; on failure they are written again at the next tick.
+    Sync(Tables),
+}
+
+struct Plan {
+    services: Vec<ServiceState>,
+    tables: Tables,
+    start: Vec<(CheckerId, CheckTarget)>,
+    stop: Vec<CheckerId>,
+    director: Option<Director>,
+    reply: Option<Token>,
+    ok: Response,
+}
+
+pub struct Core {
+    capacity: Capacity,
+    /// Interfaces the program is attached to, by ifindex.
+    links: HashMap<u32, LinkInfo>,
+    interfaces: Vec<InterfaceView>,
+    /// The applied config's director section (a change takes effect at restart).
+    director: Option<Director>,
+    services: Vec<ServiceState>,
+    /// What the data plane holds.
+    published: Tables,
+    /// The last next hop reported per address: a real added later starts from it.
+    hops: HashMap<IpAddr, Resolved>,
+    /// Where each checker's and each real's state sits in `services`.
+    checkers: HashMap<CheckerId, (usize, usize, usize)>,
+    reals_by_ip: HashMap<IpAddr, Vec<(usize, usize)>>,
+    resolving: Vec<IpAddr>,
+    pending: HashMap<u64, Pending>,
+    next_batch: u64,
+    next_checker: CheckerId,
+    clock_due: Option<Time>,
+    /// A sync failed: write the tables again at the next tick.
+    stale: bool,
+    seed: u64,
+}
+
+/// How often the data plane's clock (flow ages) is written.
+const CLOCK_PERIOD: Duration = Duration::from_secs(1);
+
+impl Core {
+    /// A core with nothing applied yet. `seed` seeds the checkers' jitter.
+    pub fn new(
+        capacity: Capacity,
+        links: Vec<LinkInfo>,
+        interfaces: Vec<InterfaceView>,
+        seed: u64,
+    ) -> Self {
+        Core {
+            capacity,
+            links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
+            interfaces,
+            director: None,
+            services: Vec::new(),
+            published: Tables::default(),
+            hops: HashMap::new(),
+            checkers: HashMap::new(),
+            reals_by_ip: HashMap::new(),
+            resolving: Vec::new(),
+            pending: HashMap::new(),
+            next_batch: 0,
+            next_checker: 0,
+            clock_due: None,
+            stale: false,
+            seed,
+        }
+    }
+
+    /// When the core next wants [`Input::Tick`].
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.clock_due
+    }
+
+    /// Takes one input at `now`; returns what the driver must do, in order.
+    pub fn handle(&mut self, now: Time, input: Input) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        // The clock first: flows recorded from now on carry a real age.
+        if self.clock_due.is_none_or(|due| due <= now) {
+            self.clock_due = Some(now + CLOCK_PERIOD);
+            self.submit(vec![Op::SetClock(now.secs())], Pending::Clock, &mut fx);
+            if self.stale {
+                self.sync(now, &mut fx);
+            }
+        }
+        match input {
+            Input::Config { config, source, reply } => {
+                self.on_config(now, config, source, reply, &mut fx)
+            }
+            Input::Observation(o) => self.on_observation(now, o, &mut fx),
+            Input::Resolved(r) => self.on_resolved(now, r, &mut fx),
+            Input::Control(token, request) => self.on_control(now, token, request, &mut fx),
+            Input::Applied { batch, result } => self.on_applied(now, batch, result, &mut fx),
+            Input::Tick => {}
+        }
+        fx
+    }
+
+    fn submit(&mut self, ops: Vec<Op>, pending: Pending, fx: &mut Vec<Effect>) {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.pending.insert(id, pending);
+        fx.push(Effect::Apply(Batch { id, ops }));
+    }
+
+    fn on_applied(
+        &mut self,
+        now: Time,
+        batch: u64,
+        result: Result<(), String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(pending) = self.pending.remove(&batch) else {
+            return;
+        };
+        match (pending, result) {
+            (Pending::Clock, Ok(())) => {}
+            (Pending::Clock, Err(e)) => {
+                warn!(error = %e, "could not update the data plane's clock")
+            }
+            (Pending::Sync(tables), Ok(())) => {
+                self.published = tables;
+                self.stale = false;
+                self.note_serving();
+            }
+            (Pending::Sync(_), Err(e)) => {
+                warn!(error = %e, "could not update the data plane; nothing changed there, retrying");
+                self.stale = true;
+            }
+            (Pending::Plan(plan), Ok(())) => self.commit(now, *plan, fx),
+            (Pending::Plan(plan), Err(e)) => {
+                warn!(error = %e, "change refused by the data plane, nothing changed");
+                if let Some(token) = plan.reply {
+                    let message = format!("refused, nothing changed: {e}");
+                    fx.push(Effect::Answer(token, Answer::Done(Response::Error { message })));
+                }
+                // The plan's checkers were never started; its ids were never taken.
+            }
+        }
+    }
+
+    // --- config -----------------------------------------------------------------------
+
+    fn on_config(
+        &mut self,
+        now: Time,
+        config: Config,
+        source: String,
+        reply: Option<Token>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let _span = info_span!("apply", file = %source).entered();
+        if self.director.as_ref().is_some_and(|d| *d != config.director) {
+            warn!(
+                "the director section changed: interfaces, socket, XDP mode and capacity take effect at restart"
+            );
+        }
+        let plan = self.plan(now, &config).and_then(|(services, start, stop)| {
+            let tables = self.tables_for(&services);
+            tables::vip_slots(&tables.vips).map_err(|_| {
+                "the VIPs do not fit the data plane's VIPS table: too many of them hash alike"
+                    .to_string()
+            })?;
+            Ok(Plan {
+                services,
+                tables,
+                start,
+                stop,
+                director: Some(config.director.clone()),
+                reply,
+                ok: Response::Ok { message: format!("reloaded {source}") },
+            })
+        });
+        match plan {
+            Ok(plan) => self.submit_plan(now, plan, fx),
+            Err(why) => {
+                warn!(%why, "config refused, nothing changed");
+                if let Some(token) = reply {
+                    let message = format!("reload refused, nothing changed: {why}");
+                    fx.push(Effect::Answer(token, Answer::Done(Response::Error { message })));
+                }
+            }
+        }
+    }
+
+    fn submit_plan(&mut self, now: Time, plan: Plan, fx: &mut Vec<Effect>) {
+        let ops = tables::diff(&self.published, &plan.tables);
+        if ops.is_empty() {
+            self.commit(now, plan, fx);
+        } else {
+            self.submit(ops, Pending::Plan(Box::new(plan)), fx);
+        }
+    }
+
+    /// The state `config` asks for, planned on a copy: services and reals that stay keep
+    /// their ids, health and checkers; new ones get the lowest free ids. Fails, changing
+    /// nothing, when the data plane has no room.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        now: Time,
+        config: &Config,
+    ) -> Result<(Vec<ServiceState>, Vec<(CheckerId, CheckTarget)>, Vec<CheckerId>), String> {
+        let mut old: HashMap<(SocketAddr, Protocol), &ServiceState> =
+            self.services.iter().map(|s| ((s.spec.vip, s.spec.protocol), s)).collect();
+        let mut used_vips = HashSet::new();
+        let mut used_reals = HashSet::new();
+        // Keep what survives first, so its ids are taken before new ones are handed out.
+        // A kept service's removed reals keep their ids taken: one batch never clears a
+        // real and hands its id to another.
+        let kept: Vec<Option<&ServiceState>> = config
+            .services
+            .iter()
+            .map(|spec| {
+                let s = old.remove(&(spec.vip, spec.protocol))?;
+                used_vips.insert(s.index);
+                used_reals.extend(s.reals.iter().map(|r| r.id));
+                Some(s)
+            })
+            .collect();
+        let mut next_checker = self.next_checker;
+        let mut start = Vec::new();
+        let mut stop: Vec<CheckerId> =
+            old.values().flat_map(|s| s.reals.iter()).flat_map(|r| r.checkers()).collect();
+        let mut services = Vec::new();
+        for (spec, kept) in config.services.iter().zip(kept) {
+            let (index, mut old_reals) = match kept {
+                Some(s) => (s.index, s.reals.iter().map(|r| (r.addr, r)).collect()),
+                None => {
+                    let index = take_free(&mut used_vips, self.capacity.vips).ok_or_else(|| {
+                        format!(
+                            "no free VIP slot: the data plane holds {} VIPs",
+                            self.capacity.vips
+                        )
+                    })?;
+                    (index, HashMap::new())
+                }
+            };
+            let checks = spec.all_checks();
+            let mut reals = Vec::new();
+            for real in &spec.reals {
+                let addr = real.socket_addr(&spec.vip);
+                let mut r = match old_reals.remove(&addr) {
+                    Some(r) if r.checks.iter().map(|c| &c.spec).eq(checks.iter()) => r.clone(),
+                    Some(r) => {
+                        // Same real, other checks: keep its id (and its flows), check anew.
+                        stop.extend(r.checkers());
+                        let mut r = r.clone();
+                        r.checks = self.new_checks(&mut next_checker, addr, &checks, &mut start);
+                        r.health = r.combined_health();
+                        r.since = now;
+                        r
+                    }
+                    None => {
+                        let id =
+                            take_free(&mut used_reals, self.capacity.reals).ok_or_else(|| {
+                                format!(
+                                    "no free real slot: the data plane holds {} reals",
+                                    self.capacity.reals
+                                )
+                            })?;
+                        let checks = self.new_checks(&mut next_checker, addr, &checks, &mut start);
+                        let mut r = RealState {
+                            id,
+                            addr,
+                            weight: real.weight,
+                            checks,
+                            hop: self.hops.get(&addr.ip()).copied(),
+                            health: Health::Unknown,
+                            since: now,
+                        };
+                        r.health = r.combined_health();
+                        r
+                    }
+                };
+                r.weight = real.weight;
+                reals.push(r);
+            }
+            stop.extend(old_reals.values().flat_map(|r| r.checkers()));
+            let serving = kept.map_or(0, |s| s.serving);
+            services.push(ServiceState {
+                spec: spec.clone(),
+                key: vip_key(spec),
+                index,
+                reals,
+                serving,
+            });
+        }
+        Ok((services, start, stop))
+    }
+
+    fn new_checks(
+        &self,
+        next: &mut CheckerId,
+        addr: SocketAddr,
+        checks: &[Check],
+        start: &mut Vec<(CheckerId, CheckTarget)>,
+    ) -> Vec<CheckState> {
+        checks
+            .iter()
+            .map(|c| {
+                let id = *next;
+                *next += 1;
+                let target = CheckTarget {
+                    addr: SocketAddr::new(addr.ip(), c.port.unwrap_or(addr.port())),
+                    check: c.clone(),
+                    seed: splitmix64(self.seed ^ id),
+                };
+                start.push((id, target));
+                CheckState {
+                    spec: c.clone(),
+                    checker: id,
+                    hysteresis: Hysteresis::new(c.rise, c.fall),
+                    last: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Makes a plan the state, once the data plane holds its tables.
+    fn commit(&mut self, now: Time, plan: Plan, fx: &mut Vec<Effect>) {
+        let now_keys: HashSet<VipKey> = plan.services.iter().map(|s| s.key).collect();
+        for s in self.services.iter().filter(|s| !now_keys.contains(&s.key)) {
+            info!(service = %s.spec.name, vip = %s.spec.vip, "service removed");
+        }
+        let old_keys: HashSet<VipKey> = self.services.iter().map(|s| s.key).collect();
+        for s in &plan.services {
+            if !old_keys.contains(&s.key) {
+                info!(service = %s.spec.name, vip = %s.spec.vip, "service added");
+            }
+        }
+        let stays: HashSet<(VipKey, SocketAddr)> = plan
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(move |r| (s.key, r.addr)))
+            .collect();
+        for s in self.services.iter().filter(|s| now_keys.contains(&s.key)) {
+            for r in s.reals.iter().filter(|r| !stays.contains(&(s.key, r.addr))) {
+                info!(service = %s.spec.name, real = %r.addr, "real removed");
+            }
+        }
+        self.services = plan.services;
+        self.published = plan.tables;
+        self.next_checker =
+            self.next_checker.max(plan.start.iter().map(|(id, _)| id + 1).max().unwrap_or(0));
+        if plan.director.is_some() {
+            self.director = plan.director;
+        }
+        self.reindex();
+        self.note_serving();
+        fx.extend(plan.stop.into_iter().map(Effect::StopCheck));
+        fx.extend(plan.start.into_iter().map(|(id, target)| Effect::StartCheck { id, target }));
+        let mut targets: Vec<IpAddr> =
+            self.services.iter().flat_map(|s| s.reals.iter().map(|r| r.addr.ip())).collect();
+        targets.sort();
+        targets.dedup();
+        if targets != self.resolving {
+            self.resolving = targets.clone();
+            fx.push(Effect::Resolve(targets));
+        }
+        self.hops.retain(|ip, _| self.reals_by_ip.contains_key(ip));
+        if let Some(token) = plan.reply {
+            fx.push(Effect::Answer(token, Answer::Done(plan.ok)));
+        }
+        debug!(services = self.services.len(), at = ?now, "committed");
+    }
+
+    fn reindex(&mut self) {
+        self.checkers.clear();
+        self.reals_by_ip.clear();
+        for (si, s) in self.services.iter().enumerate() {
+            for (ri, r) in s.reals.iter().enumerate() {
+                self.reals_by_ip.entry(r.addr.ip()).or_default().push((si, ri));
+                for (ci, c) in r.checks.iter().enumerate() {
+                    self.checkers.insert(c.checker, (si, ri, ci));
+                }
+            }
+        }
+    }
+
+    /// Logs a service that lost its last real able to take new connections.
+    fn note_serving(&mut self) {
+        for s in &mut self.services {
+            let serving = self.published.maglev.get(&s.index).map_or(0, MaglevEntry::serving);
+            let was = std::mem::replace(&mut s.serving, serving);
+            if serving != was {
+                info!(service = %s.spec.name, serving, "maglev table written");
+            }
+            if serving == 0 && was > 0 {
+                warn!(service = %s.spec.name, "no real server can take new connections");
+            }
+        }
+    }
+
+    // --- tables -----------------------------------------------------------------------
+
+    /// The tables `services` need. A Maglev table whose inputs did not change is the one
+    /// the data plane holds, not rebuilt.
+    fn tables_for(&self, services: &[ServiceState]) -> Tables {
+        let mut t = Tables::default();
+        for s in services {
+            t.vips.insert(
+                s.key,
+                VipInfo {
+                    index: s.index,
+                    forwarding: dp_forwarding(s.spec.forwarding) as u8,
+                    _pad: [0; 3],
+                },
+            );
+            for r in &s.reals {
+                t.reals
+                    .insert(r.id, RealEntry { owner: (s.key, r.addr), info: self.real_info(s, r) });
+            }
+            let inputs: Vec<(String, u32, u32)> = s
+                .reals
+                .iter()
+                .filter(|r| r.schedulable(s.spec.forwarding, &self.links))
+                .map(|r| (r.addr.to_string(), r.weight, r.id))
+                .collect();
+            let entry = match self.published.maglev.get(&s.index) {
+                Some(e) if e.owner == s.key && e.inputs == inputs => e.clone(),
+                _ => MaglevEntry::build(s.key, inputs),
+            };
+            t.maglev.insert(s.index, entry);
+        }
+        t.nat = services.iter().any(|s| s.spec.forwarding == config::Forwarding::Nat);
+        t
+    }
+
+    fn real_info(&self, s: &ServiceState, r: &RealState) -> RealInfo {
+        let (addr, family) = addr16(r.addr.ip());
+        let link = r.link(&self.links).and_then(|l| self.links.get(&l));
+        RealInfo {
+            addr,
+            mac: r.hop.and_then(|h| h.mac).unwrap_or_default(),
+            family,
+            flags: if r.present(s.spec.on_failure) { REAL_PRESENT } else { 0 },
+            src_mac: link.map(|l| l.mac).unwrap_or_default(),
+            port_be: r.addr.port().to_be(),
+            ifindex: link.map_or(0, |l| l.ifindex),
+            vip: s.index,
+            tunnel_src: r.tunnel_src().map_or([0; 16], |a| addr16(a).0),
+            mtu: link.map_or(0, |l| r.path_mtu(l.mtu)),
+            _pad: [0; 2],
+        }
+    }
+
+    /// Writes what the state asks for, if the data plane holds anything else.
+    fn sync(&mut self, _now: Time, fx: &mut Vec<Effect>) {
+        let tables = self.tables_for(&self.services);
+        let ops = tables::diff(&self.published, &tables);
+        if ops.is_empty() {
+            self.published = tables;
+            self.stale = false;
+            return;
+        }
+        self.submit(ops, Pending::Sync(tables), fx);
+    }
+
+    // --- health and next hops ---------------------------------------------------------
+
+    fn on_observation(&mut self, now: Time, o: Observation, fx: &mut Vec<Effect>) {
+        let Some(&(si, ri, ci)) = self.checkers.get(&o.checker) else {
+            return; // a stopped checker's last word
+        };
+        let s = &mut self.services[si];
+        let r = &mut s.reals[ri];
+        let c = &mut r.checks[ci];
+        let _span = info_span!("health", service = %s.spec.name, real = %r.addr, check = c.spec.probe.name()).entered();
+        match c.hysteresis.observe(o.success) {
+            Some(Health::Up) => info!(detail = %o.detail, "check up"),
+            Some(Health::Down) => warn!(detail = %o.detail, "check down"),
+            _ => debug!(success = o.success, detail = %o.detail, "check"),
+        }
+        c.last = Some((o.success, o.detail));
+        let health = r.combined_health();
+        if health == r.health {
+            return;
+        }
+        info!(from = ?r.health, to = ?health, "real health changed");
+        r.health = health;
+        r.since = now;
+        self.sync(now, fx);
+    }
+
+    fn on_resolved(&mut self, now: Time, hop: Resolved, fx: &mut Vec<Effect>) {
+        self.hops.insert(hop.ip, hop);
+        let Some(at) = self.reals_by_ip.get(&hop.ip) else {
+            return;
+        };
+        for &(si, ri) in at {
+            let s = &mut self.services[si];
+            let r = &mut s.reals[ri];
+            r.hop = Some(hop);
+            // Unresolved is said by the neighbour task; these are the config's problem.
+            if let Some(why) =
+                r.unreachable(s.spec.forwarding, &self.links).filter(|_| hop.mac.is_some())
+            {
+                warn!(service = %s.spec.name, real = %r.addr, ifindex = hop.ifindex, "{why}: it gets no new connections");
+            }
+        }
+        self.sync(now, fx);
+    }
+
+    // --- control ----------------------------------------------------------------------
+
+    fn on_control(&mut self, now: Time, token: Token, request: Request, fx: &mut Vec<Effect>) {
+        let answer = match request {
+            Request::List => Answer::List(self.listing()),
+            Request::Status => Answer::Status(self.status(now)),
+            Request::SetWeight { protocol, vip, real, weight } => {
+                match self.set_weight(protocol, vip, real, weight) {
+                    Ok(plan) => {
+                        let plan = Plan { reply: Some(token), ..plan };
+                        return self.submit_plan(now, plan, fx);
+                    }
+                    Err(message) => Answer::Done(Response::Error { message }),
+                }
+            }
+            Request::Reload => Answer::Done(Response::Error {
+                message: "reload: the driver reads the file and hands the core its config".into(),
+            }),
+        };
+        fx.push(Effect::Answer(token, answer));
+    }
+
+    /// `lbadm -e`: a weight until the next reload, planned on a copy like a reload.
+    fn set_weight(
+        &self,
+        protocol: Protocol,
+        vip: SocketAddr,
+        real: SocketAddr,
+        weight: u32,
+    ) -> Result<Plan, String> {
+        if weight > 65535 {
+            return Err(format!("weight {weight} is above 65535"));
+        }
+        let Some(i) =
+            self.services.iter().position(|s| s.spec.vip == vip && s.spec.protocol == protocol)
+        else {
+            return Err(format!("no service {} {vip}", format!("{protocol:?}").to_uppercase()));
+        };
+        let mut services = self.services.clone();
+        let Some(r) = services[i].reals.iter_mut().find(|r| r.addr == real) else {
+            return Err(format!("service {vip} has no real server {real}"));
+        };
+        let _span = info_span!("admin", service = %vip, real = %real).entered();
+        info!(from = r.weight, to = weight, "weight set by lbadm");
+        r.weight = weight;
+        let tables = self.tables_for(&services);
+        Ok(Plan {
+            services,
+            tables,
+            start: Vec::new(),
+            stop: Vec::new(),
+            director: None,
+            reply: None,
+            ok: Response::Ok { message: format!("{real} weight {weight}") },
+        })
+    }
+}
+
+impl RealState {
+    fn checkers(&self) -> impl Iterator<Item = CheckerId> + '_ {
+        self.checks.iter().map(|c| c.checker)
+    }
+
+    /// Up only while every check is up; a real without checks is up.
+    fn combined_health(&self) -> Health {
+        let states = self.checks.iter().map(|c| c.hysteresis.state());
+        if states.clone().any(|h| h == Health::Down) {
+            Health::Down
+        } else if states.clone().any(|h| h == Health::Unknown) {
+            Health::Unknown
+        } else {
+            Health::Up
+        }
+    }
+
+    /// The attached interface the real is reached through, if it is resolved.
+    fn link(&self, links: &HashMap<u32, LinkInfo>) -> Option<u32> {
+        self.hop.filter(|h| h.mac.is_some()).map(|h| h.ifindex).filter(|i| links.contains_key(i))
+    }
+
+    /// Receives new connections: up, weighted, and reachable as `forwarding` needs.
+    fn schedulable(&self, forwarding: config::Forwarding, links: &HashMap<u32, LinkInfo>) -> bool {
+        self.health == Health::Up
+            && self.weight > 0
+            && self.unreachable(forwarding, links).is_none()
+    }
+
+    /// Why the data plane cannot send the real a `forwarding` service's packets, whatever
+    /// its health; None when it can.
+    fn unreachable(
+        &self,
+        forwarding: config::Forwarding,
+        links: &HashMap<u32, LinkInfo>,
+    ) -> Option<String> {
+        if self.hop.and_then(|h| h.mac).is_none() {
+            return Some("its next hop is not resolved".into());
+        }
+        if self.link(links).is_none() {
+            return Some("it is reached through an interface XDP is not attached to".into());
+        }
+        match (forwarding, self.hop.and_then(|h| h.via)) {
+            // The frame keeps the VIP as its destination: a router would send it back.
+            (config::Forwarding::Dr, Some(router)) => Some(format!(
+                "direct routing needs it on the director's segment, but the route to it goes via {router}"
+            )),
+            (config::Forwarding::Tunnel, _) if self.tunnel_src().is_none() => {
+                Some("the route to it has no source address to tunnel from".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// What a tunnelled packet may measure: the interface's MTU, or the route's when it is
+    /// narrower (a tunnel across a WAN link).
+    fn path_mtu(&self, link_mtu: u16) -> u16 {
+        self.hop
+            .and_then(|h| h.mtu)
+            .map_or(link_mtu, |m| link_mtu.min(m.min(u16::MAX.into()) as u16))
+    }
+
+    /// A tunnel's outer source: the kernel's source for the real, of the real's family.
+    fn tunnel_src(&self) -> Option<IpAddr> {
+        self.hop.and_then(|h| h.src).filter(|s| s.is_ipv4() == self.addr.is_ipv4())
+    }
+
+    /// Listed by lbadm and kept by established flows: everything but a failed real of an
+    /// `on_failure: remove` service (IPVS deletes such a destination).
+    fn present(&self, on_failure: OnFailure) -> bool {
+        !(self.health == Health::Down && on_failure == OnFailure::Remove)
+    }
+
+    fn effective_weight(&self) -> u32 {
+        if self.health == Health::Up { self.weight } else { 0 }
+    }
+}
+
+/// The lowest id below `max` not in `used`, now marked used.
+fn take_free(used: &mut HashSet<u32>, max: u32) -> Option<u32> {
+    let id = (0..max).find(|i| !used.contains(i))?;
+    used.insert(id);
+    Some(id)
+}
+
+/// One step of SplitMix64: a seed per checker from the core's seed and the checker's id.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn dp_forwarding(f: config::Forwarding) -> DpForwarding {
+    match f {
+        config::Forwarding::Dr => DpForwarding::Dr,
+        config::Forwarding::Nat => DpForwarding::Nat,
+        config::Forwarding::Tunnel => DpForwarding::Tunnel,
+    }
+}
+
+pub fn vip_key(s: &Service) -> VipKey {
+    let (addr, family) = addr16(s.vip.ip());
+    VipKey { addr, port_be: s.vip.port().to_be(), proto: s.protocol.number(), family }
+}
+
+fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(a) => {
+            out[..4].copy_from_slice(&a.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+    }
+}

@@ -1,0 +1,546 @@
+//! The core on a virtual clock against the fake data plane: no root, no kernel, no
+//! sockets. Batches go through the driver's own `apply`, as in lbd.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use lb_common::{NO_REAL, REAL_PRESENT};
+
+use super::*;
+use crate::config;
+use crate::control::Request;
+use crate::drivers::dataplane::apply;
+use crate::drivers::fake::FakeDataplane;
+
+const IFINDEX: u32 = 2;
+
+struct Harness {
+    core: Core,
+    dp: FakeDataplane,
+    now: Time,
+    /// Checkers running, as the driver would have them.
+    checkers: BTreeMap<CheckerId, CheckTarget>,
+    started: Vec<CheckerId>,
+    stopped: Vec<CheckerId>,
+    resolving: Vec<IpAddr>,
+    answers: Vec<(Token, Answer)>,
+    /// The ops of every batch, applied or not.
+    batches: Vec<Vec<Op>>,
+    next_token: Token,
+}
+
+fn link() -> LinkInfo {
+    LinkInfo { ifindex: IFINDEX, mac: [2, 0, 0, 0, 0, 1], mtu: 1500, has_device: false }
+}
+
+impl Harness {
+    fn new(capacity: Capacity) -> Self {
+        Harness {
+            core: Core::new(capacity, vec![link()], Vec::new(), 42),
+            dp: FakeDataplane::default(),
+            now: Time::from_secs(1000),
+            checkers: BTreeMap::new(),
+            started: Vec::new(),
+            stopped: Vec::new(),
+            resolving: Vec::new(),
+            answers: Vec::new(),
+            batches: Vec::new(),
+            next_token: 0,
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        let mut inputs = std::collections::VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            for effect in self.core.handle(self.now, input) {
+                match effect {
+                    Effect::Apply(batch) => {
+                        let result = apply(&mut self.dp, &batch);
+                        self.batches.push(batch.ops.clone());
+                        inputs.push_back(Input::Applied { batch: batch.id, result });
+                    }
+                    Effect::StartCheck { id, target } => {
+                        self.started.push(id);
+                        self.checkers.insert(id, target);
+                    }
+                    Effect::StopCheck(id) => {
+                        self.stopped.push(id);
+                        self.checkers.remove(&id);
+                    }
+                    Effect::Resolve(targets) => self.resolving = targets,
+                    Effect::Answer(token, answer) => self.answers.push((token, answer)),
+                }
+            }
+        }
+    }
+
+    /// Applies a config; returns the answer's message, Err for a refusal.
+    fn config(&mut self, yaml: &str) -> Result<String, String> {
+        let config = config::parse(Path::new("lb.yaml"), yaml).expect("a valid config");
+        let token = self.token();
+        self.feed(Input::Config { config, source: "lb.yaml".into(), reply: Some(token) });
+        self.done(token)
+    }
+
+    fn control(&mut self, request: Request) -> Answer {
+        let token = self.token();
+        self.feed(Input::Control(token, request));
+        self.take(token)
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn take(&mut self, token: Token) -> Answer {
+        let at = self.answers.iter().position(|(t, _)| *t == token).expect("an answer");
+        self.answers.remove(at).1
+    }
+
+    fn done(&mut self, token: Token) -> Result<String, String> {
+        match self.take(token) {
+            Answer::Done(Response::Ok { message }) => Ok(message),
+            Answer::Done(Response::Error { message }) => Err(message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The kernel knows every address the core asked for, on the attached link.
+    fn resolve_all(&mut self) {
+        for ip in self.resolving.clone() {
+            self.feed(Input::Resolved(hop(ip)));
+        }
+    }
+
+    /// One result from every running checker of `real`.
+    fn observe(&mut self, real: &str, success: bool) {
+        let ip: IpAddr = real.parse().unwrap();
+        let ids: Vec<CheckerId> =
+            self.checkers.iter().filter(|(_, t)| t.addr.ip() == ip).map(|(id, _)| *id).collect();
+        assert!(!ids.is_empty(), "no checker of {real}");
+        for checker in ids {
+            let detail = if success { "ok" } else { "refused" }.to_string();
+            self.feed(Input::Observation(Observation { checker, success, detail }));
+        }
+    }
+
+    fn observe_all(&mut self, success: bool) {
+        let ips: std::collections::BTreeSet<IpAddr> =
+            self.checkers.values().map(|t| t.addr.ip()).collect();
+        for ip in ips {
+            self.observe(&ip.to_string(), success);
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
+        self.feed(Input::Tick);
+    }
+
+    /// The real id of `real` in the service at `vip`.
+    fn id(&self, vip: &str, real: &str) -> u32 {
+        let vip: SocketAddr = vip.parse().unwrap();
+        let s = self.core.services.iter().find(|s| s.spec.vip == vip).expect("service");
+        s.reals.iter().find(|r| r.addr.ip().to_string() == real).expect("real").id
+    }
+
+    fn index(&self, vip: &str) -> u32 {
+        let vip: SocketAddr = vip.parse().unwrap();
+        self.core.services.iter().find(|s| s.spec.vip == vip).expect("service").index
+    }
+
+    fn health(&self, vip: &str, real: &str) -> Health {
+        let vip: SocketAddr = vip.parse().unwrap();
+        let s = self.core.services.iter().find(|s| s.spec.vip == vip).expect("service");
+        s.reals.iter().find(|r| r.addr.ip().to_string() == real).expect("real").health
+    }
+
+    /// Reals with slots in `vip`'s table, as the fake data plane holds it.
+    fn serving(&self, vip: &str) -> Vec<u32> {
+        let mut ids: Vec<u32> =
+            self.dp.table(self.index(vip)).into_iter().filter(|&r| r != NO_REAL).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+fn hop(ip: IpAddr) -> Resolved {
+    let last = match ip {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    Resolved {
+        ip,
+        mac: Some([2, 0, 0, 0, 1, last]),
+        ifindex: IFINDEX,
+        via: None,
+        src: Some("10.0.0.1".parse().unwrap()),
+        mtu: None,
+    }
+}
+
+fn capacity() -> Capacity {
+    Capacity { vips: 8, reals: 16 }
+}
+
+const WEB: &str = "
+  - name: web
+    vip: 192.0.2.10:80
+    protocol: tcp
+    check: { type: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 2 }
+    reals:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+";
+
+const DNS: &str = "
+  - name: dns
+    vip: 192.0.2.53:53
+    protocol: udp
+    check: { type: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 2 }
+    reals:
+      - address: 10.0.0.21
+      - address: 10.0.0.22
+";
+
+fn yaml(services: &[&str]) -> String {
+    format!("director:\n  interfaces: [eth0]\nservices:{}", services.concat())
+}
+
+/// A director with `services` applied, every real resolved and up.
+fn running(services: &[&str]) -> Harness {
+    let mut h = Harness::new(capacity());
+    h.config(&yaml(services)).expect("applied");
+    h.resolve_all();
+    h.observe_all(true);
+    h
+}
+
+#[test]
+fn the_first_config_writes_the_clock_first_then_reals_tables_and_vips_last() {
+    let mut h = Harness::new(capacity());
+    assert_eq!(h.config(&yaml(&[WEB])), Ok("reloaded lb.yaml".into()));
+    let ops: Vec<&Op> = h.batches.iter().flatten().collect();
+    assert_eq!(ops[0], &Op::SetClock(1000));
+    let kinds: Vec<&str> = ops[1..].iter().map(|op| op_kind(op)).collect();
+    assert_eq!(
+        kinds,
+        ["reset_real", "set_real", "reset_real", "set_real", "reset_vip", "set_maglev", "set_vips"]
+    );
+    // Unknown health: listed, in the table of nobody yet.
+    assert_eq!(h.serving("192.0.2.10:80"), Vec::<u32>::new());
+    assert_eq!(h.started.len(), 2);
+    assert_eq!(h.resolving, ["10.0.0.11".parse::<IpAddr>().unwrap(), "10.0.0.12".parse().unwrap()]);
+    assert_eq!(h.core.poll_timeout(), Some(Time::from_secs(1001)));
+}
+
+#[test]
+fn a_real_serves_once_resolved_and_up() {
+    let mut h = Harness::new(capacity());
+    h.config(&yaml(&[WEB])).unwrap();
+    h.observe_all(true);
+    assert_eq!(h.serving("192.0.2.10:80"), Vec::<u32>::new(), "up but unresolved");
+    h.resolve_all();
+    let (a, b) = (h.id("192.0.2.10:80", "10.0.0.11"), h.id("192.0.2.10:80", "10.0.0.12"));
+    assert_eq!(h.serving("192.0.2.10:80"), [a, b]);
+    assert_eq!(h.dp.reals[&a].mac, [2, 0, 0, 0, 1, 11]);
+    assert_eq!(h.dp.reals[&a].src_mac, link().mac);
+    assert_eq!(h.dp.reals[&a].ifindex, IFINDEX);
+}
+
+#[test]
+fn health_transitions_become_exactly_the_expected_writes() {
+    let mut h = running(&[WEB]);
+    let index = h.index("192.0.2.10:80");
+    let (a, b) = (h.id("192.0.2.10:80", "10.0.0.11"), h.id("192.0.2.10:80", "10.0.0.12"));
+    // fall 2: one failure changes nothing at all.
+    h.batches.clear();
+    h.observe("10.0.0.11", false);
+    assert!(h.batches.is_empty(), "{:?}", h.batches);
+    // The second takes it out of the Maglev table, and does nothing else: quiesced, it
+    // keeps its REALS entry, so its established flows stay.
+    h.observe("10.0.0.11", false);
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Down);
+    assert_eq!(h.batches.len(), 1);
+    assert!(matches!(&h.batches[0][..], [Op::SetMaglev { index: i, .. }] if *i == index));
+    assert_eq!(h.serving("192.0.2.10:80"), [b]);
+    assert_eq!(h.dp.reals[&a].flags, REAL_PRESENT);
+    // rise 2: back after two successes, in one write of the table.
+    h.batches.clear();
+    h.observe("10.0.0.11", true);
+    assert!(h.batches.is_empty());
+    h.observe("10.0.0.11", true);
+    assert!(matches!(&h.batches[..], [ops] if matches!(&ops[..], [Op::SetMaglev { .. }])));
+    assert_eq!(h.serving("192.0.2.10:80"), [a, b]);
+}
+
+#[test]
+fn on_failure_remove_also_takes_the_real_out_of_reals() {
+    let web = WEB.replace("protocol: tcp\n", "protocol: tcp\n    on_failure: remove\n");
+    let mut h = running(&[&web]);
+    let a = h.id("192.0.2.10:80", "10.0.0.11");
+    h.batches.clear();
+    h.observe("10.0.0.11", false);
+    h.observe("10.0.0.11", false);
+    let kinds: Vec<&str> = h.batches.iter().flatten().map(op_kind).collect();
+    assert_eq!(kinds, ["set_real", "set_maglev"]);
+    assert_eq!(h.dp.reals[&a].flags, 0, "its flows are scheduled again");
+    let Answer::List(list) = h.control(Request::List) else { panic!() };
+    assert_eq!(list[0].view.reals.len(), 1, "a removed real is not listed");
+}
+
+#[test]
+fn a_reload_keeps_what_stays_and_removes_a_vip_before_its_reals() {
+    let mut h = running(&[WEB, DNS]);
+    let web_ids = (h.id("192.0.2.10:80", "10.0.0.11"), h.id("192.0.2.10:80", "10.0.0.12"));
+    let dns_index = h.index("192.0.2.53:53");
+    let dns_ids = [h.id("192.0.2.53:53", "10.0.0.21"), h.id("192.0.2.53:53", "10.0.0.22")];
+    let web_checkers: Vec<CheckerId> =
+        h.checkers.iter().filter(|(_, t)| t.addr.port() == 80).map(|(id, _)| *id).collect();
+    let table_before = h.dp.table(h.index("192.0.2.10:80"));
+    h.batches.clear();
+    h.started.clear();
+    let web3 = WEB.replace(
+        "      - address: 10.0.0.12\n",
+        "      - address: 10.0.0.12\n      - address: 10.0.0.13\n",
+    );
+    assert!(h.config(&yaml(&[&web3])).is_ok());
+
+    // Kept: ids, health, checkers.
+    assert_eq!((h.id("192.0.2.10:80", "10.0.0.11"), h.id("192.0.2.10:80", "10.0.0.12")), web_ids);
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Up);
+    assert!(web_checkers.iter().all(|id| !h.stopped.contains(id)));
+    assert_eq!(h.started.len(), 1, "only the new real is checked anew");
+    // The new real is not yet up: the old table stands.
+    assert_eq!(h.dp.table(h.index("192.0.2.10:80")), table_before);
+
+    // The removed VIP left VIPS first, then its reals were cleared, its flows last.
+    let ops: Vec<&Op> = h.batches.iter().flatten().collect();
+    let first_vips = ops.iter().position(|op| matches!(op, Op::SetVips { .. })).unwrap();
+    let Op::SetVips { vips, .. } = ops[first_vips] else { unreachable!() };
+    assert_eq!(vips.len(), 1, "the first VIPS write removes dns and adds nothing");
+    // The first freed id goes to the new real in the same batch; the other is cleared.
+    // Either way, only once no packet can reach the removed VIP.
+    assert_eq!(h.id("192.0.2.10:80", "10.0.0.13"), dns_ids[0]);
+    for id in dns_ids {
+        let writes: Vec<usize> = ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, Op::SetReal { id: i, .. } if *i == id))
+            .map(|(at, _)| at)
+            .collect();
+        assert!(!writes.is_empty() && writes.iter().all(|&at| at > first_vips), "{ops:?}");
+    }
+    assert!(ops.iter().any(|op| matches!(op, Op::SetReal { id, info, .. } if *id == dns_ids[1] && *info == RealInfo::default())));
+    assert!(!h.dp.reals.contains_key(&dns_ids[1]));
+    assert!(matches!(ops.last(), Some(Op::PurgeVip(_))));
+    assert!(!h.core.services.iter().any(|s| s.index == dns_index));
+    assert_eq!(h.dp.vips.len(), 1);
+}
+
+#[test]
+fn freed_ids_are_reused_lowest_first_with_their_counters_zeroed() {
+    let mut h = running(&[WEB, DNS]);
+    let dns_ids = [h.id("192.0.2.53:53", "10.0.0.21"), h.id("192.0.2.53:53", "10.0.0.22")];
+    let dns_index = h.index("192.0.2.53:53");
+    for id in dns_ids {
+        h.dp.real_counters.insert(id, lb_common::Counters { conns: 9, ..Default::default() });
+    }
+    h.config(&yaml(&[WEB])).unwrap();
+    let ldap =
+        DNS.replace("dns", "ldap").replace("192.0.2.53:53", "192.0.2.89:389").replace("udp", "tcp");
+    h.batches.clear();
+    h.config(&yaml(&[WEB, &ldap])).unwrap();
+    assert_eq!(h.index("192.0.2.89:389"), dns_index);
+    assert_eq!([h.id("192.0.2.89:389", "10.0.0.21"), h.id("192.0.2.89:389", "10.0.0.22")], dns_ids);
+    let ops: Vec<&Op> = h.batches.iter().flatten().collect();
+    for id in dns_ids {
+        assert!(ops.contains(&&Op::ResetRealCounters(id)));
+        assert!(!h.dp.real_counters.contains_key(&id));
+    }
+    assert!(ops.contains(&&Op::ResetVipCounters(dns_index)));
+}
+
+#[test]
+fn a_weight_set_by_lbadm_holds_until_the_next_reload() {
+    let mut h = running(&[WEB]);
+    let b = h.id("192.0.2.10:80", "10.0.0.12");
+    let answer = h.control(Request::SetWeight {
+        protocol: Protocol::Tcp,
+        vip: "192.0.2.10:80".parse().unwrap(),
+        real: "10.0.0.11:80".parse().unwrap(),
+        weight: 0,
+    });
+    assert!(matches!(answer, Answer::Done(Response::Ok { .. })), "{answer:?}");
+    assert_eq!(h.serving("192.0.2.10:80"), [b], "weight 0: no new connections");
+    // A health report does not undo it.
+    h.observe("10.0.0.11", true);
+    assert_eq!(h.serving("192.0.2.10:80"), [b]);
+    let Answer::List(list) = h.control(Request::List) else { panic!() };
+    assert_eq!(list[0].view.reals[0].configured_weight, 0);
+    // The reload restores the config's weight.
+    h.config(&yaml(&[WEB])).unwrap();
+    assert_eq!(h.serving("192.0.2.10:80").len(), 2);
+}
+
+#[test]
+fn an_unknown_service_or_real_is_refused_by_name() {
+    let mut h = running(&[WEB]);
+    let before = h.dp.state();
+    let answer = h.control(Request::SetWeight {
+        protocol: Protocol::Udp,
+        vip: "192.0.2.10:80".parse().unwrap(),
+        real: "10.0.0.11:80".parse().unwrap(),
+        weight: 5,
+    });
+    assert!(
+        matches!(answer, Answer::Done(Response::Error { message }) if message == "no service UDP 192.0.2.10:80")
+    );
+    assert_eq!(h.dp.state(), before);
+}
+
+#[test]
+fn a_plan_the_data_plane_refuses_halfway_changes_nothing() {
+    let mut h = running(&[WEB]);
+    let before = h.dp.state();
+    let services_before = format!("{:?}", h.control(Request::Status));
+    h.started.clear();
+    // The third write of the reload fails: the two before it are undone.
+    h.dp.fail_after = Some(2);
+    let err = h.config(&yaml(&[WEB, DNS])).unwrap_err();
+    assert!(
+        err.contains("refused, nothing changed") && err.contains("refused by the fake"),
+        "{err}"
+    );
+    h.dp.fail_after = None;
+    assert_eq!(h.dp.state(), before);
+    assert_eq!(format!("{:?}", h.control(Request::Status)), services_before);
+    assert!(h.started.is_empty(), "no checker of the refused plan runs");
+    assert_eq!(h.core.services.len(), 1);
+    // The same reload, now taken, uses the ids the refused one would have.
+    assert!(h.config(&yaml(&[WEB, DNS])).is_ok());
+    assert_eq!(h.index("192.0.2.53:53"), 1);
+    assert_eq!(h.started.len(), 2);
+}
+
+#[test]
+fn a_config_beyond_capacity_is_refused_before_anything_is_written() {
+    let mut h = Harness::new(Capacity { vips: 8, reals: 3 });
+    h.config(&yaml(&[WEB])).unwrap();
+    let before = h.dp.state();
+    h.batches.clear();
+    let err = h.config(&yaml(&[WEB, DNS])).unwrap_err();
+    assert_eq!(
+        err,
+        "reload refused, nothing changed: no free real slot: the data plane holds 3 reals"
+    );
+    assert!(h.batches.is_empty());
+    assert_eq!(h.dp.state(), before);
+    let mut h = Harness::new(Capacity { vips: 1, reals: 16 });
+    h.config(&yaml(&[WEB])).unwrap();
+    let err = h.config(&yaml(&[WEB, DNS])).unwrap_err();
+    assert!(err.ends_with("no free VIP slot: the data plane holds 1 VIPs"), "{err}");
+    assert_eq!(h.core.services.len(), 1);
+}
+
+#[test]
+fn a_new_real_at_an_address_already_resolved_starts_resolved() {
+    // The neighbour task reports changes only: a real added later at an address it already
+    // resolved for another service must not wait for a change that never comes.
+    let mut h = running(&[WEB]);
+    let other =
+        WEB.replace("name: web", "name: web8080").replace("192.0.2.10:80", "192.0.2.10:8080");
+    h.config(&yaml(&[WEB, &other])).unwrap();
+    let id = h.id("192.0.2.10:8080", "10.0.0.11");
+    assert_eq!(h.dp.reals[&id].mac, [2, 0, 0, 0, 1, 11]);
+    h.observe("10.0.0.11", true);
+    h.observe("10.0.0.12", true);
+    assert_eq!(h.serving("192.0.2.10:8080").len(), 2);
+}
+
+#[test]
+fn a_stopped_checkers_late_report_is_ignored() {
+    let mut h = running(&[WEB]);
+    let old: Vec<CheckerId> = h.checkers.keys().copied().collect();
+    // Other checks: every real is checked anew, by new checkers.
+    h.config(&yaml(&[&WEB.replace("fall: 2", "fall: 1")])).unwrap();
+    assert_eq!(h.stopped, old);
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Unknown);
+    h.batches.clear();
+    h.feed(Input::Observation(Observation {
+        checker: old[0],
+        success: false,
+        detail: "late".into(),
+    }));
+    assert!(h.batches.is_empty());
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Unknown);
+}
+
+#[test]
+fn the_clock_ticks_each_second_and_a_failed_sync_is_retried() {
+    let mut h = running(&[WEB]);
+    h.batches.clear();
+    h.advance(Duration::from_millis(400));
+    assert!(h.batches.is_empty(), "not due yet");
+    h.advance(Duration::from_millis(600));
+    assert_eq!(h.batches, [vec![Op::SetClock(1001)]]);
+    assert_eq!(h.dp.clock, 1001);
+    // A health change the data plane refuses stays wanted, and is written at the next tick.
+    h.dp.fail_after = Some(0);
+    h.observe("10.0.0.11", false);
+    h.observe("10.0.0.11", false);
+    assert_eq!(h.serving("192.0.2.10:80").len(), 2, "refused");
+    h.dp.fail_after = None;
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.serving("192.0.2.10:80").len(), 1, "written at the tick");
+}
+
+#[test]
+fn status_says_since_when_on_the_virtual_clock() {
+    let mut h = running(&[WEB]);
+    h.advance(Duration::from_secs(5));
+    h.observe("10.0.0.11", false);
+    h.observe("10.0.0.11", false);
+    h.advance(Duration::from_secs(7));
+    let Answer::Status(status) = h.control(Request::Status) else { panic!() };
+    let r = status.reals.iter().find(|r| r.address.ip().to_string() == "10.0.0.11").unwrap();
+    assert_eq!((r.health, r.since_secs, r.weight), (Health::Down, 7, 0));
+    assert_eq!(r.last_check, Some((false, "refused".into())));
+    assert_eq!(r.mac.as_deref(), Some("02:00:00:00:01:0b"));
+}
+
+#[test]
+fn connections_are_counted_with_ipvs_timeouts() {
+    use lb_common::{FLOW_CLOSING, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP};
+    let flow = |proto, flags, last_seen_s| {
+        (
+            FlowKey { proto, ..Default::default() },
+            FlowValue { real: 1, flags, last_seen_s, _pad: 0 },
+        )
+    };
+    let flows = [
+        flow(PROTO_TCP, 0, 1000),            // active
+        flow(PROTO_TCP, 0, 100),             // idle past 900 s: not counted
+        flow(PROTO_TCP, FLOW_CLOSING, 1000), // closing: inactive
+        flow(PROTO_UDP, 0, 900),             // udp within 300 s: inactive
+        flow(PROTO_UDP, 0, 600),             // udp past 300 s: not counted
+    ];
+    assert_eq!(connection_counts(&flows, 1001)[&1], (1, 2));
+}
+
+fn op_kind(op: &Op) -> &'static str {
+    match op {
+        Op::SetClock(_) => "set_clock",
+        Op::SetNat { .. } => "set_nat",
+        Op::SetReal { .. } => "set_real",
+        Op::SetMaglev { .. } => "set_maglev",
+        Op::SetVips { .. } => "set_vips",
+        Op::ResetRealCounters(_) => "reset_real",
+        Op::ResetVipCounters(_) => "reset_vip",
+        Op::PurgeVip(_) => "purge",
+    }
+}
