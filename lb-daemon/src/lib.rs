@@ -1,6 +1,8 @@
-//! The director: configuration, the engine that folds config and health into data plane
-//! tables, the data plane loader, health checks, neighbour resolution and the control API.
-//! `lbd` and `lbadm` are thin binaries over this library.
+//! The director: configuration, the core that folds config, health and next hops into the
+//! data plane's tables (sans-IO), the drivers that run it, the data plane loader, the
+//! checkers, neighbour resolution and the control API. `lbd` and `lbadm` are thin
+//! binaries over this library; the namespace lab is a crate of its own (lab/), for
+//! development only.
 
 pub mod config;
 pub mod control;
@@ -9,7 +11,6 @@ pub mod dataplane;
 pub mod drivers;
 pub mod health;
 pub mod ipvsadm;
-pub mod lab;
 pub mod link;
 pub mod neighbor;
 pub mod pmtu;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{Director, tally};
 use lb_daemon::health::Health;
-use lb_daemon::lab::{self, Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
+use lb_lab::{self as lab, Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
 
 const INTERVAL_MS: u64 = 500;
 const TIMEOUT_MS: u64 = 300;

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use e2e::{Director, assert_shares, dig, tally};
-use lb_daemon::lab::{BACK_REALS, BACK_REALS6, Lab, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
+use lb_lab::{BACK_REALS, BACK_REALS6, Lab, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
 
 fn config(socket: &Path) -> String {
     let service = |name: &str, vip: &str, proto: &str, check: &str, reals: String| {

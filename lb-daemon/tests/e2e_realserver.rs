@@ -10,7 +10,7 @@
 
 use std::process::Command;
 
-use lb_daemon::lab::{self, Lab, VIP};
+use lb_lab::{self as lab, Lab, VIP};
 
 const BPF_FS_MAGIC: &str = "cafe4a11";
 

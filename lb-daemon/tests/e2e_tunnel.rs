@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::{Director, assert_shares, dig, tally};
-use lb_daemon::lab::{self, Lab, REALS, ROLE_CLIENT, VIP, VIP6};
+use lb_lab::{self as lab, Lab, REALS, ROLE_CLIENT, VIP, VIP6};
 
 /// Tunnelled web and DNS services over IPv4 and IPv6 to `reals`; with `dr_too`,
 /// also a direct-routing web service on port 8080 to the same reals.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lb_daemon::control::{self, Request, Response, StatusView};
 use lb_daemon::health::Health;
-use lb_daemon::lab::{Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR};
+use lb_lab::{Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR};
 
 pub struct Director {
     pub lab: Lab,
@@ -124,7 +124,7 @@ pub fn assert_shares(count: &HashMap<String, usize>, weights: &[f64]) {
     let total: f64 = weights.iter().sum();
     for (i, w) in weights.iter().enumerate() {
         let want = n as f64 * w / total;
-        let got = *count.get(&lb_daemon::lab::real_role(i)).unwrap_or(&0) as f64;
+        let got = *count.get(&lb_lab::real_role(i)).unwrap_or(&0) as f64;
         assert!(
             (got - want).abs() <= want * 0.3,
             "real{}: {got} of {n}, want {want:.0} +-30% ({count:?})",

@@ -13,7 +13,7 @@ use clap::Parser;
 use lb_daemon::config;
 use lb_daemon::control::{self, Request, Response};
 use lb_daemon::health::Health;
-use lb_daemon::lab::{Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
+use lb_lab::{Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
 
 const PREFIX: &str = "lblab";
 
