@@ -14,15 +14,24 @@ pub mod maglev;
 /// Slots in every VIP's Maglev table. Prime, as the Maglev paper requires; 65537 keeps the
 /// share of each real within a fraction of a percent of its weight for up to a few hundred reals.
 pub const MAGLEV_SIZE: u32 = 65537;
-/// VIPs (service = address, port, protocol) the data plane can hold.
-pub const MAX_VIPS: u32 = 64;
-/// Slots of each generation of `VIPS`, a power of two: at most a quarter are used, so
-/// every VIP sits within a few slots of its home.
-pub const VIP_SLOTS: u32 = 256;
+/// VIPs (service = address, port, protocol) the maps are declared for. lbd sizes MAGLEV
+/// and VIP_STATS for `director.max_vips` when it loads the program; this is its default
+/// (Katran's).
+pub const MAX_VIPS: u32 = 512;
+/// The most VIPs the data plane can be sized for: at most a quarter of `VIP_SLOTS`.
+pub const VIPS_LIMIT: u32 = VIP_SLOTS / 4;
+/// Slots of each generation of `VIPS`, a power of two fixed at build time (the program
+/// masks with it): at most a quarter are used, so every VIP sits within a few slots of
+/// its home.
+pub const VIP_SLOTS: u32 = 4096;
 /// How far from its home slot a VIP may sit; the data plane probes no further.
 pub const VIP_PROBES: u32 = 8;
-/// Real servers over all services: a real in two services takes two slots.
-pub const MAX_REALS: u32 = 4096;
+/// Real servers over all services (a real in two services takes two slots) the maps are
+/// declared for; lbd sizes REALS and REAL_STATS for `director.max_reals` at load time.
+pub const MAX_REALS: u32 = 16384;
+/// The most reals the data plane can be sized for: real ids fit a 16-bit Maglev slot,
+/// below its empty marker.
+pub const REALS_LIMIT: u32 = MAGLEV_EMPTY as u32 - 1;
 /// Flows the connection table holds (in each set, the way idle longest is replaced first).
 pub const MAX_FLOWS: u32 = flow_table::FLOW_SETS * flow_table::FLOW_WAYS as u32;
 /// Maglev slot value of a VIP without any real in service.
@@ -302,7 +311,8 @@ const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 8);
     assert!(core::mem::size_of::<VipSlot>() == 32);
-    assert!(VIP_SLOTS.is_power_of_two() && VIP_SLOTS >= 4 * MAX_VIPS);
+    assert!(VIP_SLOTS.is_power_of_two() && VIP_SLOTS >= 4 * VIPS_LIMIT);
+    assert!(MAX_VIPS <= VIPS_LIMIT);
     assert!(core::mem::size_of::<RealInfo>() == 60);
     // Destination then source MAC, as the Ethernet header holds them.
     assert!(core::mem::offset_of!(RealInfo, src_mac) == core::mem::offset_of!(RealInfo, mac) + 6);
@@ -311,7 +321,7 @@ const _: () = {
     assert!(core::mem::size_of::<Counters>() == 40);
     assert!(core::mem::size_of::<MaglevLine>() == 64);
     // Real ids fit a Maglev slot, below the empty marker.
-    assert!(MAX_REALS < MAGLEV_EMPTY as u32);
+    assert!(REALS_LIMIT < MAGLEV_EMPTY as u32 && MAX_REALS <= REALS_LIMIT);
 };
 
 #[cfg(feature = "std")]

@@ -71,13 +71,13 @@ pub struct Director {
 }
 
 /// `director.max_vips` when the config does not say.
-pub const DEFAULT_MAX_VIPS: u32 = 512;
+pub const DEFAULT_MAX_VIPS: u32 = lb_common::MAX_VIPS;
 /// `director.max_reals` when the config does not say.
-pub const DEFAULT_MAX_REALS: u32 = 16384;
+pub const DEFAULT_MAX_REALS: u32 = lb_common::MAX_REALS;
 /// The largest `director.max_vips` accepted.
-pub const LIMIT_MAX_VIPS: u32 = 1024;
+pub const LIMIT_MAX_VIPS: u32 = lb_common::VIPS_LIMIT;
 /// The largest `director.max_reals` accepted.
-pub const LIMIT_MAX_REALS: u32 = 65534;
+pub const LIMIT_MAX_REALS: u32 = lb_common::REALS_LIMIT;
 
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/lbd/lbd.sock")

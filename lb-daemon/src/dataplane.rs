@@ -1,5 +1,5 @@
 //! The only module that touches aya: loads the XDP object the build embedded, attaches it,
-//! writes the maps the engine computes and reads the counters back (the connection tables
+//! writes the maps the core computes and reads the counters back (the connection tables
 //! through [`flow_table`]). Everything above it speaks in lb-common's types.
 
 mod flow_table;
@@ -10,17 +10,18 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
     Counters, FlowKey, FlowValue, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES, MAGLEV_SIZE,
-    MAX_VIPS, MaglevLine, NO_REAL, RealInfo, Reason, VIP_SLOTS, VipInfo, VipKey, VipSlot,
-    XDP_PROGRAM, map_names,
+    MAX_REALS, MAX_VIPS, MaglevLine, NO_REAL, REALS_LIMIT, RealInfo, Reason, VIP_SLOTS, VIPS_LIMIT,
+    VipInfo, VipKey, VipSlot, XDP_PROGRAM, map_names,
 };
 
 use crate::config;
+use crate::core::Capacity;
 pub use crate::core::tables::vip_slots;
 use crate::drivers::dataplane::DataplaneOps;
 pub use crate::link::LinkInfo;
@@ -35,7 +36,7 @@ pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 pub struct Dataplane {
     ebpf: Ebpf,
     vips: Array<MapData, VipSlot>,
-    /// The VIPs as the engine set them; each change rebuilds the idle generation of VIPS.
+    /// The VIPs as the core set them; each change rebuilds the idle generation of VIPS.
     vip_set: BTreeMap<VipKey, VipInfo>,
     /// The live generation of VIPS (SETTINGS[SETTING_VIP_GENERATION]).
     vip_generation: u32,
@@ -49,6 +50,8 @@ pub struct Dataplane {
     settings: Array<MapData, u32>,
     /// Interfaces the program is attached to, by ifindex.
     links: StdHashMap<u32, LinkInfo>,
+    /// What the maps were sized for.
+    capacity: Capacity,
 }
 
 /// How the program ended up attached to an interface.
@@ -70,9 +73,29 @@ where
 }
 
 impl Dataplane {
-    /// Loads the object and the XDP program into the kernel (the verifier runs here).
+    /// Loads the object and the XDP program into the kernel (the verifier runs here), with
+    /// the maps sized as the program declares them (lb_common's defaults).
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+        Self::load_with(Capacity { vips: MAX_VIPS, reals: MAX_REALS })
+    }
+
+    /// Loads the object with its per-VIP and per-real maps sized for `capacity`: what the
+    /// config asks for is allocated, no more (docs/ARCHITECTURE.md gives the bytes).
+    pub fn load_with(capacity: Capacity) -> Result<Self> {
+        anyhow::ensure!(
+            (1..=VIPS_LIMIT).contains(&capacity.vips)
+                && (1..=REALS_LIMIT).contains(&capacity.reals),
+            "capacity {} VIPs, {} reals: the data plane holds 1 to {VIPS_LIMIT} and 1 to {REALS_LIMIT}",
+            capacity.vips,
+            capacity.reals
+        );
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::MAGLEV, capacity.vips * MAGLEV_LINES)
+            .map_max_entries(map_names::VIP_STATS, capacity.vips)
+            .map_max_entries(map_names::REALS, capacity.reals)
+            .map_max_entries(map_names::REAL_STATS, capacity.reals)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing"))?
@@ -85,7 +108,7 @@ impl Dataplane {
             maglev: mapped::MappedArray::take(
                 &mut ebpf,
                 map_names::MAGLEV,
-                MAX_VIPS * MAGLEV_LINES,
+                capacity.vips * MAGLEV_LINES,
             )?,
             reals: take(&mut ebpf, map_names::REALS)?,
             flows: flow_table::FlowTable::take(&mut ebpf)?,
@@ -95,6 +118,7 @@ impl Dataplane {
             settings: take(&mut ebpf, map_names::SETTINGS)?,
             ebpf,
             links: StdHashMap::new(),
+            capacity,
         })
     }
 
@@ -114,6 +138,11 @@ impl Dataplane {
         self.links.insert(link.ifindex, link);
         let (_, attached) = attach_xdp(self.program()?, interface, has_device, mode)?;
         Ok(attached)
+    }
+
+    /// How many VIPs and reals the maps hold.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     /// An interface the program is attached to.
@@ -190,7 +219,7 @@ impl Dataplane {
     /// store of a valid real, so packets in flight see the old or the new choice.
     pub fn set_maglev(&mut self, index: u32, table: &[u32]) -> Result<usize> {
         anyhow::ensure!(
-            table.len() == MAGLEV_SIZE as usize && index < MAX_VIPS,
+            table.len() == MAGLEV_SIZE as usize && index < self.capacity.vips,
             "Maglev table of {} slots for VIP index {index}",
             table.len()
         );

@@ -864,3 +864,25 @@ fn a_new_flow_in_a_full_set_replaces_the_one_idle_longest() {
     want.sort_unstable();
     assert_eq!(left, want);
 }
+
+/// The per-VIP and per-real maps are as large as the config asks (director.max_vips,
+/// max_reals): a write past the end is refused by the kernel, one inside is taken, and the
+/// program still passes the verifier with them resized.
+#[test]
+fn maps_are_sized_at_load_time_for_the_configured_capacity() {
+    use lb_daemon::core::Capacity;
+    let mut dp = Dataplane::load_with(Capacity { vips: 3, reals: 5 }).expect("load (root?)");
+    assert_eq!(dp.capacity(), Capacity { vips: 3, reals: 5 });
+    let real = RealInfo { flags: lb_common::REAL_PRESENT, ..Default::default() };
+    assert!(dp.set_real(4, real).is_ok());
+    assert!(dp.set_real(5, real).is_err(), "REALS holds 5 reals");
+    let table = vec![0u32; lb_common::MAGLEV_SIZE as usize];
+    assert!(dp.set_maglev(2, &table).is_ok());
+    assert!(dp.set_maglev(3, &table).is_err(), "MAGLEV holds 3 VIPs");
+    assert!(dp.reset_vip_counters(2).is_ok());
+    assert!(dp.reset_vip_counters(3).is_err(), "VIP_STATS holds 3 VIPs");
+    // The defaults: Katran's 512 VIPs, and 16384 reals.
+    let dp = Dataplane::load().expect("load");
+    assert_eq!(dp.capacity(), Capacity { vips: 512, reals: 16384 });
+    assert!(Dataplane::load_with(Capacity { vips: 1025, reals: 5 }).is_err());
+}

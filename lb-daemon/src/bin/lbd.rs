@@ -70,7 +70,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: &Path, config: Config) -> Result<()> {
-    let mut dp = Dataplane::load()?;
+    let capacity = Capacity { vips: config.director.max_vips, reals: config.director.max_reals };
+    let mut dp = Dataplane::load_with(capacity)?;
     let mut interfaces = Vec::new();
     for name in &config.director.interfaces {
         let mode = dp.attach(name, config.director.xdp_mode)?;
@@ -83,11 +84,10 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     let links = dp.links().cloned().collect();
     let listener = control::bind(&config.director.socket)?;
     let (events, inbox) = mpsc::channel::<Event>(1024);
-    let capacity = Capacity { vips: lb_common::MAX_VIPS, reals: lb_common::MAX_REALS };
     let core = Core::new(capacity, links, interfaces, seed());
     let (mut driver, targets) = Driver::new(core, dp, path.into(), events.clone());
     driver.start(config.clone())?;
-    let engine = tokio::spawn(driver.run(inbox));
+    let driver = tokio::spawn(driver.run(inbox));
     let (learnt_tx, learnt) = mpsc::channel(64);
     tokio::spawn(pmtu::run(learnt_tx));
     tokio::spawn(neighbor::run(targets, learnt, events.clone()));
@@ -102,12 +102,12 @@ async fn run(path: &Path, config: Config) -> Result<()> {
             _ = hup.recv() => {
                 let (tx, rx) = oneshot::channel();
                 if events.send(Event::Control(Request::Reload, tx)).await.is_err() {
-                    break Err(anyhow::anyhow!("engine stopped"));
+                    break Err(anyhow::anyhow!("the driver stopped"));
                 }
                 match rx.await {
                     Ok(Response::Ok { message }) => info!(%message, "SIGHUP"),
                     Ok(other) => warn!(response = ?other, "SIGHUP reload refused"),
-                    Err(_) => break Err(anyhow::anyhow!("engine stopped")),
+                    Err(_) => break Err(anyhow::anyhow!("the driver stopped")),
                 }
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
@@ -121,9 +121,9 @@ async fn run(path: &Path, config: Config) -> Result<()> {
             }
         }
     };
-    // Dropping the engine drops the data plane, which detaches XDP from the interfaces.
-    engine.abort();
-    let _ = engine.await;
+    // Dropping the driver drops the data plane, which detaches XDP from the interfaces.
+    driver.abort();
+    let _ = driver.await;
     let _ = std::fs::remove_file(&config.director.socket);
     info!("XDP detached, socket removed");
     outcome

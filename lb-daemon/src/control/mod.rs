@@ -1,16 +1,17 @@
 //! The control API: one JSON request and one JSON response per connection on a Unix
-//! socket. `lbadm` is only a client of it; the server hands each request to the engine,
-//! which alone knows the state.
+//! socket. `lbadm` is only a client of it ([`call`]); the server ([`server`]) hands each
+//! request to the driver, and the core alone knows the state.
+
+mod server;
+
+pub use server::{bind, serve};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::oneshot;
 
 use crate::config::{Forwarding, Protocol};
 use crate::health::Health;
@@ -121,61 +122,8 @@ pub struct RealStatus {
     pub since_secs: u64,
 }
 
-/// A request on its way to the engine, with where its answer goes.
+/// A request on its way to the driver, with where its answer goes.
 pub type Call = (Request, oneshot::Sender<Response>);
-
-/// Serves the bound socket, handing requests to the engine.
-pub async fn serve<E: From<Call> + Send + 'static>(
-    listener: UnixListener,
-    engine: mpsc::Sender<E>,
-) -> Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, engine).await {
-                warn!(error = %format!("{e:#}"), "control connection");
-            }
-        });
-    }
-}
-
-/// Binds the control socket, replacing one left by a daemon that died.
-pub fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket left by a daemon that died is removed; a live one is not stolen.
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use: is another lbd running?", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
-}
-
-async fn answer<E: From<Call>>(stream: UnixStream, engine: mpsc::Sender<E>) -> Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => {
-            debug!(?request, "control request");
-            let (tx, rx) = oneshot::channel();
-            engine
-                .send((request, tx).into())
-                .await
-                .map_err(|_| anyhow::anyhow!("engine stopped"))?;
-            rx.await.context("engine dropped the request")?
-        }
-        Err(e) => Response::Error { message: format!("bad request: {e}") },
-    };
-    let mut out = serde_json::to_vec(&response)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    Ok(())
-}
 
 /// The client side, for lbadm and the tests: one request, one response.
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
