@@ -12,6 +12,4 @@ pub mod drivers;
 pub mod health;
 pub mod ipvsadm;
 pub mod link;
-pub mod neighbor;
-pub mod pmtu;
 pub mod realserver;

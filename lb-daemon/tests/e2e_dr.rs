@@ -73,6 +73,7 @@ fn web_health(d: &Director, real: usize) -> Option<Health> {
 
 #[test]
 fn http_and_dns_through_the_vip_follow_the_weights() {
+    lb_lab::needs_root!();
     let d = Director::dr();
     // 800 connections: for a real of weight 1 (want 200), 30 % is about five binomial
     // standard deviations of the client ports' draw (400 once fell just outside); a
@@ -127,6 +128,7 @@ fn http_and_dns_through_the_vip_follow_the_weights() {
 
 #[test]
 fn an_established_connection_stays_when_its_real_is_quiesced() {
+    lb_lab::needs_root!();
     let d = Director::dr();
     let mut conn = d.lab.connect(ROLE_CLIENT, web()).unwrap();
     let owner = lab::http_get_on(&mut conn).unwrap();
@@ -154,6 +156,7 @@ fn an_established_connection_stays_when_its_real_is_quiesced() {
 
 #[test]
 fn a_dead_real_leaves_in_time_and_comes_back() {
+    lb_lab::needs_root!();
     let mut d = Director::dr();
     let victim = 0;
     d.lab.stop(&lab::real_role(victim), "nginx").unwrap();
@@ -203,6 +206,7 @@ fn a_dead_real_leaves_in_time_and_comes_back() {
 
 #[test]
 fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
+    lb_lab::needs_root!();
     let d = Director::dr();
     let path = d.lab.dir().join("lb.yaml");
     let mut conn = d.lab.connect(ROLE_CLIENT, web()).unwrap();
@@ -247,6 +251,7 @@ fn a_reload_applies_a_diff_and_a_bad_one_changes_nothing() {
 
 #[test]
 fn ipv6_http_and_dns_through_the_vip() {
+    lb_lab::needs_root!();
     let d = Director::dr();
     let n = 300;
     let count = tally(&d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(VIP6.into(), 80), n).unwrap());

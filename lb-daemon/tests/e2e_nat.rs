@@ -51,6 +51,7 @@ fn service_stats(stats: &str, service: &str) -> Vec<u64> {
 
 #[test]
 fn nat_carries_http_and_dns_both_ways_over_ipv4_and_ipv6() {
+    lb_lab::needs_root!();
     let d = Director::start(Lab::split("lbn").expect("lab"), config);
     // The kernel does not forward: every answer below crossed the director through XDP.
     let forward = d.lab.exec_ok(ROLE_DIRECTOR, &["sysctl", "-n", "net.ipv4.ip_forward"]).unwrap();
@@ -87,6 +88,7 @@ fn nat_carries_http_and_dns_both_ways_over_ipv4_and_ipv6() {
 /// kernel (forwarding is off).
 #[test]
 fn a_reals_port_unreachable_reaches_the_client_from_the_vip() {
+    lb_lab::needs_root!();
     let d = Director::start(Lab::split("lbi").expect("lab"), config);
     for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
         let family = if vip.is_ipv6() { "-6" } else { "-4" };

@@ -47,6 +47,7 @@ ip -o link show dev eth0 | grep -q ' xdp' || echo "detached: yes"
 
 #[test]
 fn setup_mounts_a_bpffs_at_sys_fs_bpf_when_none_is_there() {
+    lb_lab::needs_root!();
     let lab = Lab::bare("lbm").expect("lab");
     let host_before = host_bpffs();
     let vip = VIP.to_string();
@@ -83,6 +84,7 @@ fn setup_mounts_a_bpffs_at_sys_fs_bpf_when_none_is_there() {
 
 #[test]
 fn setup_under_ip_netns_exec_refuses_before_changing_anything() {
+    lb_lab::needs_root!();
     let lab = Lab::bare("lbx").expect("lab");
     let host_before = host_bpffs();
     let real = lab::real_role(0);

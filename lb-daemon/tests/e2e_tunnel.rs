@@ -167,6 +167,7 @@ fn wait_until_capturing(lab: &Lab) {
 
 #[test]
 fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
+    lb_lab::needs_root!();
     let mut lab = Lab::bare("lbu").expect("lab");
     let pins = prepare_reals(&mut lab);
     for i in 0..REALS.len() {
@@ -269,6 +270,7 @@ fn tunnel_through_the_shipped_decapsulation_over_ipv4_and_ipv6() {
 /// frames keep the VIP as destination), and lbd says so instead of sending them there.
 #[test]
 fn tunnel_reaches_reals_behind_a_router_and_direct_routing_refuses_them() {
+    lb_lab::needs_root!();
     let mut lab = Lab::routed("lbr").expect("lab");
     prepare_reals(&mut lab);
     let router_mac = |dev: &str| {

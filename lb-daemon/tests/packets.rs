@@ -95,6 +95,7 @@ fn too_big_error(macs: ([u8; 6], [u8; 6]), from: IpAddr, to: IpAddr, quoted: &[u
 
 #[test]
 fn vip_packets_leave_with_only_their_macs_changed() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     for frame in [tcp4(VIP4, 80, true), tcp4(VIP4, 80, false), udp6(VIP6, 53)] {
         let (action, out) = run(&mut dp, &frame);
@@ -123,6 +124,7 @@ fn vlan_dns_query() -> Vec<u8> {
 
 #[test]
 fn vlan_tagged_vip_packets_keep_their_tag() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let v = vlan_dns_query();
     let (action, out) = run(&mut dp, &v);
@@ -132,6 +134,7 @@ fn vlan_tagged_vip_packets_keep_their_tag() {
 
 #[test]
 fn ipv4_options_are_skipped() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let mut frame = tcp4(VIP4, 80, true);
     // Insert 4 bytes of options (NOP NOP NOP EOL): IHL 6, total length +4, checksum redone.
@@ -146,6 +149,7 @@ fn ipv4_options_are_skipped() {
 
 #[test]
 fn not_for_a_vip_passes_untouched() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     for frame in [tcp4([192, 0, 2, 11], 80, true), tcp4(VIP4, 82, true), udp6(VIP6, 55)] {
         let (action, out) = run(&mut dp, &frame);
@@ -158,6 +162,7 @@ fn not_for_a_vip_passes_untouched() {
 /// at once, the others go on, and a VIP added back forwards again.
 #[test]
 fn removing_and_adding_a_vip_switches_the_live_table() {
+    lb_lab::needs_root!();
     use lb_common::{PROTO_TCP, VipKey};
     let mut dp = dataplane();
     let key =
@@ -181,6 +186,7 @@ fn removing_and_adding_a_vip_switches_the_live_table() {
 
 #[test]
 fn truncated_and_malformed_frames_pass_untouched() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let good = tcp4(VIP4, 80, true);
     // Cut inside the IPv4 and TCP headers (the kernel refuses test frames under 14 bytes).
@@ -225,6 +231,7 @@ fn truncated_and_malformed_frames_pass_untouched() {
 
 #[test]
 fn a_vip_without_reals_passes() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     dp.set_maglev(0, &vec![NO_REAL; MAGLEV_SIZE as usize]).unwrap();
     let frame = tcp4(VIP4, 80, true);
@@ -247,6 +254,7 @@ fn second_dr_real() -> RealInfo {
 
 #[test]
 fn an_established_flow_keeps_its_real_when_the_table_changes() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let second = second_dr_real();
     dp.set_real(10, second).unwrap();
@@ -268,6 +276,7 @@ fn an_established_flow_keeps_its_real_when_the_table_changes() {
 /// where lbd stored it: 16-bit ids in lines of 32, from the first line to the last slot.
 #[test]
 fn a_maglev_rebuild_stores_only_changed_slots_and_each_is_read_where_stored() {
+    lb_lab::needs_root!();
     let key = |sport: u16| FlowKey {
         src: addr16(&[198, 51, 100, 7]),
         dst: addr16(&VIP4),
@@ -306,6 +315,7 @@ fn a_maglev_rebuild_stores_only_changed_slots_and_each_is_read_where_stored() {
 /// Flows are aged by the clock the daemon publishes (SETTINGS), not a kernel helper.
 #[test]
 fn a_flow_records_the_published_clock_at_each_packet() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let last_seen = |dp: &Dataplane| {
         let flows = dp.flows();
@@ -323,6 +333,7 @@ fn a_flow_records_the_published_clock_at_each_packet() {
 /// A removed VIP's flows and NAT ways back leave with it (lbd purges them on reload).
 #[test]
 fn purging_a_vip_removes_its_flows_and_nat_replies() {
+    lb_lab::needs_root!();
     use lb_common::{PROTO_TCP, VipKey};
     let mut dp = dataplane();
     run(&mut dp, &tcp4(VIP4, 80, true));
@@ -356,6 +367,7 @@ fn purging_a_vip_removes_its_flows_and_nat_replies() {
 
 #[test]
 fn a_syn_on_a_closed_tuple_is_a_new_connection() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let syn = tcp4(VIP4, 80, true);
     run(&mut dp, &syn);
@@ -383,6 +395,7 @@ fn a_syn_on_a_closed_tuple_is_a_new_connection() {
 /// etherparse builds for the rewritten addresses, checksums included.
 #[test]
 fn nat_rewrites_requests_and_replies_with_correct_checksums() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     for (vip, real, client) in nat_addresses() {
         for udp in [false, true] {
@@ -406,6 +419,7 @@ fn nat_rewrites_requests_and_replies_with_correct_checksums() {
 
 #[test]
 fn nat_keeps_an_absent_ipv4_udp_checksum_absent() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let client: SocketAddr = "198.51.100.7:41000".parse().unwrap();
     let vip = SocketAddr::new(Ipv4Addr::from(VIP4).into(), NAT_VIP_PORT_UDP);
@@ -428,6 +442,7 @@ fn nat_keeps_an_absent_ipv4_udp_checksum_absent() {
 
 #[test]
 fn a_reply_without_a_nat_flow_passes_untouched() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let client: SocketAddr = "198.51.100.9:40000".parse().unwrap();
     let real = SocketAddr::new(Ipv4Addr::from(NAT_REAL4).into(), NAT_REAL_PORT_TCP);
@@ -467,6 +482,7 @@ fn a_reply_without_a_nat_flow_passes_untouched() {
 /// etherparse's.
 #[test]
 fn tunnel_wraps_the_packet_in_ip_in_ip() {
+    lb_lab::needs_root!();
     use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
     let mut dp = dataplane();
     let clients =
@@ -517,6 +533,7 @@ fn tunnel_wraps_the_packet_in_ip_in_ip() {
 /// checksum included. (NAT's matrix, reply path included, is the test above.)
 #[test]
 fn dr_and_tunnel_forward_every_family_and_protocol_byte_exact() {
+    lb_lab::needs_root!();
     use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header};
     let mut dp = dataplane();
     for v6 in [false, true] {
@@ -572,6 +589,7 @@ fn dr_and_tunnel_forward_every_family_and_protocol_byte_exact() {
 /// (IPv4) or packet-too-big (IPv6) from the VIP, with correct checksums, quoting its packet.
 #[test]
 fn tunnel_answers_too_big_packets_with_icmp() {
+    lb_lab::needs_root!();
     use etherparse::{
         Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice,
         icmpv4::DestUnreachableHeader,
@@ -626,6 +644,7 @@ fn tunnel_answers_too_big_packets_with_icmp() {
 /// or "unreachable" to the VIP, so to the director) reaches the real that owns the flow.
 #[test]
 fn icmp_errors_about_a_flow_go_to_its_real() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let clients =
         [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V6("2001:db8:1::7".parse().unwrap())];
@@ -676,6 +695,7 @@ fn icmp_errors_about_a_flow_go_to_its_real() {
 /// etherparse builds, so every checksum, the quoted ones included, is checked.
 #[test]
 fn nat_translates_icmp_errors_both_ways_with_correct_checksums() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let error = too_big_error;
     let mut port = 42000;
@@ -726,6 +746,7 @@ fn nat_translates_icmp_errors_both_ways_with_correct_checksums() {
 /// Echo requests to a VIP, and ICMPv6 neighbour discovery, are the director kernel's.
 #[test]
 fn echo_and_neighbour_discovery_pass() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     let mut echo = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
@@ -749,6 +770,7 @@ fn echo_and_neighbour_discovery_pass() {
 /// More malformed and unusual inputs, each with its defined action.
 #[test]
 fn more_malformed_inputs_have_defined_actions() {
+    lb_lab::needs_root!();
     let mut dp = dataplane();
     // IPv6 UDP cut inside the IPv6 header and inside the UDP header.
     let udp = udp6(VIP6, 53);
@@ -821,6 +843,7 @@ fn more_malformed_inputs_have_defined_actions() {
 /// and the other three stay where they are.
 #[test]
 fn a_new_flow_in_a_full_set_replaces_the_one_idle_longest() {
+    lb_lab::needs_root!();
     use lb_common::{FlowKey, PROTO_TCP, flow_table::set_of};
     let mut dp = dataplane();
     let key_of = |f: &[u8]| FlowKey {
@@ -870,6 +893,7 @@ fn a_new_flow_in_a_full_set_replaces_the_one_idle_longest() {
 /// program still passes the verifier with them resized.
 #[test]
 fn maps_are_sized_at_load_time_for_the_configured_capacity() {
+    lb_lab::needs_root!();
     use lb_daemon::core::Capacity;
     let mut dp = Dataplane::load_with(Capacity { vips: 3, reals: 5 }).expect("load (root?)");
     assert_eq!(dp.capacity(), Capacity { vips: 3, reals: 5 });

@@ -14,6 +14,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+/// Whether this process may load XDP programs and create namespaces.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns from the calling test unless it runs as root, saying why on stderr (written
+/// straight to it, past the harness's capture, so the skip shows). `cargo xtask test`
+/// runs as root; a plain `cargo test` as another user runs the rest.
+#[macro_export]
+macro_rules! needs_root {
+    () => {
+        if !$crate::is_root() {
+            use std::io::Write as _;
+            fn here() {}
+            let test = std::any::type_name_of_val(&here).trim_end_matches("::here");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: {test} needs root (it loads XDP programs or builds namespaces)"
+            );
+            return;
+        }
+    };
+}
+
 /// The lab's segment (TEST-NET-2, RFC 5737: never routed anywhere).
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const DIRECTOR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);

@@ -23,7 +23,7 @@ use tracing::{debug, info, info_span, warn};
 
 pub use hysteresis::{Health, Hysteresis};
 pub use tables::{Batch, Op, Tables};
-pub use view::{Listed, connection_counts};
+pub use view::{Listed, connection_counts, fmt_mac};
 
 use crate::config::{self, Check, Config, Director, OnFailure, Protocol, Service};
 use crate::control::{InterfaceView, Request, Response, StatusView};
@@ -105,7 +105,7 @@ pub struct Resolved {
     /// The route's preferred source address: what a tunnel to the real leaves from.
     pub src: Option<IpAddr>,
     /// The path's MTU, when something narrows it: the route (`ip route ... mtu N`) or a
-    /// router's "too big" answer to a tunnel packet (crate::pmtu).
+    /// router's "too big" answer to a tunnel packet (drivers::pmtu).
     pub mtu: Option<u32>,
 }
 

@@ -8,7 +8,6 @@ use lb_common::{FLOW_CLOSING, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP};
 
 use super::{Core, Time};
 use crate::control::{DirectorView, RealStatus, RealView, ServiceView, StatusView};
-use crate::neighbor;
 
 /// One service of a listing, with where its counters are in the data plane.
 #[derive(Debug, Clone)]
@@ -65,7 +64,7 @@ impl Core {
                     address: r.addr,
                     health: r.health,
                     weight: r.effective_weight(),
-                    mac: r.hop.and_then(|h| h.mac).map(neighbor::fmt_mac),
+                    mac: r.hop.and_then(|h| h.mac).map(fmt_mac),
                     via: r.hop.and_then(|h| h.via),
                     unreachable: r.unreachable(s.spec.forwarding, &self.links),
                     // The failing check's result first: it says why the real is down.
@@ -110,4 +109,9 @@ pub fn connection_counts(flows: &[(FlowKey, FlowValue)], now_s: u32) -> HashMap<
         }
     }
     counts
+}
+
+/// A MAC as `ip neigh` and ipvsadm's users write it.
+pub fn fmt_mac(m: [u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }

@@ -5,6 +5,8 @@
 pub mod dataplane;
 #[cfg(test)]
 pub mod fake;
+pub mod neighbor;
+pub mod pmtu;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

@@ -18,7 +18,8 @@ use rtnetlink::{MulticastGroup, RouteMessageBuilder};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::pmtu::Learnt;
+use super::pmtu::Learnt;
+use crate::core::fmt_mac;
 
 pub use crate::core::Resolved;
 
@@ -243,8 +244,4 @@ fn probe(ip: IpAddr) {
     if let Err(e) = sent {
         debug!(real = %ip, error = %e, "neighbour probe");
     }
-}
-
-pub fn fmt_mac(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
