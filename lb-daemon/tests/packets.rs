@@ -529,19 +529,15 @@ fn tunnel_wraps_the_packet_in_ip_in_ip() {
 }
 
 /// Direct routing and tunnel for each family and protocol, byte for byte: DR changes only
-/// the MACs; tunnel's output is compared with an outer header built here by etherparse,
-/// checksum included. (NAT's matrix, reply path included, is the test above.)
+/// the MACs; tunnel's output is compared with an outer header built by etherparse
+/// (common::tunnelled), checksum included. (NAT's matrix, reply path included, is the test
+/// above.)
 #[test]
 fn dr_and_tunnel_forward_every_family_and_protocol_byte_exact() {
     lb_lab::needs_root!();
-    use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header};
     let mut dp = dataplane();
     for v6 in [false, true] {
-        let (client, vip) = if v6 {
-            (IpAddr::V6("2001:db8:1::7".parse().unwrap()), IpAddr::V6(Ipv6Addr::from(VIP6)))
-        } else {
-            (IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V4(Ipv4Addr::from(VIP4)))
-        };
+        let (client, vip) = client_and_vip(v6);
         for udp in [false, true] {
             let frame = |port| {
                 let opening =
@@ -553,36 +549,66 @@ fn dr_and_tunnel_forward_every_family_and_protocol_byte_exact() {
             assert_eq!((action, out), (XDP_TX, dr_rewritten(&request)), "dr v6={v6} udp={udp}");
 
             let request = frame(if udp { TUNNEL_VIP_PORT_UDP } else { TUNNEL_VIP_PORT });
-            let inner = &request[14..];
-            let mut want = Vec::new();
-            let ether_type = if v6 { EtherType::IPV6 } else { EtherType::IPV4 };
-            Ethernet2Header { source: DIRECTOR_MAC, destination: REAL_MAC, ether_type }
-                .write(&mut want)
-                .unwrap();
-            if v6 {
-                Ipv6Header {
-                    payload_length: inner.len() as u16,
-                    next_header: IpNumber::IPV6,
-                    hop_limit: 64,
-                    source: TUNNEL_SRC[1],
-                    destination: TUNNEL_REAL6,
-                    ..Default::default()
-                }
-                .write(&mut want)
-                .unwrap();
-            } else {
-                let source = TUNNEL_SRC[0][..4].try_into().unwrap();
-                let mut outer =
-                    Ipv4Header::new(inner.len() as u16, 64, IpNumber::IPV4, source, TUNNEL_REAL4)
-                        .unwrap();
-                outer.dont_fragment = true; // copied from the inner header, which has it
-                outer.write(&mut want).unwrap(); // computes the header checksum
-            }
-            want.extend_from_slice(inner);
+            let want = tunnelled(&request[14..], None);
             let (action, out) = run(&mut dp, &request);
             assert_eq!((action, out), (XDP_TX, want), "tunnel v6={v6} udp={udp}");
         }
     }
+}
+
+/// The client's address and a VIP of one family: IPv4 or IPv6.
+fn client_and_vip(v6: bool) -> (IpAddr, IpAddr) {
+    if v6 {
+        (IpAddr::V6("2001:db8:1::7".parse().unwrap()), IpAddr::V6(Ipv6Addr::from(VIP6)))
+    } else {
+        (IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), IpAddr::V4(Ipv4Addr::from(VIP4)))
+    }
+}
+
+/// A tunnelled frame keeps its 802.1Q tag whole: TPID 0x8100 and the TCI (priority bits
+/// included), then the outer header's ethertype; the rest as untagged.
+#[test]
+fn tunnel_keeps_a_vlan_tag_byte_exact() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    let tci = 0x2007; // priority 1, VLAN 7
+    for v6 in [false, true] {
+        let (client, vip) = client_and_vip(v6);
+        for udp in [false, true] {
+            let port = if udp { TUNNEL_VIP_PORT_UDP } else { TUNNEL_VIP_PORT };
+            let opening =
+                Frame::opening(SocketAddr::new(client, 40200), SocketAddr::new(vip, port), udp);
+            let request = Frame { payload: b"request".to_vec(), ..opening }.build();
+            let (action, out) = run(&mut dp, &vlan_tagged(&request, tci));
+            let want = tunnelled(&request[14..], Some(tci));
+            assert_eq!((action, out), (XDP_TX, want), "v6={v6} udp={udp}");
+        }
+    }
+    assert_eq!(reason_count(&dp, Reason::Transmitted), 4);
+}
+
+/// Too big to tunnel, with a tag: the ICMP answer is sent for untagged frames only
+/// (ARCHITECTURE.md), so a tagged one is dropped and counted, IPv4 (DF set) and IPv6.
+#[test]
+fn too_big_to_tunnel_with_a_vlan_tag_is_dropped() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    for v6 in [false, true] {
+        let (client, vip) = client_and_vip(v6);
+        let request = Frame {
+            syn: false,
+            payload: vec![0x5a; 200],
+            ..Frame::opening(
+                SocketAddr::new(client, 40000),
+                SocketAddr::new(vip, SMALL_MTU_VIP_PORT),
+                false,
+            )
+        }
+        .build();
+        assert_eq!(run(&mut dp, &vlan_tagged(&request, 7)).0, XDP_DROP, "v6={v6}");
+    }
+    assert_eq!(reason_count(&dp, Reason::DropTooBig), 2);
+    assert_eq!(reason_count(&dp, Reason::TooBigSent), 0);
 }
 
 /// Too big for the egress MTU once wrapped: the client gets ICMP fragmentation-needed

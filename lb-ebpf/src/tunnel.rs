@@ -36,8 +36,10 @@ pub fn forward(
     let inner: [u8; 8] = unsafe { *bytes_at::<8>(ctx, packet.l3)? };
     let second = inner[1];
     let dont_fragment = if v4 { inner[6] & 0x40 } else { 0 };
+    // A tagged frame keeps its tag: the TCI is read here, the TPID is 0x8100 (the only one
+    // the parser takes), and the outer ethertype follows them.
     let vlan = packet.l3 == 18;
-    let tag = if vlan { unsafe { *bytes_at::<4>(ctx, 14)? } } else { [0u8; 4] };
+    let tci = if vlan { unsafe { *bytes_at::<2>(ctx, 14)? } } else { [0u8; 2] };
 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(Reason::PassInternal);
@@ -45,12 +47,13 @@ pub fn forward(
     // The frame is now [L2 header][outer IP][inner packet]: write the first two anew.
     let ethertype: [u8; 2] = if v4 { [0x08, 0x00] } else { [0x86, 0xdd] };
     crate::address_to_real(ctx, real)?;
-    let eth = unsafe { &mut *bytes_at::<14>(ctx, 0)? };
     if vlan {
         let l2 = unsafe { &mut *bytes_at::<18>(ctx, 0)? };
-        l2[12..16].copy_from_slice(&tag);
+        l2[12..14].copy_from_slice(&[0x81, 0x00]);
+        l2[14..16].copy_from_slice(&tci);
         l2[16..18].copy_from_slice(&ethertype);
     } else {
+        let eth = unsafe { &mut *bytes_at::<14>(ctx, 0)? };
         eth[12..14].copy_from_slice(&ethertype);
     }
     // Written in words, as they lie in memory (words.rs says why).

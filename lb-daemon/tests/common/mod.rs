@@ -10,8 +10,10 @@ use lb_common::{
 };
 use lb_daemon::dataplane::Dataplane;
 
+pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const REAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
@@ -235,4 +237,51 @@ impl Frame {
         }
         v
     }
+}
+
+/// `frame` with an 802.1Q tag (TPID 0x8100, then `tci`) inserted after the MACs.
+pub fn vlan_tagged(frame: &[u8], tci: u16) -> Vec<u8> {
+    let tci = tci.to_be_bytes();
+    [&frame[..12], &[0x81, 0x00, tci[0], tci[1]], &frame[12..]].concat()
+}
+
+/// What the tunnel must send for the client's IP packet `inner` (exactly its IP length):
+/// Ethernet from the director to the real, the 802.1Q tag `tci` kept if the request had
+/// one, and an outer header built by etherparse (checksum included) from the family's
+/// tunnel source to its tunnel real, copying TOS and DF (IPv4), or traffic class and flow
+/// label (IPv6), from the inner header.
+pub fn tunnelled(inner: &[u8], tci: Option<u16>) -> Vec<u8> {
+    use etherparse::{IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
+    let v6 = inner[0] >> 4 == 6;
+    let mut want = [REAL_MAC, DIRECTOR_MAC].concat();
+    if let Some(tci) = tci {
+        want.extend_from_slice(&[0x81, 0x00]);
+        want.extend_from_slice(&tci.to_be_bytes());
+    }
+    if v6 {
+        want.extend_from_slice(&[0x86, 0xdd]);
+        let first = u32::from_be_bytes([inner[0], inner[1], inner[2], inner[3]]);
+        Ipv6Header {
+            traffic_class: (first >> 20) as u8,
+            flow_label: Ipv6FlowLabel::try_new(first & 0xf_ffff).unwrap(),
+            payload_length: inner.len() as u16,
+            next_header: IpNumber::IPV6,
+            hop_limit: 64,
+            source: TUNNEL_SRC[1],
+            destination: TUNNEL_REAL6,
+        }
+        .write(&mut want)
+        .unwrap();
+    } else {
+        want.extend_from_slice(&[0x08, 0x00]);
+        let source = TUNNEL_SRC[0][..4].try_into().unwrap();
+        let mut outer =
+            Ipv4Header::new(inner.len() as u16, 64, IpNumber::IPV4, source, TUNNEL_REAL4).unwrap();
+        outer.dscp = IpDscp::try_new(inner[1] >> 2).unwrap();
+        outer.ecn = IpEcn::try_new(inner[1] & 3).unwrap();
+        outer.dont_fragment = inner[6] & 0x40 != 0;
+        outer.write(&mut want).unwrap(); // computes the header checksum
+    }
+    want.extend_from_slice(inner);
+    want
 }
