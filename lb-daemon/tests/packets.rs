@@ -865,6 +865,162 @@ fn more_malformed_inputs_have_defined_actions() {
     assert_eq!(reason_count(&dp, Reason::PassTruncated), 2 + cuts.len() as u64);
 }
 
+/// A request to each kind of service: (mode, VIP port for TCP, for UDP).
+const SERVICES: [(&str, u16, u16); 3] = [
+    ("dr", 80, 53),
+    ("nat", NAT_VIP_PORT_TCP, NAT_VIP_PORT_UDP),
+    ("tunnel", TUNNEL_VIP_PORT, TUNNEL_VIP_PORT_UDP),
+];
+
+/// Sets an IPv4 header's total length (and its checksum) or an IPv6 header's payload
+/// length, in a frame without a tag.
+fn set_ip_length(frame: &mut [u8], len: u16) {
+    if frame[14] >> 4 == 4 {
+        frame[16..18].copy_from_slice(&len.to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = etherparse::Ipv4HeaderSlice::from_slice(&frame[14..34])
+            .unwrap()
+            .to_header()
+            .calc_header_checksum();
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    } else {
+        frame[18..20].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// The IP length of a frame without a tag: IPv4 total length, or 40 + IPv6 payload length.
+fn ip_length(frame: &[u8]) -> usize {
+    if frame[14] >> 4 == 4 {
+        u16::from_be_bytes([frame[16], frame[17]]) as usize
+    } else {
+        40 + u16::from_be_bytes([frame[18], frame[19]]) as usize
+    }
+}
+
+/// An IP length, a TCP data offset or a UDP length that claims more bytes than there are
+/// is a header cut short (`pass_truncated`), in every mode, family and protocol; an IPv4
+/// total length below its own header is malformed. None of them may be forwarded.
+#[test]
+fn lengths_beyond_the_packet_pass_as_truncated() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    let mut truncated = 0;
+    let mut malformed = 0;
+    for (mode, tcp_port, udp_port) in SERVICES {
+        for v6 in [false, true] {
+            let (client, vip) = client_and_vip(v6);
+            for udp in [false, true] {
+                let port = if udp { udp_port } else { tcp_port };
+                let opening =
+                    Frame::opening(SocketAddr::new(client, 40300), SocketAddr::new(vip, port), udp);
+                let good = Frame { payload: b"request".to_vec(), ..opening }.build();
+                let l4 = if v6 { 54 } else { 34 };
+                let ip_len = ip_length(&good) as u16;
+                let mut cases = vec![];
+                // One byte more than the frame holds.
+                let mut long = good.clone();
+                set_ip_length(&mut long, ip_len + 1 - if v6 { 40 } else { 0 });
+                cases.push(("ip length", long));
+                // The IP length ends inside the transport header.
+                let mut short = good.clone();
+                set_ip_length(&mut short, (l4 - 14 + 6 - if v6 { 40 } else { 0 }) as u16);
+                cases.push(("ip length inside the transport header", short));
+                let mut beyond = good.clone();
+                if udp {
+                    let len = (good.len() - l4 + 1) as u16;
+                    beyond[l4 + 4..l4 + 6].copy_from_slice(&len.to_be_bytes());
+                    cases.push(("udp length", beyond));
+                } else {
+                    beyond[l4 + 12] = 0xf0; // 60 bytes of header in 27 bytes of segment
+                    cases.push(("tcp data offset", beyond));
+                }
+                for (what, frame) in cases {
+                    let case = format!("{mode} v6={v6} udp={udp}: {what}");
+                    assert_eq!(run(&mut dp, &frame), (XDP_PASS, frame.clone()), "{case}");
+                    truncated += 1;
+                    assert_eq!(reason_count(&dp, Reason::PassTruncated), truncated, "{case}");
+                }
+                if !v6 {
+                    let mut below = good.clone();
+                    set_ip_length(&mut below, 19);
+                    assert_eq!(run(&mut dp, &below), (XDP_PASS, below.clone()), "{mode}");
+                    malformed += 1;
+                    assert_eq!(reason_count(&dp, Reason::PassMalformed), malformed, "{mode}");
+                }
+            }
+        }
+    }
+    assert_eq!(reason_count(&dp, Reason::Transmitted), 0);
+}
+
+/// `frame` with `n` bytes of padding (0xa5, so a checksum that covers them shows) after its
+/// IP packet.
+fn padded(frame: &[u8], n: usize) -> Vec<u8> {
+    [frame, &vec![0xa5; n]].concat()
+}
+
+/// Ethernet pads a short frame to 60 bytes beyond its IP packet: such a frame is forwarded
+/// by its IP length in each mode. DR sends it as it came (MACs changed); NAT's checksums
+/// are those etherparse computes over the IP packet alone (the padding follows unchanged);
+/// the tunnel wraps the IP packet alone, and its outer length counts that, not the padding.
+#[test]
+fn padded_frames_are_forwarded_by_their_ip_length() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    let nat_real = |v6: bool, udp: bool| {
+        let port = if udp { NAT_REAL_PORT_UDP } else { NAT_REAL_PORT_TCP };
+        let addr = if v6 { IpAddr::from(NAT_REAL6) } else { IpAddr::from(NAT_REAL4) };
+        SocketAddr::new(addr, port)
+    };
+    for (mode, tcp_port, udp_port) in SERVICES {
+        // An empty IPv4 TCP ACK (54 bytes) and a 1-byte IPv4 UDP datagram (43) padded to 60;
+        // an IPv6 UDP datagram with 6 bytes after it.
+        for (v6, udp, payload) in [(false, false, 0), (false, true, 1), (true, true, 1)] {
+            let (client, vip) = client_and_vip(v6);
+            let port = if udp { udp_port } else { tcp_port };
+            let opening =
+                Frame::opening(SocketAddr::new(client, 40400), SocketAddr::new(vip, port), udp);
+            let request = Frame { syn: false, payload: vec![0x42; payload], ..opening };
+            let bare = request.build();
+            let pad = if v6 { 6 } else { 60 - bare.len() };
+            let frame = padded(&bare, pad);
+            let want = match mode {
+                "dr" => dr_rewritten(&frame),
+                "nat" => {
+                    let rewritten = Frame {
+                        src_mac: DIRECTOR_MAC,
+                        dst_mac: REAL_MAC,
+                        dst: nat_real(v6, udp),
+                        ..request.clone()
+                    };
+                    padded(&rewritten.build(), pad)
+                }
+                _ => tunnelled(&bare[14..], None),
+            };
+            let case = format!("{mode} v6={v6} udp={udp}");
+            assert_eq!(run(&mut dp, &frame), (XDP_TX, want), "{case}");
+            if mode == "nat" {
+                // The real's reply, padded too, goes back from the VIP.
+                let reply = Frame {
+                    src_mac: REAL_MAC,
+                    dst_mac: DIRECTOR_MAC,
+                    src: nat_real(v6, udp),
+                    dst: request.src,
+                    ..request.clone()
+                };
+                let want = Frame {
+                    src_mac: DIRECTOR_MAC,
+                    dst_mac: CLIENT_MAC,
+                    src: request.dst,
+                    ..reply.clone()
+                };
+                let out = run(&mut dp, &padded(&reply.build(), pad));
+                assert_eq!(out, (XDP_TX, padded(&want.build(), pad)), "reply: {case}");
+            }
+        }
+    }
+}
+
 /// A set of the connection table holds four flows: a fifth replaces the one idle longest,
 /// and the other three stay where they are.
 #[test]

@@ -263,9 +263,12 @@ fn rewrite_icmp(
     let icmp_csum = unsafe { &mut *bytes_at::<2>(ctx, packet.l4 + 2)? };
     let port = unsafe { &mut *bytes_at::<2>(ctx, quote_l4 + inner.port_at())? };
     // UDP's checksum is in the 8 bytes every error quotes; TCP's only when the router
-    // quoted more (Linux quotes up to 576 bytes).
-    let l4_csum = bytes_at::<2>(ctx, quote_l4 + l4_csum_at(udp))
-        .ok()
+    // quoted more (Linux quotes up to 576 bytes). Quoted means within the ICMP message:
+    // Ethernet padding after it is no part of the quote.
+    let csum_at = quote_l4 + l4_csum_at(udp);
+    let l4_csum = (csum_at + 2 <= packet.ip_end)
+        .then(|| bytes_at::<2>(ctx, csum_at).ok())
+        .flatten()
         .map(|c| unsafe { &mut *c })
         .filter(|c| l4_csum_used(c, v4, udp));
     let mut icmp = u16::from_be_bytes(*icmp_csum);

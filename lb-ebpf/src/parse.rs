@@ -1,6 +1,11 @@
 //! Header parsing: Ethernet, at most one 802.1Q tag, IPv4 (options skipped by IHL) or the
 //! IPv6 base header, then the TCP or UDP ports. No loops: every offset is bounded and
 //! checked against the end of the frame before it is read.
+//!
+//! Lengths are checked too (ARCHITECTURE.md, "Input policy: frames"): the IP packet, as
+//! its header says, must lie in the frame, and every header after it in the IP packet,
+//! TCP's data offset and UDP's length included; anything shorter is `PassTruncated`.
+//! Bytes after the IP packet are Ethernet padding, never part of it.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
@@ -33,6 +38,9 @@ pub struct Packet {
     /// Offsets of the IP and transport headers, for the paths that rewrite them.
     pub l3: usize,
     pub l4: usize,
+    /// Where the IP packet ends (by its header's length): at the end of the frame, or
+    /// before Ethernet padding.
+    pub ip_end: usize,
     /// An ICMP error (destination unreachable, packet too big) about a packet of `key`'s
     /// flow; `key` is that flow's, seen from the client, read from the quoted header.
     pub icmp_error: bool,
@@ -63,6 +71,24 @@ pub fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<*mut 
     Ok((start + offset) as *mut [u8; N])
 }
 
+/// `bytes_at`, for a header that must also end within the IP packet, at `end` or before.
+#[inline(always)]
+fn bytes_in<const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    end: usize,
+) -> Result<*mut [u8; N], Reason> {
+    if offset + N > end {
+        return Err(Reason::PassTruncated);
+    }
+    bytes_at::<N>(ctx, offset)
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
 #[inline(always)]
 fn be16(b: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([b[i], b[i + 1]])
@@ -79,18 +105,18 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         l3 = ETH_HLEN + VLAN_HLEN;
     }
     let mut key = FlowKey::default();
-    let l4 = match ethertype {
+    let (l4, ip_end) = match ethertype {
         ETH_P_IP => parse_ipv4(ctx, l3, &mut key)?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3, &mut key)?,
         _ => return Err(Reason::PassNotIp),
     };
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = frame_len(ctx) as u64;
     if key.proto == PROTO_ICMP || key.proto == PROTO_ICMPV6 {
-        let key = parse_icmp_error(ctx, l4, key.family)?;
-        return Ok(Packet { key, tcp_flags: 0, len, l3, l4, icmp_error: true });
+        let key = parse_icmp_error(ctx, l4, ip_end, key.family)?;
+        return Ok(Packet { key, tcp_flags: 0, len, l3, l4, ip_end, icmp_error: true });
     }
-    let tcp_flags = parse_ports(ctx, l4, &mut key)?;
-    Ok(Packet { key, tcp_flags, len, l3, l4, icmp_error: false })
+    let tcp_flags = parse_ports(ctx, l4, ip_end, &mut key)?;
+    Ok(Packet { key, tcp_flags, len, l3, l4, ip_end, icmp_error: false })
 }
 
 /// An ICMP error quotes the packet that caused it: the IP header and at least 8 bytes,
@@ -98,8 +124,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
 /// belongs to is the quote reversed. Anything but destination unreachable (ICMPv4 3,
 /// ICMPv6 1) and packet too big (ICMPv6 2), with a TCP or UDP quote, is not ours.
 #[inline(always)]
-fn parse_icmp_error(ctx: &XdpContext, l4: usize, family: u8) -> Result<FlowKey, Reason> {
-    let icmp = unsafe { &*bytes_at::<ICMP_HLEN>(ctx, l4)? };
+fn parse_icmp_error(
+    ctx: &XdpContext,
+    l4: usize,
+    ip_end: usize,
+    family: u8,
+) -> Result<FlowKey, Reason> {
+    let icmp = unsafe { &*bytes_in::<ICMP_HLEN>(ctx, l4, ip_end)? };
     let error = if family == FAMILY_V4 { icmp[0] == 3 } else { icmp[0] == 1 || icmp[0] == 2 };
     if !error {
         return Err(Reason::PassOtherProto);
@@ -107,7 +138,7 @@ fn parse_icmp_error(ctx: &XdpContext, l4: usize, family: u8) -> Result<FlowKey, 
     let quote = l4 + ICMP_HLEN;
     let mut key = FlowKey { family, ..FlowKey::default() };
     let ports_at = if family == FAMILY_V4 {
-        let ip = unsafe { &*bytes_at::<20>(ctx, quote)? };
+        let ip = unsafe { &*bytes_in::<20>(ctx, quote, ip_end)? };
         if ip[0] != 0x45 {
             return Err(Reason::PassMalformed);
         }
@@ -116,7 +147,10 @@ fn parse_icmp_error(ctx: &XdpContext, l4: usize, family: u8) -> Result<FlowKey, 
         key.src = unsafe { words::addr4(ip[16..].as_ptr()) };
         quote + 20
     } else {
-        let ip = unsafe { &*bytes_at::<IPV6_HLEN>(ctx, quote)? };
+        let ip = unsafe { &*bytes_in::<IPV6_HLEN>(ctx, quote, ip_end)? };
+        if ip[0] >> 4 != 6 {
+            return Err(Reason::PassMalformed);
+        }
         key.proto = ip[6];
         key.dst = unsafe { words::addr16(ip[8..].as_ptr()) };
         key.src = unsafe { words::addr16(ip[24..].as_ptr()) };
@@ -125,21 +159,27 @@ fn parse_icmp_error(ctx: &XdpContext, l4: usize, family: u8) -> Result<FlowKey, 
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
         return Err(Reason::PassOtherProto);
     }
-    let ports = bytes_at::<4>(ctx, ports_at)? as *const u8;
+    let ports = bytes_in::<4>(ctx, ports_at, ip_end)? as *const u8;
     (key.dport_be, key.sport_be) = unsafe { words::ports(ports) };
     Ok(key)
 }
 
-/// Fills addresses and protocol; returns the transport header's offset.
+/// Fills addresses and protocol; returns the offsets of the transport header and of the
+/// IP packet's end.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, Reason> {
+fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(usize, usize), Reason> {
     let ip = unsafe { &*bytes_at::<20>(ctx, l3)? };
     if ip[0] >> 4 != 4 {
         return Err(Reason::PassMalformed);
     }
     let ihl = (ip[0] & 0x0f) as usize * 4;
-    if ihl < 20 || (be16(ip, 2) as usize) < ihl {
+    let total = be16(ip, 2) as usize;
+    if ihl < 20 || total < ihl {
         return Err(Reason::PassMalformed);
+    }
+    // The options, too, lie within the total length, so within the frame.
+    if l3 + total > frame_len(ctx) {
+        return Err(Reason::PassTruncated);
     }
     // More-fragments set or a non-zero offset: only the first fragment has ports.
     if be16(ip, 6) & 0x3fff != 0 {
@@ -153,14 +193,18 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, R
     key.proto = proto;
     key.src = unsafe { words::addr4(ip[12..].as_ptr()) };
     key.dst = unsafe { words::addr4(ip[16..].as_ptr()) };
-    Ok(l3 + ihl)
+    Ok((l3 + ihl, l3 + total))
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, Reason> {
+fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(usize, usize), Reason> {
     let ip = unsafe { &*bytes_at::<IPV6_HLEN>(ctx, l3)? };
     if ip[0] >> 4 != 6 {
         return Err(Reason::PassMalformed);
+    }
+    let end = l3 + IPV6_HLEN + be16(ip, 4) as usize;
+    if end > frame_len(ctx) {
+        return Err(Reason::PassTruncated);
     }
     let next = ip[6];
     if next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
@@ -174,7 +218,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<usize, R
     key.proto = next;
     key.src = unsafe { words::addr16(ip[8..].as_ptr()) };
     key.dst = unsafe { words::addr16(ip[24..].as_ptr()) };
-    Ok(l3 + IPV6_HLEN)
+    Ok((l3 + IPV6_HLEN, end))
 }
 
 /// Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6,
@@ -184,20 +228,34 @@ fn is_ipv6_extension(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
-/// Fills the ports; returns the TCP flags (0 for UDP).
+/// Fills the ports; returns the TCP flags (0 for UDP). The header, and the length it
+/// claims (TCP's data offset, UDP's length), must end within the IP packet.
 #[inline(always)]
-fn parse_ports(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, Reason> {
+fn parse_ports(
+    ctx: &XdpContext,
+    l4: usize,
+    ip_end: usize,
+    key: &mut FlowKey,
+) -> Result<u8, Reason> {
     if key.proto == PROTO_TCP {
-        let tcp = unsafe { &*bytes_at::<TCP_MIN_HLEN>(ctx, l4)? };
-        if tcp[12] >> 4 < 5 {
+        let tcp = unsafe { &*bytes_in::<TCP_MIN_HLEN>(ctx, l4, ip_end)? };
+        let doff = (tcp[12] >> 4) as usize * 4;
+        if doff < TCP_MIN_HLEN {
             return Err(Reason::PassMalformed);
+        }
+        if l4 + doff > ip_end {
+            return Err(Reason::PassTruncated);
         }
         (key.sport_be, key.dport_be) = unsafe { words::ports(tcp.as_ptr()) };
         Ok(tcp[13])
     } else {
-        let udp = unsafe { &*bytes_at::<UDP_HLEN>(ctx, l4)? };
-        if (be16(udp, 4) as usize) < UDP_HLEN {
+        let udp = unsafe { &*bytes_in::<UDP_HLEN>(ctx, l4, ip_end)? };
+        let len = be16(udp, 4) as usize;
+        if len < UDP_HLEN {
             return Err(Reason::PassMalformed);
+        }
+        if l4 + len > ip_end {
+            return Err(Reason::PassTruncated);
         }
         (key.sport_be, key.dport_be) = unsafe { words::ports(udp.as_ptr()) };
         Ok(0)

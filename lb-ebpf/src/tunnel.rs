@@ -3,7 +3,10 @@
 //! 41, RFC 2473). The outer source is the director's address on the egress interface; the
 //! real decapsulates (lb_decap) and answers the client directly, from the VIP.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use lb_common::{FAMILY_V4, RealInfo, Reason};
 
 use crate::parse::{Packet, bytes_at};
@@ -26,10 +29,15 @@ pub fn forward(
     }
     let v4 = packet.key.family == FAMILY_V4;
     let outer_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
-    let inner_len = ctx.data_end() - ctx.data() - packet.l3;
+    // The IP packet by its own length: Ethernet padding after it is not carried.
+    let inner_len = packet.ip_end - packet.l3;
     if inner_len + outer_len > real.mtu as usize {
         // Too big once encapsulated: tell the client its path MTU, as a router would.
         return icmp::too_big(ctx, packet, real.mtu as u32 - outer_len as u32);
+    }
+    let padding = ctx.data_end() - ctx.data() - packet.ip_end;
+    if padding != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(padding as i32)) } != 0 {
+        return Err(Reason::PassInternal);
     }
     // What the outer header copies from the inner one, read before the head moves.
     // IPv4: TOS (byte 1), DF (byte 6); IPv6: version, traffic class, flow label (0..4).
