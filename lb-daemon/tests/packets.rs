@@ -769,6 +769,62 @@ fn nat_translates_icmp_errors_both_ways_with_correct_checksums() {
     assert_eq!(reason_count(&dp, Reason::PassIcmpNoFlow), 0);
 }
 
+/// An ICMP error belongs to a flow only when it is addressed to the quoted packet's source:
+/// the VIP for an error about a VIP's answer, the client for one about a NAT request. The
+/// same quote addressed elsewhere (here the director's own address, or the VIP for a NAT
+/// request's) passes to the kernel untouched: `pass_icmp_no_flow` when it quotes a VIP,
+/// `pass_not_vip` otherwise. Addressed as it should be, each is forwarded.
+#[test]
+fn icmp_errors_not_addressed_to_the_quoted_source_pass() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    let quote = |from: SocketAddr, to: SocketAddr| {
+        let packet = Frame { syn: false, payload: vec![0; 100], ..Frame::opening(from, to, false) };
+        let packet = packet.build();
+        packet[14..14 + if from.is_ipv4() { 28 } else { 48 }].to_vec()
+    };
+    let macs = (CLIENT_MAC, DIRECTOR_MAC);
+    let (mut no_flow, mut not_vip) = (0, 0);
+    for v6 in [false, true] {
+        let (client, vip) = client_and_vip(v6);
+        // The director's own address (the tunnels' source).
+        let director = if v6 {
+            IpAddr::from(TUNNEL_SRC[1])
+        } else {
+            IpAddr::from(<[u8; 4]>::try_from(&TUNNEL_SRC[0][..4]).unwrap())
+        };
+        let router: IpAddr = if v6 { "2001:db8:ff::1" } else { "203.0.113.1" }.parse().unwrap();
+        for (mode, port) in [("dr", 80), ("nat", NAT_VIP_PORT_TCP), ("tunnel", TUNNEL_VIP_PORT)] {
+            let (client, vip) = (SocketAddr::new(client, 40500), SocketAddr::new(vip, port));
+            assert_eq!(run(&mut dp, &Frame::opening(client, vip, false).build()).0, XDP_TX);
+            let quoted = quote(vip, client);
+            let stray = too_big_error(macs, router, director, &quoted);
+            let case = format!("{mode} v6={v6}");
+            assert_eq!(run(&mut dp, &stray), (XDP_PASS, stray.clone()), "{case}");
+            no_flow += 1;
+            assert_eq!(reason_count(&dp, Reason::PassIcmpNoFlow), no_flow, "{case}");
+            let error = too_big_error(macs, router, vip.ip(), &quoted);
+            assert_eq!(run(&mut dp, &error).0, XDP_TX, "{case}");
+        }
+        // The NAT real's error about the request as it arrived (client -> real).
+        let client = SocketAddr::new(client, 40500);
+        let real_port = SocketAddr::new(
+            if v6 { IpAddr::from(NAT_REAL6) } else { IpAddr::from(NAT_REAL4) },
+            NAT_REAL_PORT_TCP,
+        );
+        let quoted = quote(client, real_port);
+        let back = (REAL_MAC, DIRECTOR_MAC);
+        for elsewhere in [vip, director] {
+            let stray = too_big_error(back, real_port.ip(), elsewhere, &quoted);
+            assert_eq!(run(&mut dp, &stray), (XDP_PASS, stray.clone()), "nat v6={v6}");
+            not_vip += 1;
+            assert_eq!(reason_count(&dp, Reason::PassNotVip), not_vip, "to {elsewhere}");
+        }
+        let error = too_big_error(back, real_port.ip(), client.ip(), &quoted);
+        assert_eq!(run(&mut dp, &error).0, XDP_TX, "nat v6={v6}");
+    }
+}
+
 /// Echo requests to a VIP, and ICMPv6 neighbour discovery, are the director kernel's.
 #[test]
 fn echo_and_neighbour_discovery_pass() {

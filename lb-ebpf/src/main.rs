@@ -25,7 +25,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES,
+    FAMILY_V4, FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES,
     REAL_PRESENT, RealInfo, Reason, SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS,
     VipInfo, VipKey,
     flow_table::{FlowSet, set_of_hash},
@@ -73,14 +73,32 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
 /// An ICMP error about a flow: about one to a VIP, it goes to the flow's real; about a NAT
 /// flow's request, back to the client. Cold: errors are rare, and without the hint their
 /// code cost every other packet registers and about 8 ns (docs/BENCHMARKS.md).
+///
+/// An error is about a flow only when it is addressed to the source of the packet it
+/// quotes, as a router addresses it: the VIP (an answer of the flow's), or the client (a
+/// NAT request). The same quote addressed elsewhere is not the flow's to forward.
 #[cold]
 #[inline(always)]
 fn icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<(u32, Reason), Reason> {
+    let addressed = to_quoted_source(ctx, packet)?;
     match find_vip(packet) {
-        Ok(vip) => icmp_to_real(ctx, packet, &vip),
-        Err(Reason::PassNotVip) => nat::icmp_to_client(ctx, packet),
+        Ok(vip) if addressed => icmp_to_real(ctx, packet, &vip),
+        Ok(_) => Err(Reason::PassIcmpNoFlow),
+        Err(Reason::PassNotVip) if addressed => nat::icmp_to_client(ctx, packet),
         Err(other) => Err(other),
     }
+}
+
+/// Whether an ICMP error's destination is the quoted packet's source (`key.dst`: the key
+/// is the quoted packet's, reversed).
+#[inline(always)]
+fn to_quoted_source(ctx: &XdpContext, packet: &Packet) -> Result<bool, Reason> {
+    let dst = if packet.key.family == FAMILY_V4 {
+        unsafe { words::addr4(parse::bytes_at::<4>(ctx, packet.l3 + 16)? as *const u8) }
+    } else {
+        unsafe { words::addr16(parse::bytes_at::<16>(ctx, packet.l3 + 24)? as *const u8) }
+    };
+    Ok(flows::same(&dst, &packet.key.dst))
 }
 
 /// An ICMP error about a VIP flow goes to the real that owns the flow, as the flow's own
