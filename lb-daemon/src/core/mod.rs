@@ -8,13 +8,14 @@
 mod hysteresis;
 pub mod tables;
 mod view;
+pub mod vrrp;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Add;
+use std::ops::{Add, Sub};
 use std::time::Duration;
 
 use lb_common::{FAMILY_V4, FAMILY_V6, Forwarding as DpForwarding, REAL_PRESENT, RealInfo};
@@ -59,6 +60,13 @@ impl Add<Duration> for Time {
     type Output = Time;
     fn add(self, d: Duration) -> Time {
         Time(self.0.saturating_add(d))
+    }
+}
+
+impl Sub<Duration> for Time {
+    type Output = Time;
+    fn sub(self, d: Duration) -> Time {
+        Time(self.0.saturating_sub(d))
     }
 }
 
