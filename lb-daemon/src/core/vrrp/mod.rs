@@ -1,7 +1,9 @@
 //! VRRPv3's election (RFC 5798 section 6.4) for one virtual router, sans-IO: received
 //! adverts, the time and the operator's changes in; adverts to send and state changes out;
 //! [`Vrrp::poll_timeout`] says when its timers next need it. Who owns the VIPs follows
-//! from the state; the wire format is `vrrp_wire`, the sockets are a driver's.
+//! from the state; the wire format is [`wire`], the sockets are a driver's.
+
+pub mod wire;
 
 use std::net::IpAddr;
 use std::time::Duration;
