@@ -5,6 +5,7 @@
 //! It holds no socket, task or map: `drivers` runs it, and its tests run it on a virtual
 //! clock against a fake data plane.
 
+pub mod ha;
 mod hysteresis;
 pub mod tables;
 mod view;
