@@ -232,7 +232,7 @@ pub struct Persistence;
 
 impl<'de> Deserialize<'de> for Persistence {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let t = duration(d, "persistence")?;
+        let t = duration(d, "persistence", None)?;
         if t.is_zero() {
             Ok(Persistence)
         } else {
@@ -257,48 +257,104 @@ pub enum OnFailure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
 
+/// The longest a check's `interval` or `timeout` may be.
+pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(3600);
+
 impl FromStr for Seconds {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num.parse().map_err(|_| {
-            format!("`{s}` is not a duration: write a number and a unit, like 2s or 100ms")
-        })?;
-        let scale = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" => return Err(format!("`{s}` has no unit: write {s}s or {s}ms")),
-            other => {
-                return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m or h"));
-            }
-        };
-        Ok(Seconds(Duration::from_secs_f64(n * scale)))
+        let secs = seconds(s)?;
+        Duration::try_from_secs_f64(secs)
+            .map(Seconds)
+            .map_err(|_| format!("`{}` is too long for a duration", s.trim()))
     }
 }
 
-/// Deserializes the duration under `key`; a bare number (`interval: 2`) is refused.
-fn duration<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Duration, D::Error> {
-    match yaml_serde::Value::deserialize(d)? {
-        yaml_serde::Value::String(s) => {
-            s.parse::<Seconds>().map(|s| s.0).map_err(|e| D::Error::custom(format!("{key}: {e}")))
+/// The seconds a duration string says: finite and not negative, but not yet known to fit
+/// a [`Duration`] (`Duration::from_secs_f64` panics on what does not).
+fn seconds(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    if s.starts_with('-') {
+        return Err(format!("`{s}` is negative: write 0s or more"));
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a duration: write a number and a unit, like 2s or 100ms")
+    })?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("`{s}` has no unit: write {s}s or {s}ms")),
+        other => {
+            return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m or h"));
+        }
+    };
+    let secs = n * scale;
+    if !secs.is_finite() {
+        return Err(format!("`{s}` is too long for a duration"));
+    }
+    Ok(secs)
+}
+
+/// Deserializes the duration under `key`, at most `max` (`what` says what the bound is
+/// for); a bare number (`interval: 2`) is refused.
+fn duration<'de, D: Deserializer<'de>>(
+    d: D,
+    key: &str,
+    max: Option<(Duration, &str)>,
+) -> Result<Duration, D::Error> {
+    let s = match yaml_serde::Value::deserialize(d)? {
+        yaml_serde::Value::String(s) => s,
+        yaml_serde::Value::Number(n) if n.as_f64().is_some_and(|f| f.is_finite() && f >= 0.0) => {
+            return Err(D::Error::custom(format!("{key}: `{n}` has no unit: write {n}s or {n}ms")));
         }
         yaml_serde::Value::Number(n) => {
-            Err(D::Error::custom(format!("{key}: `{n}` has no unit: write {n}s or {n}ms")))
+            return Err(D::Error::custom(format!(
+                "{key}: `{n}` is not a duration: write a number and a unit, like 2s or 100ms"
+            )));
         }
-        _ => Err(D::Error::custom(format!("{key}: expected a duration such as 2s or 100ms"))),
+        _ => {
+            return Err(D::Error::custom(format!(
+                "{key}: expected a duration such as 2s or 100ms"
+            )));
+        }
+    };
+    let secs = seconds(&s).map_err(|e| D::Error::custom(format!("{key}: {e}")))?;
+    if let Some((max, what)) = max
+        && secs > max.as_secs_f64()
+    {
+        return Err(D::Error::custom(format!(
+            "{key}: `{}` is longer than {}, the most {what}",
+            s.trim(),
+            human(max)
+        )));
+    }
+    s.parse::<Seconds>().map(|s| s.0).map_err(|e| D::Error::custom(format!("{key}: {e}")))
+}
+
+/// A bound as the config writes durations (`1h`, `90s`, `100ms`).
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms % 3_600_000 == 0 && ms > 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
     }
 }
 
+const CHECK_PERIOD: Option<(Duration, &str)> =
+    Some((MAX_CHECK_PERIOD, "a check's interval or timeout may be"));
+
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d, "interval").map(Some)
+    duration(d, "interval", CHECK_PERIOD).map(Some)
 }
 
 fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d, "timeout").map(Some)
+    duration(d, "timeout", CHECK_PERIOD).map(Some)
 }
 
 /// The `type` key of a check, as written.
@@ -904,6 +960,62 @@ services:
             p,
             ["lb.yaml:11:7: services[0].check.interval: `2` has no unit: write 2s or 2ms"]
         );
+    }
+
+    #[test]
+    fn durations_out_of_range_are_refused_at_their_keys() {
+        // Too large for a Duration: once a panic of `lbd --check`, and of lbd on reload.
+        let p = problems(&GOOD.replace("interval: 2s", "interval: 99999999999999999999s"));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:11:7: services[0].check.interval: `99999999999999999999s` is longer than 1h, the most a check's interval or timeout may be"
+            ]
+        );
+        let p = problems(&GOOD.replace("timeout: 1s", "timeout: 2h"));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:12:7: services[0].check.timeout: `2h` is longer than 1h, the most a check's interval or timeout may be"
+            ]
+        );
+        // An hour is allowed (and the timeout within it).
+        let text =
+            GOOD.replace("interval: 2s", "interval: 60m").replace("timeout: 1s", "timeout: 1h");
+        assert!(problems(&text).is_empty(), "{:?}", problems(&text));
+        let p = problems(&GOOD.replace("interval: 2s", "interval: -1s"));
+        assert_eq!(
+            p,
+            ["lb.yaml:11:7: services[0].check.interval: `-1s` is negative: write 0s or more"]
+        );
+        for odd in ["nans", "infs", ".s", "1e400s", "1.5.5s", "s", "0x10s"] {
+            let p = problems(&GOOD.replace("interval: 2s", &format!("interval: \"{odd}\"")));
+            assert_eq!(p.len(), 1, "{odd}: {p:?}");
+            assert!(p[0].starts_with("lb.yaml:11:7: services[0].check.interval: "), "{odd}: {p:?}");
+        }
+        for odd in [".nan", ".inf", "-.inf", "-2"] {
+            let p = problems(&GOOD.replace("interval: 2s", &format!("interval: {odd}")));
+            assert_eq!(
+                p,
+                [format!(
+                    "lb.yaml:11:7: services[0].check.interval: `{odd}` is not a duration: write a number and a unit, like 2s or 100ms"
+                )],
+            );
+        }
+        // Persistence has no bound of its own, but a value past any Duration is refused too.
+        let text = GOOD.replace(
+            "    forwarding: dr\n",
+            "    forwarding: dr\n    persistence: 999999999999999999999999h\n",
+        );
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:8:5: services[0].persistence: `999999999999999999999999h` is too long for a duration"
+            ]
+        );
+        assert_eq!("1.5m".parse::<Seconds>(), Ok(Seconds(Duration::from_secs(90))));
+        assert!("1e400h".parse::<Seconds>().is_err());
+        assert!("99999999999999999999999s".parse::<Seconds>().is_err());
     }
 
     #[test]
