@@ -2,6 +2,8 @@
 //! carries out the effects (data-plane batches, checker tasks, the addresses to resolve,
 //! control answers) and wakes it when it asks. Everything that decides is in crate::core.
 
+pub mod addresses;
+pub mod announce;
 pub mod dataplane;
 #[cfg(test)]
 pub mod fake;
