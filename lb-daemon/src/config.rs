@@ -541,32 +541,168 @@ impl Real {
     }
 }
 
+/// The most bytes of a config file lbd reads.
+pub const MAX_CONFIG_BYTES: usize = 16 << 20;
+/// The deepest collections may nest in a config (the schema nests 5: the services, a
+/// service, its checks, a check).
+pub const MAX_DEPTH: usize = 64;
+/// The most nodes a config may have, counting every node an alias repeats (1024 services
+/// of 64 reals take under 400,000).
+pub const MAX_NODES: usize = 1 << 20;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, Invalid> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Invalid(vec![Problem {
-            file: path.into(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
+    use std::io::Read as _;
+    let refuse = |line, column, message: String| {
+        Invalid(vec![Problem { file: path.into(), line, column, message }])
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| refuse(0, 0, format!("cannot read: {e}")))?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(refuse(1, 1, too_large()));
+    }
     match String::from_utf8(bytes) {
         Ok(text) => parse(path, &text),
         Err(e) => {
             let bytes = e.as_bytes();
             let bad = e.utf8_error().valid_up_to();
             let (line, column) = position(bytes, bad);
-            Err(Invalid(vec![Problem {
-                file: path.into(),
+            Err(refuse(
                 line,
                 column,
-                message: format!(
+                format!(
                     "not UTF-8: byte 0x{:02x} does not begin a character here; write the config as UTF-8 text",
                     bytes[bad]
                 ),
-            }]))
+            ))
         }
+    }
+}
+
+fn too_large() -> String {
+    format!(
+        "the file is larger than {} MiB, the most lbd reads of a config",
+        MAX_CONFIG_BYTES >> 20
+    )
+}
+
+/// What makes a document too costly to read, found in one pass over the events of
+/// saphyr-parser before serde sees it: collections nested deeper than [`MAX_DEPTH`]
+/// (serde's parser takes time quadratic in the depth), more than [`MAX_NODES`] nodes
+/// counting what aliases repeat (a "billion laughs"), an alias inside the node it names,
+/// and YAML that does not parse. Stops at the first, with its location (line, column).
+fn shape_problem(text: &str) -> Option<((usize, usize), String)> {
+    use saphyr_parser::{Event, Parser};
+    struct Open {
+        anchor: usize,
+        /// `nodes` when it opened.
+        nodes_before: usize,
+        /// Collections nested in it, itself included.
+        height: usize,
+    }
+    let deep = || {
+        format!("collections nested more than {MAX_DEPTH} deep (lbd's schema nests 5): flatten it")
+    };
+    let mut open: Vec<Open> = Vec::new();
+    // Anchored nodes by id, once closed: (nodes, height).
+    let mut anchors: std::collections::HashMap<usize, (usize, usize)> = Default::default();
+    let mut nodes = 0usize;
+    // The top-level key whose value is being read, to name the section in messages.
+    let mut section: Option<String> = None;
+    let (mut root_map, mut root_key_next) = (false, false);
+    for event in Parser::new_from_str(text) {
+        let (event, span) = match event {
+            Ok(e) => e,
+            Err(e) => {
+                let at = (e.marker().line(), e.marker().col() + 1);
+                // saphyr stops at 255 flow levels, before it hands out the 65th.
+                let message = if e.info() == "recursion limit exceeded" {
+                    deep()
+                } else {
+                    format!("invalid YAML: {}", e.info())
+                };
+                return Some((at, named(&section, message)));
+            }
+        };
+        let at = (span.start.line(), span.start.col() + 1);
+        if open.len() == 1 && root_map {
+            // The value of a top-level key, or the next key.
+            match &event {
+                Event::Scalar(key, ..) if root_key_next => {
+                    section = Some(key.to_string());
+                    root_key_next = false;
+                }
+                Event::SequenceEnd | Event::MappingEnd => {}
+                _ => root_key_next = true,
+            }
+        }
+        let (added, height) = match event {
+            Event::Scalar(_, _, anchor, _) => {
+                if anchor != 0 {
+                    anchors.insert(anchor, (1, 0));
+                }
+                (1, 0)
+            }
+            Event::Alias(id) => match anchors.get(&id) {
+                Some(&(n, h)) => (n, h),
+                None if open.iter().any(|o| o.anchor == id) => {
+                    let message = "this alias names a node it is inside of, which has no end";
+                    return Some((at, named(&section, message.into())));
+                }
+                None => (0, 0),
+            },
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if open.len() >= MAX_DEPTH {
+                    return Some((at, named(&section, deep())));
+                }
+                nodes += 1;
+                if open.is_empty() {
+                    root_map = matches!(event, Event::MappingStart(..));
+                    root_key_next = root_map;
+                    section = None;
+                }
+                open.push(Open { anchor, nodes_before: nodes - 1, height: 1 });
+                (0, 0)
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let Some(done) = open.pop() else { continue };
+                if done.anchor != 0 {
+                    anchors.insert(done.anchor, (nodes - done.nodes_before, done.height));
+                }
+                if let Some(parent) = open.last_mut() {
+                    parent.height = parent.height.max(done.height + 1);
+                }
+                (0, 0)
+            }
+            Event::DocumentStart(_) => {
+                section = None;
+                continue;
+            }
+            _ => continue,
+        };
+        if open.len() + height > MAX_DEPTH {
+            return Some((at, named(&section, deep())));
+        }
+        if let Some(parent) = open.last_mut() {
+            parent.height = parent.height.max(height + 1);
+        }
+        nodes = nodes.saturating_add(added);
+        if nodes > MAX_NODES {
+            let message =
+                format!("more than {MAX_NODES} nodes, counting every node an alias repeats");
+            return Some((at, named(&section, message)));
+        }
+    }
+    None
+}
+
+/// `message` under the top-level key it concerns, if there is one.
+fn named(section: &Option<String>, message: String) -> String {
+    match section {
+        Some(key) => format!("{key}: {message}"),
+        None => message,
     }
 }
 
@@ -586,6 +722,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
         column,
         message: one_line(&message),
     };
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(Invalid(vec![problem((1, 1), too_large())]));
+    }
+    if let Some((at, message)) = shape_problem(text) {
+        return Err(Invalid(vec![problem(at, message)]));
+    }
     let config: Config = yaml_serde::from_str(text).map_err(|e| {
         let (at, message) = parser_problem(&Spans::of(text), &e);
         Invalid(vec![problem(at, message)])
@@ -1016,6 +1158,123 @@ services:
         assert_eq!("1.5m".parse::<Seconds>(), Ok(Seconds(Duration::from_secs(90))));
         assert!("1e400h".parse::<Seconds>().is_err());
         assert!("99999999999999999999999s".parse::<Seconds>().is_err());
+    }
+
+    #[test]
+    fn deep_documents_are_refused_at_the_first_node_past_the_limit() {
+        // Flow: director(2) interfaces(3), then 70 more: the 65th collection is the 63rd `[`.
+        let text = GOOD.replace("[eth0]", &format!("{}eth0{}", "[".repeat(70), "]".repeat(70)));
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:2:77: director: collections nested more than 64 deep (lbd's schema nests 5): flatten it"
+            ]
+        );
+        // Block: a sequence of sequences on one line, 100 deep; the 65th starts at 129.
+        let text = format!("{}x\n", "- ".repeat(100));
+        assert_eq!(
+            problems(&text),
+            [
+                "lb.yaml:1:129: collections nested more than 64 deep (lbd's schema nests 5): flatten it"
+            ]
+        );
+        // 64 is allowed (here refused later, by the schema).
+        let text = GOOD.replace("[eth0]", &format!("{}eth0{}", "[".repeat(62), "]".repeat(62)));
+        assert!(!problems(&text)[0].contains("nested"), "{:?}", problems(&text));
+        // 100,000 deep in 200 KB: serde took 21 s (quadratic in the depth); now refused at
+        // once, where the parser stops (past 255 flow levels it stops before the 65th).
+        let deep = |open: &str, close: &str| {
+            format!("director: {}{}\n", open.repeat(100_000), close.repeat(100_000))
+        };
+        for text in [deep("[", "]"), deep("{a: ", "}"), format!("{}x\n", "- ".repeat(100_000))] {
+            let started = std::time::Instant::now();
+            let p = problems(&text);
+            let took = started.elapsed();
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].starts_with("lb.yaml:1:"), "{p:?}");
+            assert!(p[0].contains("nested more than 64 deep"), "{p:?}");
+            assert!(took < Duration::from_millis(500), "{took:?}");
+        }
+    }
+
+    #[test]
+    fn aliases_may_not_blow_a_document_up() {
+        // An alias of a check is fine.
+        let text = GOOD
+            .replace("    check:\n", "    check: &c\n")
+            .replace("      - address: 10.0.0.12\n", "      - address: 10.0.0.12\n")
+            + "  - {name: api, vip: 192.0.2.11:80, protocol: tcp, check: *c, reals: [{address: 10.0.0.21}]}\n";
+        let c = parse(Path::new("lb.yaml"), &text).expect("valid");
+        assert_eq!(c.services[1].check, c.services[0].check);
+        // A billion laughs: 9 levels of 10 aliases of the level below.
+        let mut laughs = String::from(
+            "director:\n  interfaces: [eth0]\nservices: []\nha:\n  l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n",
+        );
+        for i in 1..9 {
+            let below = format!("*l{}", i - 1);
+            laughs += &format!("  l{i}: &l{i} [{}]\n", vec![below; 10].join(", "));
+        }
+        let p = problems(&laughs);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("lb.yaml:10:")
+                && p[0]
+                    .contains("ha: more than 1048576 nodes, counting every node an alias repeats"),
+            "{p:?}"
+        );
+        // An alias inside the node it names.
+        let p = problems("director: &d {interfaces: *d}\nservices: []\n");
+        assert_eq!(
+            p,
+            ["lb.yaml:1:27: director: this alias names a node it is inside of, which has no end"]
+        );
+        // A deep anchor used deep counts as deep.
+        let text = format!(
+            "director: {{interfaces: [eth0]}}\nservices: []\nha: {{a: &a {}x{}, b: {}*a{}}}\n",
+            "[".repeat(40),
+            "]".repeat(40),
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let p = problems(&text);
+        assert!(p[0].starts_with("lb.yaml:3:") && p[0].contains("nested more than 64"), "{p:?}");
+    }
+
+    #[test]
+    fn a_config_larger_than_16_mib_is_refused_unread() {
+        let dir = std::env::temp_dir().join(format!("lb-config-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.yaml");
+        let mut text = GOOD.to_string();
+        text += &format!("# {}\n", "x".repeat(16 << 20));
+        std::fs::write(&path, &text).unwrap();
+        let got = load(&path).map(|_| ()).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            got,
+            format!(
+                "{}:1:1: the file is larger than 16 MiB, the most lbd reads of a config",
+                path.display()
+            )
+        );
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:1:1: the file is larger than 16 MiB, the most lbd reads of a config"]
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_located() {
+        // Found by saphyr-parser in the pass that bounds the depth, before serde reads.
+        let p = problems(&GOOD.replace("    protocol: tcp\n", "    protocol: tcp\n  bad\n"));
+        assert_eq!(p, ["lb.yaml:8:15: services: invalid YAML: simple key expect ':'"]);
+        let p = problems("director: [eth0\n");
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:2:1: director: invalid YAML: while parsing a flow sequence, expected ',' or ']'"
+            ]
+        );
     }
 
     #[test]
