@@ -476,6 +476,11 @@ impl TryFrom<RawCheck> for Check {
         if rise == 0 || fall == 0 {
             return Err("rise and fall must be at least 1".into());
         }
+        if r.port == Some(0) {
+            return Err(
+                "port: 0 is not a port: write 1 to 65535, or leave port out for the real's".into(),
+            );
+        }
         let http_keys = r.path.is_some()
             || r.host.is_some()
             || r.expect_status.is_some()
@@ -989,10 +994,39 @@ fn validate(config: &Config) -> Vec<(String, String)> {
                 format!("services[{i}].reals: list at least one real server"),
             ));
         }
+        if s.vip.port() == 0 {
+            problems.push((
+                format!("services[{i}].vip"),
+                format!("services[{i}].vip: port 0 is not a port a VIP can have: write 1 to 65535"),
+            ));
+        }
+        if !usable(s.vip.ip()) {
+            problems.push((
+                format!("services[{i}].vip"),
+                format!("services[{i}].vip: {} is not an address a VIP can have", s.vip.ip()),
+            ));
+        }
         let mut reals = std::collections::HashSet::new();
         for (j, r) in s.reals.iter().enumerate() {
             let node = format!("services[{i}].reals[{j}]");
             let addr = r.socket_addr(&s.vip);
+            if !usable(r.address.ip) {
+                problems.push((
+                    format!("{node}.address"),
+                    format!(
+                        "{node}.address: {} is not an address a real server can have",
+                        r.address.ip
+                    ),
+                ));
+            }
+            if r.address.port == Some(0) {
+                problems.push((
+                    format!("{node}.address"),
+                    format!(
+                        "{node}.address: port 0 is not a port a real server can have: write 1 to 65535, or leave it out for the VIP's"
+                    ),
+                ));
+            }
             if addr.is_ipv4() != s.vip.is_ipv4() {
                 problems.push((
                     format!("{node}.address"),
@@ -1023,11 +1057,51 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             }
         }
     }
+    if let Some(i) = first_vip_that_does_not_fit(&config.services) {
+        let s = &config.services[i];
+        problems.push((
+            format!("services[{i}].vip"),
+            format!(
+                "services[{i}].vip: {} {} does not fit the data plane's VIPS table: with the VIPs before it, more than {} hash to the slots next to its own; give this service another address or port",
+                format!("{:?}", s.protocol).to_uppercase(),
+                s.vip,
+                lb_common::VIP_PROBES
+            ),
+        ));
+    }
     problems
 }
 
+/// An address traffic can be sent to: not unspecified (0.0.0.0, ::), not multicast, not
+/// the IPv4 broadcast address.
+fn usable(ip: IpAddr) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(a) if a.is_broadcast()))
+}
+
+/// The first service (in config order) whose VIP, with those before it, cannot be laid out
+/// in the data plane's VIPS table, laid out as the director lays it out
+/// ([`crate::core::tables::vip_slots`] over [`crate::core::vip_key`]), so `--check` and a
+/// reload agree. None when every VIP fits (or there are more services than the table
+/// could ever hold, which is reported as such).
+fn first_vip_that_does_not_fit(services: &[Service]) -> Option<usize> {
+    use crate::core::{tables::vip_slots, vip_key};
+    if services.len() > LIMIT_MAX_VIPS as usize {
+        return None;
+    }
+    let vips = |n: usize| {
+        services[..n]
+            .iter()
+            .map(|s| (vip_key(s), lb_common::VipInfo::default()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    vip_slots(&vips(services.len())).err()?;
+    // The layout follows the keys' order, not the config's: the first prefix that does
+    // not fit names the service that made it so.
+    (1..=services.len()).find(|&n| vip_slots(&vips(n)).is_err()).map(|n| n - 1)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const GOOD: &str = "\
@@ -1273,6 +1347,96 @@ services:
             p,
             [
                 "lb.yaml:2:1: director: invalid YAML: while parsing a flow sequence, expected ',' or ']'"
+            ]
+        );
+    }
+
+    #[test]
+    fn port_0_is_refused_for_a_vip_a_nat_real_and_a_check() {
+        let p = problems(&GOOD.replace("vip: 192.0.2.10:80", "vip: 192.0.2.10:0"));
+        assert_eq!(
+            p,
+            ["lb.yaml:5:5: services[0].vip: port 0 is not a port a VIP can have: write 1 to 65535"]
+        );
+        let nat = GOOD.replace("forwarding: dr", "forwarding: nat");
+        let p = problems(&nat.replace("address: 10.0.0.11", "address: 10.0.0.11:0"));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:16:9: services[0].reals[0].address: port 0 is not a port a real server can have: write 1 to 65535, or leave it out for the VIP's"
+            ]
+        );
+        let p = problems(
+            &GOOD.replace("      path: /healthz\n", "      path: /healthz\n      port: 0\n"),
+        );
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:11:7: services[0].check.port: 0 is not a port: write 1 to 65535, or leave port out for the real's"
+            ]
+        );
+        assert!(problems(&GOOD.replace("path: /healthz", "port: 8080")).is_empty());
+        assert!(problems(&nat.replace("address: 10.0.0.11", "address: 10.0.0.11:8080")).is_empty());
+    }
+
+    /// `n` ports of 192.0.2.10 whose TCP VIPs share one home slot in VIPS.
+    pub(crate) fn colliding_ports(n: usize) -> Vec<u16> {
+        let template = parse(Path::new("lb.yaml"), GOOD).unwrap().services[0].clone();
+        let mut by_home: std::collections::HashMap<u32, Vec<u16>> = Default::default();
+        for port in 1..=u16::MAX {
+            let s = Service { vip: SocketAddr::new(template.vip.ip(), port), ..template.clone() };
+            let ports = by_home.entry(lb_common::vip_home(&crate::core::vip_key(&s))).or_default();
+            ports.push(port);
+            if ports.len() == n {
+                return ports.clone();
+            }
+        }
+        unreachable!("65535 ports over 4096 slots: some slot has {n}")
+    }
+
+    #[test]
+    fn vips_that_do_not_fit_vips_are_refused_at_the_first_that_does_not() {
+        let ports = colliding_ports(lb_common::VIP_PROBES as usize + 1);
+        let service = |i: usize, port: u16| {
+            format!(
+                "  - name: s{i}\n    vip: 192.0.2.10:{port}\n    protocol: tcp\n    reals: [{{address: 10.0.0.{i}}}]\n"
+            )
+        };
+        let mut text = String::from("director:\n  interfaces: [eth0]\nservices:\n");
+        for (i, port) in ports.iter().enumerate() {
+            text += &service(i + 1, *port);
+        }
+        // services[8] starts at line 4 + 8 * 4 = 36; its vip is the next line.
+        assert_eq!(
+            problems(&text),
+            [format!(
+                "lb.yaml:37:5: services[8].vip: TCP 192.0.2.10:{} does not fit the data plane's VIPS table: with the VIPs before it, more than 8 hash to the slots next to its own; give this service another address or port",
+                ports[8]
+            )]
+        );
+        // Eight fit, and another protocol is another key.
+        let eight: String = text.lines().take(3 + 8 * 4).map(|l| format!("{l}\n")).collect();
+        assert!(problems(&eight).is_empty(), "{:?}", problems(&eight));
+        let udp = text.replacen("protocol: tcp", "protocol: udp", 1);
+        assert!(problems(&udp).is_empty(), "{:?}", problems(&udp));
+    }
+
+    #[test]
+    fn unspecified_and_multicast_addresses_are_refused() {
+        let p = problems(&GOOD.replace("vip: 192.0.2.10:80", "vip: 0.0.0.0:80"));
+        assert_eq!(p, ["lb.yaml:5:5: services[0].vip: 0.0.0.0 is not an address a VIP can have"]);
+        let p = problems(&GOOD.replace("address: 10.0.0.11", "address: 224.0.0.1"));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:16:9: services[0].reals[0].address: 224.0.0.1 is not an address a real server can have"
+            ]
+        );
+        let p = problems(&GOOD.replace("address: 10.0.0.12", "address: 0.0.0.0"));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:18:9: services[0].reals[1].address: 0.0.0.0 is not an address a real server can have"
             ]
         );
     }

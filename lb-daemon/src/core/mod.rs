@@ -363,9 +363,10 @@ impl Core {
         }
         let plan = self.plan(now, &config).and_then(|(services, start, stop)| {
             let tables = self.tables_for(&services);
-            tables::vip_slots(&tables.vips).map_err(|_| {
-                "the VIPs do not fit the data plane's VIPS table: too many of them hash alike"
-                    .to_string()
+            tables::vip_slots(&tables.vips).map_err(|e| {
+                format!(
+                    "the VIPs do not fit the data plane's VIPS table: {e}; give that service another address or port (lbd --check names it)"
+                )
             })?;
             Ok(Plan {
                 services,

@@ -4,7 +4,7 @@
 //! carries what it overwrites, which lets the driver undo a batch that fails halfway.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use lb_common::{MAGLEV_SIZE, RealInfo, VIP_PROBES, VIP_SLOTS, VipInfo, VipKey, VipSlot, maglev};
@@ -156,10 +156,28 @@ pub fn diff(old: &Tables, new: &Tables) -> Vec<Op> {
     ops
 }
 
-/// Why a set of VIPs cannot be laid out in VIPS.
+/// Why a set of VIPs cannot be laid out in VIPS: this VIP found no free slot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no VIPS slot within {VIP_PROBES} of {0}'s home: too many VIPs hash alike")]
-pub struct VipsFull(pub String);
+#[error(
+    "{} finds no free slot within {VIP_PROBES} of its home in VIPS: too many VIPs hash alike there",
+    describe_vip(.0)
+)]
+pub struct VipsFull(pub VipKey);
+
+/// A VIP as people write it: `TCP 192.0.2.10:80`, `UDP [2001:db8::10]:53`.
+pub fn describe_vip(key: &VipKey) -> String {
+    let ip = if key.family == lb_common::FAMILY_V4 {
+        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+    } else {
+        IpAddr::from(key.addr)
+    };
+    let proto = match key.proto {
+        lb_common::PROTO_TCP => "TCP".to_string(),
+        lb_common::PROTO_UDP => "UDP".to_string(),
+        other => format!("protocol {other}"),
+    };
+    format!("{proto} {}", SocketAddr::new(ip, u16::from_be(key.port_be)))
+}
 
 /// Lays VIPs out as the data plane probes them: each in the first unused slot from its
 /// home, at most `VIP_PROBES` away (linear probing; with at most a quarter of the slots
@@ -172,7 +190,7 @@ pub fn vip_slots(vips: &BTreeMap<VipKey, VipInfo>) -> Result<Vec<VipSlot>, VipsF
         let free = (0..VIP_PROBES)
             .map(|p| ((home + p) & (VIP_SLOTS - 1)) as usize)
             .find(|&i| slots[i].used == 0)
-            .ok_or_else(|| VipsFull(format!("{key:?}")))?;
+            .ok_or(VipsFull(*key))?;
         slots[free] = VipSlot { key: *key, info: *info, used: 1 };
     }
     Ok(slots)

@@ -447,6 +447,58 @@ fn a_config_beyond_capacity_is_refused_before_anything_is_written() {
     assert_eq!(h.core.services.len(), 1);
 }
 
+/// `services` applied as given, without `lbd --check`'s validation (as if the core's
+/// own layout and validation's could disagree).
+fn unchecked(h: &mut Harness, services: Vec<config::Service>) -> Result<String, String> {
+    let mut config = config::parse(Path::new("lb.yaml"), &yaml(&[WEB])).unwrap();
+    config.services = services;
+    let token = h.token();
+    h.feed(Input::Config { config, source: "lb.yaml".into(), reply: Some(token) });
+    h.done(token)
+}
+
+#[test]
+fn a_reload_whose_vips_do_not_fit_vips_changes_nothing() {
+    let mut h = Harness::new(Capacity { vips: 16, reals: 32 });
+    h.config(&yaml(&[WEB])).unwrap();
+    h.resolve_all();
+    h.observe_all(true);
+    let before = h.dp.state();
+    let status = format!("{:?}", h.control(Request::Status));
+    let web = config::parse(Path::new("lb.yaml"), &yaml(&[WEB])).unwrap().services[0].clone();
+    // Nine VIPs with one home: VIPS is probed at most 8 slots from it.
+    let ports = crate::config::tests::colliding_ports(lb_common::VIP_PROBES as usize + 1);
+    let mut services = vec![web.clone()];
+    for (i, port) in ports.iter().enumerate() {
+        let vip = SocketAddr::new(web.vip.ip(), *port);
+        services.push(config::Service { name: format!("s{i}"), vip, ..web.clone() });
+    }
+    h.batches.clear();
+    h.started.clear();
+    let err = unchecked(&mut h, services).unwrap_err();
+    assert!(
+        err.starts_with(
+            "reload refused, nothing changed: the VIPs do not fit the data plane's VIPS table: TCP 192.0.2.10:"
+        ) && err.ends_with(
+            " finds no free slot within 8 of its home in VIPS: too many VIPs hash alike there; give that service another address or port (lbd --check names it)"
+        ),
+        "{err}"
+    );
+    assert!(h.batches.is_empty(), "{:?}", h.batches);
+    assert!(h.started.is_empty() && h.stopped.is_empty());
+    assert_eq!(h.dp.state(), before);
+    assert_eq!(format!("{:?}", h.control(Request::Status)), status);
+    assert_eq!(h.core.services.len(), 1);
+    // Eight of them fit.
+    let mut services = vec![web.clone()];
+    for (i, port) in ports.iter().take(8).enumerate() {
+        let vip = SocketAddr::new(web.vip.ip(), *port);
+        services.push(config::Service { name: format!("s{i}"), vip, ..web.clone() });
+    }
+    assert!(unchecked(&mut h, services).is_ok());
+    assert_eq!(h.dp.vips.len(), 9);
+}
+
 #[test]
 fn a_new_real_at_an_address_already_resolved_starts_resolved() {
     // The neighbour task reports changes only: a real added later at an address it already
