@@ -105,3 +105,96 @@ fn vips_are_added_and_removed_and_a_takeover_moves_the_clients_entries() {
         "{shown}"
     );
 }
+
+/// keepalived 2.2.7 from Debian as the other director: its VRRPv3 adverts pass our
+/// decoder (checksum over the pseudo-header included), and ours, of a higher priority,
+/// make it give the VIP up, its log naming our address and priority.
+#[test]
+fn keepalived_and_lbd_hear_each_others_vrrpv3_adverts() {
+    use lb_daemon::core::vrrp::Advert;
+    use lb_daemon::core::vrrp::wire;
+    use lb_daemon::drivers::vrrp::{VrrpSocket, group};
+
+    lb_lab::needs_root!();
+    let mut lab = Lab::bare("lbk").expect("lab");
+    let conf = lab.dir().join("keepalived.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  \
+             virtual_router_id 51\n  priority 200\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let (pid, vrrp_pid) = (lab.dir().join("keepalived.pid"), lab.dir().join("vrrp.pid"));
+    let args = [
+        "keepalived",
+        "-n",
+        "-l",
+        "-D",
+        "-P",
+        "-f",
+        conf.to_str().unwrap(),
+        "-p",
+        pid.to_str().unwrap(),
+        "-r",
+        vrrp_pid.to_str().unwrap(),
+    ];
+    lab.spawn(ROLE_CLIENT, "keepalived", &args).unwrap();
+
+    // keepalived becomes master (nobody else speaks) and advertises every 100 ms.
+    let vips: Vec<IpAddr> = vec![VIP.into()];
+    let ours = vips.clone();
+    let heard = lab
+        .in_ns(ROLE_DIRECTOR, move || -> anyhow::Result<(Advert, wire::Envelope)> {
+            let link = LinkInfo::read("eth0")?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let socket = VrrpSocket::open("eth0", link.ifindex, lb_lab::DIRECTOR.into())?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (message, envelope) =
+                        tokio::time::timeout_at(deadline, socket.recv()).await??;
+                    if let Ok(advert) = wire::decode(&message, envelope, 51, &ours) {
+                        return Ok((advert, envelope));
+                    }
+                }
+            })
+        })
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!("no advert from keepalived: {e:#}\n{}", lab.log(ROLE_CLIENT, "keepalived"))
+        });
+    assert_eq!(heard.0, Advert { priority: 200, interval_cs: 10 });
+    assert_eq!(heard.1.src, IpAddr::from(lb_lab::CLIENT));
+    assert_eq!(heard.1.dst, group(heard.1.src));
+    assert_eq!(heard.1.ttl, 255);
+
+    // Now we advertise priority 250 every 100 ms: keepalived must take us for the master.
+    let ours = vips.clone();
+    lab.in_ns(ROLE_DIRECTOR, move || -> anyhow::Result<()> {
+        let link = LinkInfo::read("eth0")?;
+        let socket_src: IpAddr = lb_lab::DIRECTOR.into();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let socket = VrrpSocket::open("eth0", link.ifindex, socket_src)?;
+            let advert = Advert { priority: 250, interval_cs: 10 };
+            let message = wire::encode(51, advert, &ours, socket_src, group(socket_src));
+            for _ in 0..30 {
+                socket.send(&message, group(socket_src))?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        })
+    })
+    .unwrap()
+    .unwrap();
+    let log = lab.log(ROLE_CLIENT, "keepalived");
+    // It was master (it advertised to us), and gave way to our higher priority.
+    let master = log.find("Entering MASTER STATE").unwrap_or_else(|| panic!("{log}"));
+    assert!(log[master..].contains("Entering BACKUP STATE"), "{log}");
+    assert!(log[master..].contains("higher priority 250"), "{log}");
+    assert!(!log.to_lowercase().contains("checksum"), "keepalived found a bad checksum: {log}");
+    let shown = lab.exec_ok(ROLE_CLIENT, &["ip", "-o", "addr", "show", "dev", "eth0"]).unwrap();
+    assert!(!shown.contains(&format!("{VIP}/32")), "keepalived kept the VIP as backup: {shown}");
+}

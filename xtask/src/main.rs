@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "tshark",
     "util-linux",
+    "keepalived",
 ];
 
 #[derive(Parser)]

@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod fake;
 pub mod neighbor;
 pub mod pmtu;
+pub mod vrrp;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
