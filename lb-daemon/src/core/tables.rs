@@ -72,7 +72,8 @@ pub enum Op {
         info: RealInfo,
         was: RealInfo,
     },
-    /// `was: None`: the table was not the core's (all slots empty, or a removed VIP's).
+    /// `was: None`: the core had written no table there (all slots empty, or a VIP's
+    /// removed by an earlier batch).
     SetMaglev {
         index: u32,
         table: Arc<Vec<u32>>,
@@ -139,7 +140,9 @@ pub fn diff(old: &Tables, new: &Tables) -> Vec<Op> {
             was => ops.push(Op::SetMaglev {
                 index: *index,
                 table: entry.table.clone(),
-                was: was.filter(|w| w.owner == entry.owner).map(|w| w.table.clone()),
+                // Another VIP's table too: a batch that fails after it is undone puts that
+                // VIP back in VIPS, and it must find its own table there again.
+                was: was.map(|w| w.table.clone()),
             }),
         }
     }
