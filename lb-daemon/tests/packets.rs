@@ -825,6 +825,30 @@ fn icmp_errors_not_addressed_to_the_quoted_source_pass() {
     }
 }
 
+/// An ICMP error about a tunnel flow that is too big to tunnel is dropped and counted, not
+/// answered: no ICMP error is sent about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
+/// Found by the fuzzer (tests/fuzz_dataplane.rs): the error went back to its sender as a
+/// fragmentation-needed / packet-too-big quoting it.
+#[test]
+fn an_icmp_error_too_big_to_tunnel_is_dropped_not_answered() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    for v6 in [false, true] {
+        let (client, vip) = client_and_vip(v6);
+        let (client, vip) =
+            (SocketAddr::new(client, 40600), SocketAddr::new(vip, SMALL_MTU_VIP_PORT));
+        assert_eq!(run(&mut dp, &Frame::opening(client, vip, false).build()).0, XDP_TX);
+        let answer =
+            Frame { syn: false, payload: vec![0; 100], ..Frame::opening(vip, client, false) };
+        let router: IpAddr = if v6 { "2001:db8:ff::1" } else { "203.0.113.1" }.parse().unwrap();
+        let error =
+            too_big_error((CLIENT_MAC, DIRECTOR_MAC), router, vip.ip(), &answer.build()[14..]);
+        assert_eq!(run(&mut dp, &error).0, XDP_DROP, "v6={v6}");
+    }
+    assert_eq!(reason_count(&dp, Reason::DropTooBig), 2);
+    assert_eq!(reason_count(&dp, Reason::TooBigSent), 0);
+}
+
 /// Echo requests to a VIP, and ICMPv6 neighbour discovery, are the director kernel's.
 #[test]
 fn echo_and_neighbour_discovery_pass() {

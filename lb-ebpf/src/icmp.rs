@@ -24,8 +24,9 @@ const V6_FRAME: usize = ETH + 40 + 8 + V6_QUOTE;
 #[inline(always)]
 pub fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u32) -> Result<(u32, Reason), Reason> {
     // Only untagged frames with an option-less IPv4 header are turned around: other shapes
-    // are dropped and counted, never sent on too big to be delivered.
-    if packet.l3 != ETH {
+    // are dropped and counted, never sent on too big to be delivered. Nor is an ICMP error
+    // answered with another (RFC 1122 3.2.2, RFC 4443 2.4): it is dropped too.
+    if packet.l3 != ETH || packet.icmp_error {
         return Ok((XDP_DROP, Reason::DropTooBig));
     }
     if packet.key.family == FAMILY_V4 {

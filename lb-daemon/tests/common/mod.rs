@@ -50,12 +50,26 @@ pub const TUNNEL_VIP_PORT_UDP: u16 = 92;
 pub const NAT_VIP_PORT_TCP: u16 = 81;
 pub const NAT_VIP_PORT_UDP: u16 = 54;
 
-/// A data plane with a DR VIP per family and protocol (ports 80, 53; real 10.0.0.11) and
-/// a NAT VIP per family and protocol (ports 81, 54; reals 10.0.0.21 / 2001:db8::21 on
-/// ports 8080, 5353), then the tunnel VIPs (ports 90, 91 TCP and 92 UDP), VIP index i
-/// served by real i.
-pub fn dataplane() -> Dataplane {
-    let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
+/// One service of the test data plane: its VIP, how it forwards, and its one real.
+#[derive(Clone, Copy, Debug)]
+pub struct Service {
+    pub vip: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub forwarding: Forwarding,
+    pub real: [u8; 16],
+    /// The real's port (NAT translates to it; the others keep the VIP's).
+    pub real_port: u16,
+    /// The MTU of the real's interface (what the tunnel's too-big check uses).
+    pub mtu: u16,
+}
+
+/// The services `dataplane()` loads, VIP index i served by real i: a DR VIP per family and
+/// protocol (ports 80, 53; real 10.0.0.11 / 2001:db8::11), a NAT VIP per family and
+/// protocol (ports 81, 54; reals 10.0.0.21 / 2001:db8::21 on ports 8080, 5353), then the
+/// tunnel VIPs (ports 90, 91 TCP and 92 UDP).
+pub fn services() -> Vec<Service> {
     let dr = Forwarding::Dr;
     let nat = Forwarding::Nat;
     let tun = Forwarding::Tunnel;
@@ -63,83 +77,65 @@ pub fn dataplane() -> Dataplane {
         addr16(&[10, 0, 0, 11]),
         addr16(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11]),
     );
-    let vips = [
-        (addr16(&VIP4), 80u16, PROTO_TCP, FAMILY_V4, dr, dr4, 0u16),
-        (addr16(&VIP4), 53, PROTO_UDP, FAMILY_V4, dr, dr4, 0),
-        (VIP6, 80, PROTO_TCP, FAMILY_V6, dr, dr6, 0),
-        (VIP6, 53, PROTO_UDP, FAMILY_V6, dr, dr6, 0),
-        (
-            addr16(&VIP4),
-            NAT_VIP_PORT_TCP,
-            PROTO_TCP,
-            FAMILY_V4,
-            nat,
-            addr16(&NAT_REAL4),
-            NAT_REAL_PORT_TCP,
-        ),
-        (
-            addr16(&VIP4),
-            NAT_VIP_PORT_UDP,
-            PROTO_UDP,
-            FAMILY_V4,
-            nat,
-            addr16(&NAT_REAL4),
-            NAT_REAL_PORT_UDP,
-        ),
-        (VIP6, NAT_VIP_PORT_TCP, PROTO_TCP, FAMILY_V6, nat, NAT_REAL6, NAT_REAL_PORT_TCP),
-        (VIP6, NAT_VIP_PORT_UDP, PROTO_UDP, FAMILY_V6, nat, NAT_REAL6, NAT_REAL_PORT_UDP),
-        (
-            addr16(&VIP4),
-            TUNNEL_VIP_PORT,
-            PROTO_TCP,
-            FAMILY_V4,
-            tun,
-            addr16(&TUNNEL_REAL4),
-            TUNNEL_VIP_PORT,
-        ),
-        (VIP6, TUNNEL_VIP_PORT, PROTO_TCP, FAMILY_V6, tun, TUNNEL_REAL6, TUNNEL_VIP_PORT),
-        (
-            addr16(&VIP4),
-            SMALL_MTU_VIP_PORT,
-            PROTO_TCP,
-            FAMILY_V4,
-            tun,
-            addr16(&TUNNEL_REAL4),
-            SMALL_MTU_VIP_PORT,
-        ),
-        (VIP6, SMALL_MTU_VIP_PORT, PROTO_TCP, FAMILY_V6, tun, TUNNEL_REAL6, SMALL_MTU_VIP_PORT),
-        (
-            addr16(&VIP4),
-            TUNNEL_VIP_PORT_UDP,
-            PROTO_UDP,
-            FAMILY_V4,
-            tun,
-            addr16(&TUNNEL_REAL4),
-            TUNNEL_VIP_PORT_UDP,
-        ),
-        (VIP6, TUNNEL_VIP_PORT_UDP, PROTO_UDP, FAMILY_V6, tun, TUNNEL_REAL6, TUNNEL_VIP_PORT_UDP),
-    ];
+    let (v4, v6) = (addr16(&VIP4), VIP6);
+    let (nat4, nat6) = (addr16(&NAT_REAL4), NAT_REAL6);
+    let (tun4, tun6) = (addr16(&TUNNEL_REAL4), TUNNEL_REAL6);
+    let (tcp, udp) = (PROTO_TCP, PROTO_UDP);
+    let (f4, f6) = (FAMILY_V4, FAMILY_V6);
+    let (nat_tcp, nat_udp) = (NAT_REAL_PORT_TCP, NAT_REAL_PORT_UDP);
+    let (t, small, tu) = (TUNNEL_VIP_PORT, SMALL_MTU_VIP_PORT, TUNNEL_VIP_PORT_UDP);
+    [
+        (v4, 80u16, tcp, f4, dr, dr4, 80u16),
+        (v4, 53, udp, f4, dr, dr4, 53),
+        (v6, 80, tcp, f6, dr, dr6, 80),
+        (v6, 53, udp, f6, dr, dr6, 53),
+        (v4, NAT_VIP_PORT_TCP, tcp, f4, nat, nat4, nat_tcp),
+        (v4, NAT_VIP_PORT_UDP, udp, f4, nat, nat4, nat_udp),
+        (v6, NAT_VIP_PORT_TCP, tcp, f6, nat, nat6, nat_tcp),
+        (v6, NAT_VIP_PORT_UDP, udp, f6, nat, nat6, nat_udp),
+        (v4, t, tcp, f4, tun, tun4, t),
+        (v6, t, tcp, f6, tun, tun6, t),
+        (v4, small, tcp, f4, tun, tun4, small),
+        (v6, small, tcp, f6, tun, tun6, small),
+        (v4, tu, udp, f4, tun, tun4, tu),
+        (v6, tu, udp, f6, tun, tun6, tu),
+    ]
+    .into_iter()
+    .map(|(vip, port, proto, family, forwarding, real, real_port)| Service {
+        vip,
+        port,
+        proto,
+        family,
+        forwarding,
+        real,
+        real_port,
+        mtu: if port == SMALL_MTU_VIP_PORT { SMALL_MTU } else { 1500 },
+    })
+    .collect()
+}
+
+/// A data plane with `services()`, NAT on.
+pub fn dataplane() -> Dataplane {
+    let mut dp = Dataplane::load().expect("load XDP program (are you root?)");
     dp.set_nat(true).unwrap();
-    for (i, (addr, port, proto, family, forwarding, real, real_port)) in
-        vips.into_iter().enumerate()
-    {
+    for (i, s) in services().into_iter().enumerate() {
         let index = i as u32;
         dp.set_vip(
-            VipKey { addr, port_be: port.to_be(), proto, family },
-            VipInfo { index, forwarding: forwarding as u8, _pad: [0; 3] },
+            VipKey { addr: s.vip, port_be: s.port.to_be(), proto: s.proto, family: s.family },
+            VipInfo { index, forwarding: s.forwarding as u8, _pad: [0; 3] },
         )
         .unwrap();
         dp.set_real(
-            i as u32,
+            index,
             RealInfo {
-                addr: real,
+                addr: s.real,
                 mac: REAL_MAC,
-                family,
+                family: s.family,
                 flags: REAL_PRESENT,
                 src_mac: DIRECTOR_MAC,
-                port_be: real_port.to_be(),
-                tunnel_src: TUNNEL_SRC[family as usize / 6],
-                mtu: if port == SMALL_MTU_VIP_PORT { SMALL_MTU } else { 1500 },
+                port_be: s.real_port.to_be(),
+                tunnel_src: TUNNEL_SRC[s.family as usize / 6],
+                mtu: s.mtu,
                 _pad: [0; 2],
                 // 0: leave by the ingress interface (XDP_TX), as BPF_PROG_TEST_RUN has no other.
                 ifindex: 0,
@@ -147,7 +143,7 @@ pub fn dataplane() -> Dataplane {
             },
         )
         .unwrap();
-        dp.set_maglev(index, &vec![i as u32; MAGLEV_SIZE as usize]).unwrap();
+        dp.set_maglev(index, &vec![index; MAGLEV_SIZE as usize]).unwrap();
     }
     dp
 }
