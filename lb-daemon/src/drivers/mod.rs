@@ -7,6 +7,7 @@ pub mod announce;
 pub mod dataplane;
 #[cfg(test)]
 pub mod fake;
+pub mod hooks;
 pub mod neighbor;
 pub mod pmtu;
 pub mod vrrp;
