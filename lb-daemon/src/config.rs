@@ -257,6 +257,11 @@ pub enum OnFailure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
 
+/// The most checks a service may list (each real runs every one of them).
+pub const MAX_CHECKS: usize = 16;
+/// The longest path a Unix socket may have (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// The longest a check's `interval` or `timeout` may be.
 pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -486,12 +491,33 @@ impl TryFrom<RawCheck> for Check {
             || r.expect_status.is_some()
             || r.expect_body.is_some();
         let probe = match r.kind {
-            CheckType::Http => Probe::Http(HttpCheck {
-                path: r.path.unwrap_or_else(|| "/".into()),
-                host: r.host,
-                expect_status: r.expect_status.unwrap_or(200),
-                expect_body: r.expect_body,
-            }),
+            CheckType::Http => {
+                let path = r.path.unwrap_or_else(|| "/".into());
+                // Written into the request line and its Host header as they are.
+                let clean = |s: &str| !s.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !path.starts_with('/') || !clean(&path) {
+                    return Err(format!(
+                        "path: `{path}` is not a request path: start it with / and leave out spaces and control characters"
+                    ));
+                }
+                if let Some(host) = r.host.as_deref().filter(|h| h.is_empty() || !clean(h)) {
+                    return Err(format!(
+                        "host: `{host}` is not a host name: leave out spaces and control characters"
+                    ));
+                }
+                let expect_status = r.expect_status.unwrap_or(200);
+                if !(100..=599).contains(&expect_status) {
+                    return Err(format!(
+                        "expect_status: {expect_status} is not an HTTP status: write 100 to 599"
+                    ));
+                }
+                Probe::Http(HttpCheck {
+                    path,
+                    host: r.host,
+                    expect_status,
+                    expect_body: r.expect_body,
+                })
+            }
             other if http_keys => {
                 return Err(format!(
                     "path, host, expect_status and expect_body apply to http checks, not to {}",
@@ -920,6 +946,37 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             "director.interfaces: name at least one interface".into(),
         ));
     }
+    let mut interfaces = std::collections::HashSet::new();
+    for (i, name) in d.interfaces.iter().enumerate() {
+        let node = format!("director.interfaces[{i}]");
+        // As the kernel's dev_valid_name: below IFNAMSIZ (16) bytes, no `/`, `:` or space.
+        let valid = (1..16).contains(&name.len())
+            && name != "."
+            && name != ".."
+            && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        if !valid {
+            problems.push((
+                node.clone(),
+                format!(
+                    "{node}: `{name}` is not an interface name: 1 to 15 bytes, without `/`, `:` or spaces"
+                ),
+            ));
+        } else if !interfaces.insert(name) {
+            problems.push((node.clone(), format!("{node}: {name} is listed twice")));
+        }
+    }
+    let socket = d.socket.as_os_str().len();
+    if socket == 0 {
+        problems.push(("director.socket".into(), "director.socket: name a path".into()));
+    } else if socket > MAX_SOCKET_PATH {
+        problems.push((
+            "director.socket".into(),
+            format!(
+                "director.socket: `{}` is longer than {MAX_SOCKET_PATH} bytes, the most a Unix socket's path may be",
+                d.socket.display()
+            ),
+        ));
+    }
     let max_vips_ok = (1..=LIMIT_MAX_VIPS).contains(&d.max_vips);
     if !max_vips_ok {
         problems.push((
@@ -979,6 +1036,15 @@ fn validate(config: &Config) -> Vec<(String, String)> {
                     s.vip,
                     first,
                     config.services[first].name
+                ),
+            ));
+        }
+        if let Some(checks) = s.checks.as_ref().filter(|c| c.len() > MAX_CHECKS) {
+            problems.push((
+                format!("services[{i}].checks"),
+                format!(
+                    "services[{i}].checks: {} checks, more than the {MAX_CHECKS} a service may have",
+                    checks.len()
                 ),
             ));
         }
@@ -1439,6 +1505,65 @@ services:
                 "lb.yaml:18:9: services[0].reals[1].address: 0.0.0.0 is not an address a real server can have"
             ]
         );
+    }
+
+    #[test]
+    fn what_the_director_cannot_use_is_refused() {
+        // Interfaces: as the kernel names them (at most 15 bytes, no `/`, `:` or space).
+        let p = problems(&GOOD.replace("[eth0]", "[eth0, eth0, \"a/b\", 0123456789abcdef, \"\"]"));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:2:22: director.interfaces[1]: eth0 is listed twice",
+                "lb.yaml:2:28: director.interfaces[2]: `a/b` is not an interface name: 1 to 15 bytes, without `/`, `:` or spaces",
+                "lb.yaml:2:35: director.interfaces[3]: `0123456789abcdef` is not an interface name: 1 to 15 bytes, without `/`, `:` or spaces",
+                "lb.yaml:2:53: director.interfaces[4]: `` is not an interface name: 1 to 15 bytes, without `/`, `:` or spaces",
+            ]
+        );
+        // The socket: a Unix socket's path is at most 107 bytes.
+        let long = format!("/run/{}.sock", "x".repeat(100));
+        let p = problems(&GOOD.replace("[eth0]\n", &format!("[eth0]\n  socket: {long}\n")));
+        assert_eq!(
+            p,
+            [format!(
+                "lb.yaml:3:3: director.socket: `{long}` is longer than 107 bytes, the most a Unix socket's path may be"
+            )]
+        );
+        let p = problems(&GOOD.replace("[eth0]\n", "[eth0]\n  socket: \"\"\n"));
+        assert_eq!(p, ["lb.yaml:3:3: director.socket: name a path"]);
+        // HTTP: a path the request line can carry, a status that exists.
+        let p = problems(&GOOD.replace("path: /healthz", "path: \"/a b\\r\\nX: y\""));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:10:7: services[0].check.path: `/a b\\r\\nX: y` is not a request path: start it with / and leave out spaces and control characters"
+            ]
+        );
+        let p = problems(&GOOD.replace("path: /healthz", "path: healthz"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        let p = problems(&GOOD.replace("path: /healthz", "host: \"a\\nb\""));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:10:7: services[0].check.host: `a\\nb` is not a host name: leave out spaces and control characters"
+            ]
+        );
+        let p = problems(&GOOD.replace("path: /healthz", "expect_status: 1000"));
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:10:7: services[0].check.expect_status: 1000 is not an HTTP status: write 100 to 599"
+            ]
+        );
+        // Checks: at most 16 a service.
+        let checks = format!("    checks: [{}]\n", vec!["{type: none}"; 17].join(", "));
+        let text = cut_check(GOOD).replace("    reals:\n", &format!("{checks}    reals:\n"));
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:8:5: services[0].checks: 17 checks, more than the 16 a service may have"]
+        );
+        let text = text.replacen("{type: none}, ", "", 1);
+        assert!(problems(&text).is_empty(), "{:?}", problems(&text));
     }
 
     #[test]

@@ -41,10 +41,10 @@ impl Hysteresis {
     /// intervals before serving nor send traffic to a real it has never seen answer.
     pub fn observe(&mut self, success: bool) -> Option<Health> {
         if success {
-            self.successes += 1;
+            self.successes = self.successes.saturating_add(1);
             self.failures = 0;
         } else {
-            self.failures += 1;
+            self.failures = self.failures.saturating_add(1);
             self.successes = 0;
         }
         let next = match self.state {
@@ -82,6 +82,21 @@ mod tests {
         assert_eq!(h.observe(false), Some(Health::Down));
         assert_eq!(h.observe(true), None);
         assert_eq!(h.observe(true), Some(Health::Up));
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_overflowing() {
+        // Four billion results of a check every 10 ms: 16 months up.
+        let mut h = Hysteresis::new(2, u32::MAX);
+        h.observe(true);
+        h.successes = u32::MAX;
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.successes, u32::MAX);
+        h.observe(false);
+        h.failures = u32::MAX - 1;
+        assert_eq!(h.observe(false), Some(Health::Down));
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.failures, u32::MAX);
     }
 
     #[test]

@@ -410,8 +410,8 @@ impl Core {
     ) -> Result<(Vec<ServiceState>, Vec<(CheckerId, CheckTarget)>, Vec<CheckerId>), String> {
         let mut old: HashMap<(SocketAddr, Protocol), &ServiceState> =
             self.services.iter().map(|s| ((s.spec.vip, s.spec.protocol), s)).collect();
-        let mut used_vips = HashSet::new();
-        let mut used_reals = HashSet::new();
+        let mut used_vips = FreeIds::new(self.capacity.vips);
+        let mut used_reals = FreeIds::new(self.capacity.reals);
         // Keep what survives first, so its ids are taken before new ones are handed out.
         // A kept service's removed reals keep their ids taken: one batch never clears a
         // real and hands its id to another.
@@ -434,7 +434,7 @@ impl Core {
             let (index, mut old_reals) = match kept {
                 Some(s) => (s.index, s.reals.iter().map(|r| (r.addr, r)).collect()),
                 None => {
-                    let index = take_free(&mut used_vips, self.capacity.vips).ok_or_else(|| {
+                    let index = used_vips.take().ok_or_else(|| {
                         format!(
                             "no free VIP slot: the data plane holds {} VIPs",
                             self.capacity.vips
@@ -459,13 +459,12 @@ impl Core {
                         r
                     }
                     None => {
-                        let id =
-                            take_free(&mut used_reals, self.capacity.reals).ok_or_else(|| {
-                                format!(
-                                    "no free real slot: the data plane holds {} reals",
-                                    self.capacity.reals
-                                )
-                            })?;
+                        let id = used_reals.take().ok_or_else(|| {
+                            format!(
+                                "no free real slot: the data plane holds {} reals",
+                                self.capacity.reals
+                            )
+                        })?;
                         let checks = self.new_checks(&mut next_checker, addr, &checks, &mut start);
                         let mut r = RealState {
                             id,
@@ -845,11 +844,39 @@ impl RealState {
     }
 }
 
-/// The lowest id below `max` not in `used`, now marked used.
-fn take_free(used: &mut HashSet<u32>, max: u32) -> Option<u32> {
-    let id = (0..max).find(|i| !used.contains(i))?;
-    used.insert(id);
-    Some(id)
+/// Ids below a bound, some taken: hands out the lowest free one. Ids are only ever taken
+/// while a plan is made, so every id below `next` is taken, and handing out n ids costs
+/// O(n + max), not O(n * max) (tens of thousands of reals in one config).
+struct FreeIds {
+    used: HashSet<u32>,
+    next: u32,
+    max: u32,
+}
+
+impl FreeIds {
+    fn new(max: u32) -> Self {
+        FreeIds { used: HashSet::new(), next: 0, max }
+    }
+
+    fn insert(&mut self, id: u32) {
+        self.used.insert(id);
+    }
+
+    fn extend(&mut self, ids: impl IntoIterator<Item = u32>) {
+        self.used.extend(ids);
+    }
+
+    /// The lowest id below `max` not taken, now taken.
+    fn take(&mut self) -> Option<u32> {
+        while self.next < self.max && self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next >= self.max {
+            return None;
+        }
+        self.used.insert(self.next);
+        Some(self.next)
+    }
 }
 
 /// One step of SplitMix64: a seed per checker from the core's seed and the checker's id.

@@ -659,6 +659,35 @@ fn a_reload_whose_vips_do_not_fit_vips_changes_nothing() {
 }
 
 #[test]
+fn a_config_of_tens_of_thousands_of_reals_is_planned_in_linear_time() {
+    // Ids were found by scanning from 0 for every new real: 20,000 reals took 2 * 10^8
+    // probes (65,534, the most max_reals allows, ten times that), blocking the driver.
+    let mut h = Harness::new(Capacity { vips: 8, reals: lb_common::REALS_LIMIT });
+    let web = config::parse(Path::new("lb.yaml"), &yaml(&[WEB])).unwrap().services[0].clone();
+    let real = |i: u32| config::Real {
+        address: config::RealAddress {
+            ip: IpAddr::from([10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+            port: None,
+        },
+        weight: 1,
+    };
+    let services: Vec<config::Service> = (0..2)
+        .map(|s| config::Service {
+            name: format!("s{s}"),
+            vip: SocketAddr::new(web.vip.ip(), 80 + s as u16),
+            check: None,
+            reals: (0..20_000).map(|i| real(s * 20_000 + i)).collect(),
+            ..web.clone()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    assert!(unchecked(&mut h, services).is_ok());
+    let took = started.elapsed();
+    assert_eq!(h.core.services[1].reals[19_999].id, 39_999);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
 fn a_new_real_at_an_address_already_resolved_starts_resolved() {
     // The neighbour task reports changes only: a real added later at an address it already
     // resolved for another service must not wait for a change that never comes.
