@@ -6,12 +6,14 @@ mod flow_table;
 mod mapped;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::os::fd::AsFd as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
@@ -23,6 +25,7 @@ use lb_common::{
 use crate::config;
 use crate::core::Capacity;
 pub use crate::core::tables::vip_slots;
+use crate::drivers::ListingReads;
 use crate::drivers::dataplane::DataplaneOps;
 pub use crate::link::LinkInfo;
 
@@ -43,9 +46,13 @@ pub struct Dataplane {
     /// Every VIP's Maglev table, mapped: a rebuild stores only the slots that differ.
     maglev: mapped::MappedArray<MaglevLine>,
     reals: Array<MapData, RealInfo>,
-    flows: flow_table::FlowTable,
+    /// Shared with the [`Reader`]s: both only ever access it volatile.
+    flows: Arc<flow_table::FlowTable>,
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
+    /// VIP_STATS and REAL_STATS again, on descriptors of their own: each [`Reader`]'s
+    /// handles are duplicated from these.
+    stats_for_readers: [MapData; 2],
     reasons: PerCpuArray<MapData, u64>,
     settings: Array<MapData, u32>,
     /// Interfaces the program is attached to, by ifindex.
@@ -63,6 +70,53 @@ pub enum Attached {
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// What a listing reads, on handles of its own: the mapped connection table (shared) and
+/// second descriptors of the counter maps. It can go to another thread while the
+/// [`Dataplane`] goes on writing; a counter read meanwhile is the old value or the new.
+pub struct Reader {
+    flows: Arc<flow_table::FlowTable>,
+    vip_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+}
+
+impl Reader {
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.flows()
+    }
+}
+
+impl ListingReads for Reader {
+    fn vip_counters(&self, index: u32) -> Result<Counters> {
+        sum(self.vip_stats.get(&index, 0)?.iter())
+    }
+    fn real_counters(&self, id: u32) -> Result<Counters> {
+        sum(self.real_stats.get(&id, 0)?.iter())
+    }
+    fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        Reader::flows(self)
+    }
+}
+
+/// Map `name` on a descriptor of its own, beside the one the object keeps.
+fn reopen(ebpf: &Ebpf, name: &str) -> Result<MapData> {
+    let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    let data = match map {
+        Map::PerCpuArray(data) | Map::Array(data) => data,
+        _ => anyhow::bail!("map {name} is not an array"),
+    };
+    dup(data)
+}
+
+fn dup(data: &MapData) -> Result<MapData> {
+    let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating a map's descriptor")?;
+    Ok(MapData::from_fd(fd)?)
+}
+
+/// A per-CPU array handle on a descriptor of its own.
+fn per_cpu<V: aya::Pod>(data: &MapData) -> Result<PerCpuArray<MapData, V>> {
+    Ok(PerCpuArray::try_from(Map::from_map_data(dup(data)?)?)?)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -101,6 +155,8 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing"))?
             .try_into()?;
         program.load().context("loading the XDP program (verifier)")?;
+        let stats_for_readers =
+            [reopen(&ebpf, map_names::VIP_STATS)?, reopen(&ebpf, map_names::REAL_STATS)?];
         Ok(Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             vip_set: BTreeMap::new(),
@@ -111,9 +167,10 @@ impl Dataplane {
                 capacity.vips * MAGLEV_LINES,
             )?,
             reals: take(&mut ebpf, map_names::REALS)?,
-            flows: flow_table::FlowTable::take(&mut ebpf)?,
+            flows: Arc::new(flow_table::FlowTable::take(&mut ebpf)?),
             vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
             real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
+            stats_for_readers,
             reasons: take(&mut ebpf, map_names::REASONS)?,
             settings: take(&mut ebpf, map_names::SETTINGS)?,
             ebpf,
@@ -275,6 +332,16 @@ impl Dataplane {
     /// A snapshot of the connection table.
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.flows()
+    }
+
+    /// Handles for reading what a listing shows from another thread.
+    pub fn reader(&self) -> Result<Reader> {
+        let [vip_stats, real_stats] = &self.stats_for_readers;
+        Ok(Reader {
+            flows: self.flows.clone(),
+            vip_stats: per_cpu(vip_stats)?,
+            real_stats: per_cpu(real_stats)?,
+        })
     }
 }
 

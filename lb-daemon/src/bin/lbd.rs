@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
@@ -81,16 +83,20 @@ async fn run(path: &Path, config: Config) -> Result<()> {
         });
     }
     let links = dp.links().cloned().collect();
-    let listener = control::bind(&config.director.socket)?;
+    let reader = dp.reader()?;
+    let listener = Arc::new(control::bind(&config.director.socket)?);
     let (events, inbox) = mpsc::channel::<Event>(1024);
     let core = Core::new(capacity, links, interfaces, seed());
     let (mut driver, targets) = Driver::new(core, dp, path.into(), events.clone());
+    driver.list_with(reader)?;
     driver.start(config.clone())?;
-    let driver = tokio::spawn(driver.run(inbox));
+    let mut driver = tokio::spawn(driver.run(inbox));
     let (learnt_tx, learnt) = mpsc::channel(64);
     tokio::spawn(pmtu::run(learnt_tx));
     tokio::spawn(neighbor::run(targets, learnt, events.clone()));
-    let mut control = tokio::spawn(control::serve(listener, events.clone()));
+    // The control server never returns; should it end anyway (a bug: a panic), it is
+    // started again on the same socket, and the data plane goes on meanwhile.
+    let mut control = tokio::spawn(control::serve(listener.clone(), events.clone()));
     info!(config = %path.display(), socket = %config.director.socket.display(), services = config.services.len(), "lbd running");
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -112,17 +118,29 @@ async fn run(path: &Path, config: Config) -> Result<()> {
             _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()) }
             served = &mut control => {
-                break Err(match served {
-                    Ok(Err(e)) => e.context("control socket"),
-                    Ok(Ok(())) => anyhow::anyhow!("control socket closed"),
-                    Err(e) => anyhow::anyhow!("control task: {e}"),
+                let why = match served {
+                    Err(e) => format!("{e}"),
+                    Ok(()) => "returned".into(),
+                };
+                error!(%why, "the control server stopped: starting it again in 1 s; the data plane goes on");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                control = tokio::spawn(control::serve(listener.clone(), events.clone()));
+            }
+            // Without the driver nothing is checked or written: the data plane it owned
+            // is gone already, so lbd says why and ends.
+            ran = &mut driver => {
+                break Err(match ran {
+                    Err(e) => anyhow::anyhow!("the driver failed: {e}"),
+                    Ok(()) => anyhow::anyhow!("the driver stopped"),
                 });
             }
         }
     };
     // Dropping the driver drops the data plane, which detaches XDP from the interfaces.
-    driver.abort();
-    let _ = driver.await;
+    if !driver.is_finished() {
+        driver.abort();
+        let _ = driver.await;
+    }
     let _ = std::fs::remove_file(&config.director.socket);
     info!("XDP detached, socket removed");
     outcome

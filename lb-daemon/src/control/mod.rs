@@ -1,13 +1,18 @@
 //! The control API: one JSON request and one JSON response per connection on a Unix
 //! socket. `lbadm` is only a client of it ([`call`]); the server ([`server`]) hands each
-//! request to the driver, and the core alone knows the state.
+//! request to the driver, and the core alone knows the state. What a client may send and
+//! hold is bounded ([`Limits`]).
 
 mod server;
 
-pub use server::{bind, serve};
+pub use server::{
+    Accept, Limits, MAX_CONNECTIONS, MAX_REQUEST, READ_TIMEOUT, WRITE_TIMEOUT, bind, serve,
+    serve_with,
+};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -125,15 +130,51 @@ pub struct RealStatus {
 /// A request on its way to the driver, with where its answer goes.
 pub type Call = (Request, oneshot::Sender<Response>);
 
-/// The client side, for lbadm and the tests: one request, one response.
+/// How an answer that means "not now, the request was not read" begins: lbd serves a
+/// bounded number of connections and listings at once, and tells the ones beyond so at
+/// once. Sending the request again is safe.
+pub const BUSY: &str = "busy:";
+
+/// How long [`call`] goes on asking again while lbd says it is busy.
+const BUSY_RETRY: Duration = Duration::from_secs(3);
+/// How long [`call`] waits for an answer: a reload of the largest config takes seconds.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client side, for lbadm and the tests: one request, one response. A busy lbd is
+/// asked again for up to 3 s.
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
+    let deadline = Instant::now() + BUSY_RETRY;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let response = call_once(socket, request)?;
+        match &response {
+            Response::Error { message }
+                if message.starts_with(BUSY) && Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            _ => return Ok(response),
+        }
+    }
+}
+
+fn call_once(socket: &Path, request: &Request) -> Result<Response> {
     use std::io::{BufRead as _, Write as _};
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to lbd at {} (is lbd running?)", socket.display()))?;
+    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut out = serde_json::to_vec(request)?;
     out.push(b'\n');
-    stream.write_all(&out)?;
+    // lbd may answer (busy) and close before it reads the request: read its answer even
+    // when the write failed.
+    let wrote = stream.write_all(&out);
     let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line)?;
+    let read = std::io::BufReader::new(stream).read_line(&mut line);
+    if line.is_empty() {
+        wrote.context("sending the request to lbd")?;
+        read.context("reading lbd's answer")?;
+    }
     serde_json::from_str(&line).with_context(|| format!("bad response from lbd: {line:?}"))
 }
