@@ -12,6 +12,7 @@ pub mod announce;
 pub mod dataplane;
 #[cfg(test)]
 pub mod fake;
+pub mod ha;
 pub mod hooks;
 pub mod neighbor;
 pub mod pmtu;

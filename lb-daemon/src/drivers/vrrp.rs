@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};
-use tokio::io::unix::AsyncFd;
+use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::core::vrrp::wire::{Envelope, GROUP_V4, GROUP_V6, PROTO_VRRP, TTL};
 
@@ -62,7 +62,9 @@ impl VrrpSocket {
                 bind(t, SocketAddr::V6(SocketAddrV6::new(a, 0, 0, ifindex)))?;
             }
         }
-        let rx = AsyncFd::new(rx).context("registering the VRRP socket")?;
+        // SAFETY: an OwnedFd's descriptor stays open, and the same, while the AsyncFd owns it.
+        let rx = unsafe { AsyncFd::register_with_interest(rx, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the VRRP socket: {e}"))?;
         Ok(VrrpSocket { rx, tx, src, ifindex })
     }
 

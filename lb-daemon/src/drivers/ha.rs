@@ -1,0 +1,230 @@
+//! The failover driver: one task per address family of the VIPs, running core::ha on the
+//! HA interface's VRRP socket. It carries the effects out in order (adverts to the group
+//! or the unicast peers, the VIPs added or removed over rtnetlink, the announcements, the
+//! notify script) and publishes the state for `lbadm status`. The election is the core's.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument as _, info, info_span, warn};
+
+use super::announce::{self, Announcer};
+use super::hooks::{self, Hook};
+use super::vrrp::{VrrpSocket, group};
+use super::{addresses, now};
+use crate::core::Time;
+use crate::core::ha::{self, Effect, Ha, View, state_name};
+use crate::link::LinkInfo;
+
+/// What the HA task needs to run one virtual router.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub interface: String,
+    pub settings: ha::Settings,
+    /// Unicast peers; none: the multicast group.
+    pub peers: Vec<IpAddr>,
+    pub notify: Option<PathBuf>,
+}
+
+/// What lbd tells a running HA task.
+pub enum Command {
+    /// A reload's priority, applied through the election.
+    Priority(u8),
+    /// A graceful stop: priority 0 sent and the VIPs given up; answered when done.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// How long a notify script may run.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// This director's source on `interface` for `family`'s adverts: its first IPv4
+/// address that is not a VIP, or its IPv6 link-local address (RFC 5798 5.1.2.1).
+pub fn source(interface: &str, ipv4: bool, vips: &[IpAddr]) -> Result<IpAddr> {
+    let mut found = None;
+    for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+        if ifa.interface_name != interface {
+            continue;
+        }
+        let Some(addr) = ifa.address else { continue };
+        let ip: Option<IpAddr> = if let Some(a) = addr.as_sockaddr_in() {
+            Some(a.ip().into())
+        } else {
+            addr.as_sockaddr_in6().map(|a| a.ip().into())
+        };
+        let Some(ip) = ip.filter(|ip| !vips.contains(ip)) else { continue };
+        let wanted = match ip {
+            IpAddr::V4(_) => ipv4,
+            IpAddr::V6(a) => !ipv4 && a.segments()[0] & 0xffc0 == 0xfe80,
+        };
+        if wanted {
+            found = Some(ip);
+            break;
+        }
+    }
+    match found {
+        Some(ip) => Ok(ip),
+        None if ipv4 => {
+            bail!("{interface} has no IPv4 address of its own to send VRRP adverts from")
+        }
+        None => bail!("{interface} has no IPv6 link-local address to send VRRP adverts from"),
+    }
+}
+
+/// Runs the virtual router until told to stop.
+pub async fn run(
+    setup: Setup,
+    mut commands: mpsc::Receiver<Command>,
+    view: watch::Sender<Option<View>>,
+) {
+    let family = if setup.settings.vrrp.primary.is_ipv4() { "IPv4" } else { "IPv6" };
+    let span = info_span!("ha", vrid = setup.settings.vrrp.vrid, family);
+    if let Err(e) = serve(setup, &mut commands, &view).instrument(span).await {
+        // No VRRP, no VIPs: this director stays out of the way of the other.
+        warn!(error = %format!("{e:#}"), "failover stopped: this director does not take the VIPs");
+    }
+}
+
+async fn serve(
+    setup: Setup,
+    commands: &mut mpsc::Receiver<Command>,
+    view: &watch::Sender<Option<View>>,
+) -> Result<()> {
+    let link = LinkInfo::read(&setup.interface)?;
+    let src = setup.settings.vrrp.primary;
+    let socket = VrrpSocket::open(&setup.interface, link.ifindex, src)?;
+    let announcer = Announcer::new(link.ifindex).context("opening the announcement socket")?;
+    let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    let mut act = Actions {
+        setup: &setup,
+        socket: &socket,
+        announcer,
+        netlink,
+        ifindex: link.ifindex,
+        mac: link.mac,
+    };
+    let mut ha = Ha::new(setup.settings.clone(), now());
+    let fx = ha.start(now());
+    act.carry_out(fx).await;
+    view.send_replace(Some(ha.view()));
+    info!(interface = %setup.interface, %src, priority = setup.settings.vrrp.priority, "failover running");
+    loop {
+        let wake = ha.poll_timeout();
+        tokio::select! {
+            received = socket.recv() => {
+                let (message, envelope) = received.context("reading the VRRP socket")?;
+                let fx = ha.heard(now(), &message, envelope);
+                act.carry_out(fx).await;
+            }
+            _ = sleep_until(wake) => {
+                let fx = ha.handle_timeout(now());
+                act.carry_out(fx).await;
+            }
+            command = commands.recv() => match command {
+                Some(Command::Priority(p)) => {
+                    info!(priority = p, "priority changed by a reload");
+                    let fx = ha.set_priority(now(), p);
+                    act.carry_out(fx).await;
+                }
+                Some(Command::Shutdown(done)) => {
+                    let fx = ha.shutdown(now());
+                    act.carry_out(fx).await;
+                    view.send_replace(Some(ha.view()));
+                    let _ = done.send(());
+                    return Ok(());
+                }
+                None => {
+                    let fx = ha.shutdown(now());
+                    act.carry_out(fx).await;
+                    return Ok(());
+                }
+            },
+        }
+        view.send_replace(Some(ha.view()));
+    }
+}
+
+struct Actions<'a> {
+    setup: &'a Setup,
+    socket: &'a VrrpSocket,
+    announcer: Announcer,
+    netlink: rtnetlink::Handle,
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
+impl Actions<'_> {
+    /// In order: the VIPs are on the interface before they are announced.
+    async fn carry_out(&mut self, fx: Vec<Effect>) {
+        let vips = &self.setup.settings.vips;
+        for e in fx {
+            match e {
+                Effect::Send(advert) => {
+                    let src = self.socket.src();
+                    let targets = if self.setup.peers.is_empty() {
+                        vec![group(src)]
+                    } else {
+                        self.setup.peers.clone()
+                    };
+                    for dst in targets {
+                        let message = crate::core::vrrp::wire::encode(
+                            self.setup.settings.vrrp.vrid,
+                            advert,
+                            vips,
+                            src,
+                            dst,
+                        );
+                        if let Err(e) = self.socket.send(&message, dst) {
+                            warn!(%dst, error = %e, "sending a VRRP advert");
+                        }
+                    }
+                }
+                Effect::TakeVips => {
+                    if let Err(e) = addresses::add(&self.netlink, self.ifindex, vips).await {
+                        warn!(error = %format!("{e:#}"), "adding the VIPs");
+                    }
+                }
+                Effect::ReleaseVips => {
+                    if let Err(e) = addresses::remove(&self.netlink, self.ifindex, vips).await {
+                        warn!(error = %format!("{e:#}"), "removing the VIPs");
+                    }
+                }
+                Effect::Announce => {
+                    for vip in vips {
+                        if let Err(e) = self.announcer.send(&announce::announcement(self.mac, *vip))
+                        {
+                            warn!(%vip, error = %e, "announcing a VIP");
+                        }
+                    }
+                }
+                // The data plane's fence is not built yet: lbd's VIPs leave the interface
+                // with mastership, and a lbd killed as master leaves them (see the issue).
+                Effect::Lease(_) => {}
+                Effect::Notify { from, to } => {
+                    info!(from = state_name(from), to = state_name(to), "HA state changed");
+                    if let Some(program) = &self.setup.notify {
+                        hooks::spawn(
+                            "notify",
+                            Hook {
+                                program: program.clone(),
+                                args: vec![state_name(to).into()],
+                                env: Vec::new(),
+                                timeout: NOTIFY_TIMEOUT,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Time>) {
+    match at {
+        Some(at) => tokio::time::sleep(at.since(now())).await,
+        None => std::future::pending().await,
+    }
+}
