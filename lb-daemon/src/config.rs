@@ -268,40 +268,47 @@ pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(3600);
 impl FromStr for Seconds {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let secs = seconds(s)?;
-        Duration::try_from_secs_f64(secs)
-            .map(Seconds)
-            .map_err(|_| format!("`{}` is too long for a duration", s.trim()))
+        let too_long = || format!("`{}` is too long for a duration", s.trim());
+        let n = nanos(s)?.ok_or_else(too_long)?;
+        let secs = u64::try_from(n / 1_000_000_000).map_err(|_| too_long())?;
+        Ok(Seconds(Duration::new(secs, (n % 1_000_000_000) as u32)))
     }
 }
 
-/// The seconds a duration string says: finite and not negative, but not yet known to fit
-/// a [`Duration`] (`Duration::from_secs_f64` panics on what does not).
-fn seconds(s: &str) -> Result<f64, String> {
+/// The nanoseconds a duration string says, exactly as written in decimal (a fraction past
+/// the nanosecond is dropped), or None when that is past any number lbd keeps. Parsing
+/// through floating point made `0.3s` and `300ms` differ, and panicked past `Duration`.
+fn nanos(s: &str) -> Result<Option<u128>, String> {
     let s = s.trim();
     if s.starts_with('-') {
         return Err(format!("`{s}` is negative: write 0s or more"));
     }
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        format!("`{s}` is not a duration: write a number and a unit, like 2s or 100ms")
-    })?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
+    let (whole, fraction) = num.split_once('.').unwrap_or((num, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return Err(format!(
+            "`{s}` is not a duration: write a number and a unit, like 2s or 100ms"
+        ));
+    }
+    let unit: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         "" => return Err(format!("`{s}` has no unit: write {s}s or {s}ms")),
         other => {
             return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m or h"));
         }
     };
-    let secs = n * scale;
-    if !secs.is_finite() {
-        return Err(format!("`{s}` is too long for a duration"));
-    }
-    Ok(secs)
+    let digits = |d: &str| {
+        d.bytes().try_fold(0u128, |n, b| n.checked_mul(10)?.checked_add(u128::from(b - b'0')))
+    };
+    // 20 digits of fraction are more than a nanosecond of an hour needs, and fit a u128.
+    let fraction = &fraction[..fraction.len().min(20)];
+    let Some(scale) = 10u128.checked_pow(fraction.len() as u32) else { return Ok(None) };
+    let part = digits(fraction).map_or(0, |f| f * unit / scale);
+    Ok(digits(whole).and_then(|w| w.checked_mul(unit)).and_then(|w| w.checked_add(part)))
 }
 
 /// Deserializes the duration under `key`, at most `max` (`what` says what the bound is
@@ -327,9 +334,9 @@ fn duration<'de, D: Deserializer<'de>>(
             )));
         }
     };
-    let secs = seconds(&s).map_err(|e| D::Error::custom(format!("{key}: {e}")))?;
+    let n = nanos(&s).map_err(|e| D::Error::custom(format!("{key}: {e}")))?;
     if let Some((max, what)) = max
-        && secs > max.as_secs_f64()
+        && n.is_none_or(|n| n > max.as_nanos())
     {
         return Err(D::Error::custom(format!(
             "{key}: `{}` is longer than {}, the most {what}",
@@ -737,6 +744,16 @@ fn named(section: &Option<String>, message: String) -> String {
     }
 }
 
+/// `at` (line, column), moved into the text if the parser put it past the end: the end of
+/// a text without a last newline is marked on a line after the last, and a column past a
+/// line's end is that end. `lines` holds the length of each line, in characters.
+fn within(lines: &[usize], (line, column): (usize, usize)) -> (usize, usize) {
+    match lines.get(line.max(1) - 1) {
+        Some(&length) => (line.max(1), column.clamp(1, length + 1)),
+        None => (lines.len().max(1), lines.last().map_or(0, |&l| l) + 1),
+    }
+}
+
 /// Line and column (1-based, the column in characters) of byte `at` of `bytes`, whose
 /// first `at` bytes are UTF-8.
 fn position(bytes: &[u8], at: usize) -> (usize, usize) {
@@ -747,11 +764,12 @@ fn position(bytes: &[u8], at: usize) -> (usize, usize) {
 
 /// Parses and validates config text; `path` only names the file in problems.
 pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
-    let problem = |(line, column): (usize, usize), message: String| Problem {
-        file: path.into(),
-        line,
-        column,
-        message: one_line(&message),
+    // The length of each line, in characters, counted once however many problems.
+    let lines: std::cell::OnceCell<Vec<usize>> = std::cell::OnceCell::new();
+    let problem = |at: (usize, usize), message: String| {
+        let lines = lines.get_or_init(|| text.split('\n').map(|l| l.chars().count()).collect());
+        let (line, column) = within(lines, at);
+        Problem { file: path.into(), line, column, message: one_line(&message) }
     };
     if text.len() > MAX_CONFIG_BYTES {
         return Err(Invalid(vec![problem((1, 1), too_large())]));
@@ -1296,6 +1314,20 @@ services:
             ]
         );
         assert_eq!("1.5m".parse::<Seconds>(), Ok(Seconds(Duration::from_secs(90))));
+        // Exact, as written: not through floating point.
+        let exact = |s: &str| s.parse::<Seconds>().map(|s| s.0);
+        assert_eq!(exact("3599999.999999999ms"), Ok(Duration::new(3599, 999_999_999)));
+        assert_eq!(exact("0.3s"), exact("300ms"));
+        assert_eq!(exact("0.1h"), Ok(Duration::from_secs(360)));
+        assert_eq!(exact("1.0000000019s"), Ok(Duration::new(1, 1)));
+        assert_eq!(exact(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(exact("5.s"), Ok(Duration::from_secs(5)));
+        assert_eq!(exact("18446744073709551615s"), Ok(Duration::from_secs(u64::MAX)));
+        assert_eq!(
+            exact("18446744073709551616s"),
+            Err("`18446744073709551616s` is too long for a duration".into())
+        );
+        assert_eq!(exact(&format!("{}1ms", "0".repeat(100_000))), Ok(Duration::from_millis(1)));
         assert!("1e400h".parse::<Seconds>().is_err());
         assert!("99999999999999999999999s".parse::<Seconds>().is_err());
     }
@@ -1564,6 +1596,20 @@ services:
         );
         let text = text.replacen("{type: none}, ", "", 1);
         assert!(problems(&text).is_empty(), "{:?}", problems(&text));
+    }
+
+    #[test]
+    fn a_problem_at_the_end_of_a_file_without_a_last_newline_is_on_its_last_line() {
+        // The parser marks the end of the stream on a line after the last.
+        let p = problems("director:\n  interfaces:\n    - eth0\ns.");
+        assert_eq!(p, ["lb.yaml:4:3: director: invalid YAML: simple key expected"]);
+        let p = problems("director: [eth0");
+        assert_eq!(
+            p,
+            [
+                "lb.yaml:1:16: director: invalid YAML: while parsing a flow sequence, expected ',' or ']'"
+            ]
+        );
     }
 
     #[test]
