@@ -55,3 +55,59 @@ fn a_broken_config_fails_check_with_its_location() {
         "{stderr}"
     );
 }
+
+/// Files a hostile user might hand lbd: each is refused with exit 1 (never a panic's 101)
+/// and a located problem, at once. The 100,000-deep file took 57 s (a debug build) before
+/// the depth was bounded.
+#[test]
+fn hostile_files_are_refused_at_once_with_their_location() {
+    let dir = std::env::temp_dir().join(format!("lb-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/director.yaml"),
+    )
+    .unwrap();
+    let deep = 100_000;
+    let files: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "deep.yaml",
+            format!("director: {}{}\n", "[".repeat(deep), "]".repeat(deep)).into_bytes(),
+            ":1:266: director: collections nested more than 64 deep",
+        ),
+        (
+            "deep-block.yaml",
+            format!("{}x\n", "- ".repeat(deep)).into_bytes(),
+            ":1:129: collections nested more than 64 deep",
+        ),
+        (
+            "duration.yaml",
+            good.replacen("interval: 2s", "interval: 99999999999999999999s", 1).into_bytes(),
+            "check.interval: `99999999999999999999s` is longer than 1h",
+        ),
+        (
+            "huge.yaml",
+            format!("{good}#{}\n", "x".repeat(17 << 20)).into_bytes(),
+            ":1:1: the file is larger than 16 MiB",
+        ),
+        ("latin1.yaml", [good.as_bytes(), b"# r\xe9seau\n"].concat(), "not UTF-8: byte 0xe9"),
+    ];
+    for (name, bytes, want) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let started = std::time::Instant::now();
+        let out = check(&path);
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.starts_with(&path.display().to_string()), "{name}: {stderr}");
+        assert!(stderr.contains(want), "{name}: {stderr}");
+        assert!(took < std::time::Duration::from_secs(2), "{name}: {took:?}");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "lbd --check {name} ({} bytes): exit 1 in {took:.1?}",
+            bytes.len()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1010,6 +1010,12 @@ fn runner(cases: u32, seed: u64) -> TestRunner {
     TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
 }
 
+/// Printed past the test harness's capture, so every run shows its count and seed.
+fn say(line: String) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lb-fuzz-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1034,13 +1040,13 @@ fn generated_configs_parse_or_fail_located() {
     });
     std::fs::remove_dir_all(&dir).ok();
     let count = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
+    say(format!(
         "fuzz_config: {cases} cases, seed {seed} (LB_FUZZ_SEED={seed} LB_FUZZ_CASES={cases} to replay), {:.1?}: {} accepted ({} of them mutated), {} refused, located",
         started.elapsed(),
         count(&tally.accepted),
         count(&tally.accepted_mutated),
         count(&tally.refused),
-    );
+    ));
     if let Err(e) = result {
         panic!("seed {seed}: {e}");
     }
@@ -1100,7 +1106,10 @@ fn lbd_check_exits_0_or_1_with_located_problems() {
         Ok(())
     });
     std::fs::remove_dir_all(&dir).ok();
-    println!("fuzz_config: lbd --check on {cases} files, seed {seed}, {:.1?}", started.elapsed());
+    say(format!(
+        "fuzz_config: lbd --check on {cases} files, seed {seed}, {:.1?}",
+        started.elapsed()
+    ));
     if let Err(e) = result {
         panic!("seed {seed}: {e}");
     }
