@@ -10,7 +10,9 @@
 //! - every problem is one line starting `lb.yaml:LINE:COLUMN: `, LINE and COLUMN 1-based
 //!   and within the text: LINE a line of it (the empty one after a last newline included,
 //!   so at most its lines + 1), COLUMN at most that line's length + 1, in characters;
-//! - a config generated valid is accepted;
+//! - reading takes milliseconds (at most 2 s for the few hundred kilobytes made here);
+//! - a config generated valid is accepted, and one accepted holds what the director
+//!   needs (ports not 0, addresses it can send to, checks it can run, within capacity);
 //! - an accepted config, written back from its typed fields in either style (and its
 //!   own rendering in the other style), reads back equal, and the director's core plans
 //!   it without refusal (so `--check` and a reload agree).
@@ -445,9 +447,93 @@ const ODD: &[&str] = &[
     ">-\n  folded",
 ];
 
+/// Odd values for keys of a known kind: where a value of the right type but the wrong
+/// size or shape breaks what a generic mutation would rarely reach.
+const ODD_DURATIONS: &[&str] = &[
+    "99999999999999999999s",
+    "18446744073709551616s",
+    "1e400h",
+    "\"340282366920938463463374607431768211456h\"",
+    "-1s",
+    "-0s",
+    "0s",
+    "0ms",
+    "0.0000000001ms",
+    "9ms",
+    "10ms",
+    "1h",
+    "60m",
+    "3600.000000001s",
+    "61m",
+    "3599999.999999999ms",
+    ".5s",
+    "5.s",
+    ".s",
+    "1.5.5ms",
+    "nans",
+    "infs",
+    "1 s",
+    "1S",
+    "1d",
+    "\"\u{661}s\"",
+    "2",
+    "-2",
+    ".inf",
+    ".nan",
+    "~",
+];
+const ODD_NUMBERS: &[&str] = &[
+    "0",
+    "-1",
+    "1",
+    "65535",
+    "65536",
+    "99",
+    "100",
+    "599",
+    "600",
+    "1024",
+    "1025",
+    "65534",
+    "4294967295",
+    "4294967296",
+    "18446744073709551616",
+    "1e3",
+    "1.5",
+    "0x10",
+    "0o10",
+    "+5",
+    "\"80\"",
+    ".inf",
+    "~",
+];
+const ODD_ADDRESSES: &[&str] = &[
+    "\"192.0.2.1:0\"",
+    "\"0.0.0.0:80\"",
+    "\"[::]:80\"",
+    "\"255.255.255.255:80\"",
+    "\"224.0.0.1:80\"",
+    "\"[ff02::1]:80\"",
+    "\"10.0.0.1:0\"",
+    "\"10.0.0.1:65536\"",
+    "\"10.0.0.1\"",
+    "\"0.0.0.0\"",
+    "\"::\"",
+    "\"[2001:db8::1]:80\"",
+    "\"2001:db8::1\"",
+    "\"[2001:db8::1]\"",
+    "\"fe80::1%eth0\"",
+    "\"192.0.2.1\"",
+    "\"192.0.2.1:80:80\"",
+    "\"localhost:80\"",
+    "\"1.2.3.4.5:80\"",
+];
+
 #[derive(Debug, Clone)]
 enum Mutation {
     Odd(Index, Index),
+    /// An odd value for a key of a known kind (durations, numbers, addresses).
+    Typed(Index, Index),
     WrongType(Index, u8),
     UnknownKey(Index, String),
     RemoveKey(Index, Index),
@@ -484,6 +570,7 @@ const ODD_KEYS: &[&str] = &[
 fn mutation_strategy() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         4 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::Odd(a, b)),
+        4 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::Typed(a, b)),
         2 => (any::<Index>(), any::<u8>()).prop_map(|(a, t)| Mutation::WrongType(a, t)),
         2 => (any::<Index>(), "[a-z_]{1,10}").prop_map(|(a, k)| Mutation::UnknownKey(a, k)),
         2 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::RemoveKey(a, b)),
@@ -525,6 +612,46 @@ fn get_mut<'a>(node: &'a mut Node, path: &[usize]) -> &'a mut Node {
     get_mut(child, rest)
 }
 
+/// The values of keys of a known kind, with the odd values for that kind.
+fn typed_paths(doc: &Node) -> Vec<(Vec<usize>, &'static [&'static str])> {
+    fn walk(
+        node: &Node,
+        at: &mut Vec<usize>,
+        out: &mut Vec<(Vec<usize>, &'static [&'static str])>,
+    ) {
+        match node {
+            Node::Map(e) => {
+                for (i, (k, v)) in e.iter().enumerate() {
+                    at.push(i);
+                    let kind: Option<&'static [&'static str]> = match k.as_str() {
+                        "interval" | "timeout" | "persistence" => Some(ODD_DURATIONS),
+                        "port" | "weight" | "rise" | "fall" | "max_vips" | "max_reals"
+                        | "expect_status" => Some(ODD_NUMBERS),
+                        "vip" | "address" => Some(ODD_ADDRESSES),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        out.push((at.clone(), kind));
+                    }
+                    walk(v, at, out);
+                    at.pop();
+                }
+            }
+            Node::Seq(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    at.push(i);
+                    walk(v, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(doc, &mut Vec::new(), &mut out);
+    out
+}
+
 fn all_paths(doc: &Node) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     paths(doc, &mut Vec::new(), &mut out);
@@ -536,6 +663,13 @@ fn mutate(doc: &mut Node, m: &Mutation, anchors: &mut usize) {
     let pick = |i: &Index| list[i.index(list.len())].clone();
     match m {
         Mutation::Odd(at, v) => *get_mut(doc, &pick(at)) = raw(ODD[v.index(ODD.len())]),
+        Mutation::Typed(at, v) => {
+            let typed = typed_paths(doc);
+            if !typed.is_empty() {
+                let (path, values) = &typed[at.index(typed.len())];
+                *get_mut(doc, path) = raw(values[v.index(values.len())]);
+            }
+        }
         Mutation::WrongType(at, t) => {
             let node = get_mut(doc, &pick(at));
             *node = match (t % 4, &*node) {
@@ -623,6 +757,9 @@ enum Edit {
     SecondDocument,
     Crlf,
     Bytes(Index, Vec<u8>),
+    /// Collections nested `depth` deep, written into the text (the tree would take as
+    /// deep a recursion to render).
+    Nest(Index, usize, u8),
 }
 
 fn edit_strategy() -> impl Strategy<Value = Edit> {
@@ -637,6 +774,8 @@ fn edit_strategy() -> impl Strategy<Value = Edit> {
         1 => any::<Index>().prop_map(Edit::Cut),
         1 => any::<Index>().prop_map(Edit::DuplicateLine),
         1 => Just(Edit::Bom),
+        1 => (any::<Index>(), prop_oneof![Just(65usize), Just(256), Just(5000), Just(20_000)], any::<u8>())
+            .prop_map(|(i, d, k)| Edit::Nest(i, d, k)),
         1 => any::<u8>().prop_map(Edit::Directive),
         1 => Just(Edit::SecondDocument),
         1 => Just(Edit::Crlf),
@@ -703,6 +842,12 @@ fn apply_edit(bytes: &mut Vec<u8>, edit: &Edit) {
                 .flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] })
                 .collect();
             *bytes = text;
+        }
+        Edit::Nest(i, depth, kind) => {
+            let at = boundary(bytes, i);
+            let (open, close) = [("[", "]"), ("{a: ", "}"), ("- ", "")][*kind as usize % 3];
+            let nest = format!("{}x{}", open.repeat(*depth), close.repeat(*depth));
+            bytes.splice(at..at, nest.bytes());
         }
         Edit::Bytes(i, b) => {
             let at = i.index(bytes.len() + 1);
@@ -889,6 +1034,47 @@ fn style_dependent(node: &Node) -> bool {
     }
 }
 
+/// What the director needs of every config `--check` accepts, checked here independently
+/// of the validation that should ensure it.
+fn director_can_apply(c: &Config) -> Result<(), String> {
+    let hour = std::time::Duration::from_secs(3600);
+    let fail = |what: String| Err(format!("accepted, but {what}"));
+    if c.director.interfaces.is_empty() || c.services.len() > c.director.max_vips as usize {
+        return fail("no interface, or more services than max_vips".into());
+    }
+    let reals: usize = c.services.iter().map(|s| s.reals.len()).sum();
+    if reals > c.director.max_reals as usize || c.director.max_reals > 65534 {
+        return fail(format!("{reals} reals for max_reals {}", c.director.max_reals));
+    }
+    for s in &c.services {
+        let usable = |ip: std::net::IpAddr| !ip.is_unspecified() && !ip.is_multicast();
+        if s.vip.port() == 0 || !usable(s.vip.ip()) || s.reals.is_empty() {
+            return fail(format!("the VIP {} (or its reals) cannot be served", s.vip));
+        }
+        for r in &s.reals {
+            let addr = r.socket_addr(&s.vip);
+            if addr.port() == 0 || !usable(addr.ip()) || addr.is_ipv4() != s.vip.is_ipv4() {
+                return fail(format!("the real {addr} of {} cannot be reached", s.vip));
+            }
+            if r.weight > 65535 {
+                return fail(format!("weight {}", r.weight));
+            }
+        }
+        for check in s.all_checks() {
+            if check.port == Some(0)
+                || check.interval > hour
+                || check.timeout > check.interval
+                || check.timeout.is_zero()
+                || check.rise == 0
+                || check.fall == 0
+            {
+                return fail(format!("a check of {} cannot run: {check:?}", s.vip));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The core plans `config` without refusing it, as a reload would.
 fn core_accepts(config: &Config) -> Result<(), String> {
     let capacity = Capacity { vips: config.director.max_vips, reals: config.director.max_reals };
@@ -913,6 +1099,7 @@ struct Tally {
 fn check_case(case: &Case, dir: &Path, tally: &Tally) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
     let bytes = case.bytes();
+    let started = Instant::now();
     let result = match String::from_utf8(bytes.clone()) {
         Ok(text) => std::panic::catch_unwind(|| config::parse(Path::new("lb.yaml"), &text)),
         Err(_) => {
@@ -932,6 +1119,11 @@ fn check_case(case: &Case, dir: &Path, tally: &Tally) -> Result<(), String> {
         }
     };
     let result = result.map_err(|_| "the parser panicked".to_string())?;
+    let took = started.elapsed();
+    // Linear in the text: a few hundred kilobytes at most here, read in milliseconds.
+    if took > std::time::Duration::from_secs(2) {
+        return Err(format!("reading {} bytes took {took:?}", bytes.len()));
+    }
     match result {
         Err(invalid) => {
             tally.refused.fetch_add(1, Relaxed);
@@ -970,6 +1162,7 @@ fn check_case(case: &Case, dir: &Path, tally: &Tally) -> Result<(), String> {
                     }
                 }
             }
+            director_can_apply(&config)?;
             core_accepts(&config)
         }
     }
