@@ -45,9 +45,9 @@ impl fmt::Display for Invalid {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub director: Director,
-    /// Failover is not built yet: its presence is refused by validation.
+    /// VIP failover between directors (VRRPv3); none: a standalone director.
     #[serde(default)]
-    pub ha: Option<yaml_serde::Value>,
+    pub ha: Option<Ha>,
     pub services: Vec<Service>,
 }
 
@@ -148,6 +148,113 @@ impl Protocol {
             Protocol::Udp => lb_common::PROTO_UDP,
         }
     }
+}
+
+/// The `ha` section: VRRPv3 between two or three directors.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ha {
+    /// Where adverts go and the VIPs are added.
+    pub interface: String,
+    pub vrid: u8,
+    /// 1..=254: the highest alive director is master.
+    pub priority: u8,
+    /// VRRPv3's advertisement interval, 10ms..=40.95s in centiseconds.
+    #[serde(default = "default_advert_interval", deserialize_with = "advert_interval")]
+    pub advert_interval: Duration,
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    #[serde(default, deserialize_with = "preempt_delay")]
+    pub preempt_delay: Duration,
+    /// The addresses that move (`192.0.2.10/32`, or without a prefix); none: every
+    /// service VIP.
+    #[serde(default)]
+    pub vips: Option<Vec<HaVip>>,
+    /// Unicast peers; none: the multicast group.
+    #[serde(default)]
+    pub peers: Vec<IpAddr>,
+    #[serde(default, deserialize_with = "track_ping")]
+    pub track_ping: Option<NotBuilt>,
+    #[serde(default)]
+    pub notify: Option<PathBuf>,
+    #[serde(default, deserialize_with = "sync")]
+    pub sync: Option<NotBuilt>,
+}
+
+impl Ha {
+    /// The addresses that move with mastership: `vips`, else every service VIP, each once.
+    pub fn vips(&self, services: &[Service]) -> Vec<IpAddr> {
+        let mut vips: Vec<IpAddr> = match &self.vips {
+            Some(v) => v.iter().map(|v| v.0).collect(),
+            None => services.iter().map(|s| s.vip.ip()).collect(),
+        };
+        vips.sort();
+        vips.dedup();
+        vips
+    }
+
+    /// The interval in centiseconds, as adverts carry it.
+    pub fn interval_cs(&self) -> u16 {
+        (self.advert_interval.as_millis() / 10).clamp(1, 4095) as u16
+    }
+}
+
+/// One address of `ha.vips`: `192.0.2.10/32`, `2001:db8::10/128` or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HaVip(pub IpAddr);
+
+impl<'de> Deserialize<'de> for HaVip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (ip, prefix) = s.split_once('/').unwrap_or((&s, ""));
+        let ip: IpAddr = ip.parse().map_err(|_| {
+            D::Error::custom(format!(
+                "`{s}` is not an address: write 192.0.2.10/32 or 2001:db8::10/128"
+            ))
+        })?;
+        let full = if ip.is_ipv4() { "32" } else { "128" };
+        if !prefix.is_empty() && prefix != full {
+            return Err(D::Error::custom(format!(
+                "`{s}`: a VIP is one address: write /{full} or no prefix"
+            )));
+        }
+        Ok(HaVip(ip))
+    }
+}
+
+fn default_advert_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn advert_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let t = duration(
+        d,
+        "advert_interval",
+        Some((Duration::from_millis(40_950), "VRRPv3's 12 bits of centiseconds allow")),
+    )?;
+    if t < Duration::from_millis(10) || t.as_nanos() % 10_000_000 != 0 {
+        return Err(D::Error::custom(format!(
+            "advert_interval: {t:?} is not a whole number of centiseconds from 10ms (VRRPv3's resolution)"
+        )));
+    }
+    Ok(t)
+}
+
+fn preempt_delay<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration(d, "preempt_delay", Some((Duration::from_secs(3600), "preempt_delay may be")))
+}
+
+/// `track_ping` and `sync`, refused under their own keys (not built yet).
+fn track_ping<'de, D: Deserializer<'de>>(_: D) -> Result<Option<NotBuilt>, D::Error> {
+    Err(D::Error::custom("track_ping: is not built yet in this version of lbd"))
+}
+
+fn sync<'de, D: Deserializer<'de>>(_: D) -> Result<Option<NotBuilt>, D::Error> {
+    Err(D::Error::custom("sync: connection sync is not built yet in this version of lbd"))
 }
 
 /// A key that SPEC.md defines but this build does not implement yet: refused with a
@@ -940,16 +1047,66 @@ impl Spans {
     }
 }
 
+/// The `ha` section's values and how they fit the services.
+fn validate_ha(ha: &Ha, config: &Config, problems: &mut Vec<(String, String)>) {
+    if !(1..=254).contains(&ha.priority) {
+        problems.push((
+            "ha.priority".into(),
+            format!(
+                "ha.priority: {} is not in 1..254 (255, the address owner, is not offered)",
+                ha.priority
+            ),
+        ));
+    }
+    if ha.vrid == 0 {
+        problems.push(("ha.vrid".into(), "ha.vrid: 0 is not a virtual router id: 1 to 255".into()));
+    }
+    if ha.interface.is_empty() || ha.interface.len() > 15 {
+        problems.push((
+            "ha.interface".into(),
+            format!("ha.interface: `{}` is not an interface name", ha.interface),
+        ));
+    }
+    let vips = ha.vips(&config.services);
+    if vips.is_empty() {
+        problems.push(("ha".into(), "ha: no VIP to move: list ha.vips or define a service".into()));
+    }
+    if vips.len() > 255 {
+        problems.push((
+            "ha.vips".into(),
+            format!("ha.vips: {} addresses, more than an advert carries (255)", vips.len()),
+        ));
+    }
+    if let Some(listed) = &ha.vips {
+        for (i, s) in config.services.iter().enumerate() {
+            if !listed.iter().any(|v| v.0 == s.vip.ip()) {
+                problems.push((
+                    format!("services[{i}].vip"),
+                    format!(
+                        "services[{i}].vip: {} is not in ha.vips: it would stay behind on failover",
+                        s.vip.ip()
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, p) in ha.peers.iter().enumerate() {
+        if p.is_unspecified() || p.is_multicast() {
+            problems.push((
+                format!("ha.peers[{i}]"),
+                format!("ha.peers[{i}]: {p} is not a peer's address"),
+            ));
+        }
+    }
+}
+
 /// Checks that span several keys. Each problem comes with the path of the node it is
 /// located at.
 fn validate(config: &Config) -> Vec<(String, String)> {
     let mut problems: Vec<(String, String)> = Vec::new();
     let d = &config.director;
-    if config.ha.is_some() {
-        problems.push((
-            "ha".into(),
-            "ha: VIP failover between directors is not built yet in this version of lbd".into(),
-        ));
+    if let Some(ha) = &config.ha {
+        validate_ha(ha, config, &mut problems);
     }
     if d.metrics.is_some() {
         problems.push((
@@ -1932,5 +2089,46 @@ services:
                 "lb.yaml:8:5: services[0].persistence: other than 0s is not built yet in this version of lbd"
             ]
         );
+    }
+
+    const HA: &str = "ha:\n  interface: eth0\n  vrid: 51\n  priority: 150\n  advert_interval: 100ms\n  preempt_delay: 5s\n  vips: [192.0.2.10/32]\n  peers: [192.0.2.3]\n  notify: /etc/lbd/notify.sh\n";
+
+    #[test]
+    fn the_ha_section_of_spec_parses() {
+        let c = parse(Path::new("lb.yaml"), &format!("{GOOD}{HA}")).expect("valid");
+        let ha = c.ha.expect("ha");
+        assert_eq!((ha.vrid, ha.priority, ha.interval_cs(), ha.preempt), (51, 150, 10, true));
+        assert_eq!(ha.preempt_delay, Duration::from_secs(5));
+        assert_eq!(ha.vips(&c.services), ["192.0.2.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(ha.peers, ["192.0.2.3".parse::<IpAddr>().unwrap()]);
+        // Without vips: every service VIP.
+        let c = parse(
+            Path::new("lb.yaml"),
+            &format!("{GOOD}{}", HA.replace("  vips: [192.0.2.10/32]\n", "")),
+        )
+        .unwrap();
+        assert_eq!(c.ha.unwrap().vips(&c.services), ["192.0.2.10".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn ha_values_the_election_cannot_use_are_refused_at_their_keys() {
+        let at = |from: &str, to: &str| problems(&format!("{GOOD}{}", HA.replace(from, to)));
+        let p = at("priority: 150", "priority: 255");
+        assert!(p[0].starts_with("lb.yaml:22:3: ha.priority: 255 is not in 1..254"), "{p:?}");
+        let p = at("advert_interval: 100ms", "advert_interval: 5ms");
+        assert!(
+            p[0].contains("ha.advert_interval: 5ms is not a whole number of centiseconds"),
+            "{p:?}"
+        );
+        let p = at("advert_interval: 100ms", "advert_interval: 41s");
+        assert!(p[0].contains("advert_interval: `41s` is longer than 40950ms"), "{p:?}");
+        let p = at("[192.0.2.10/32]", "[192.0.2.0/24]");
+        assert!(p[0].contains("a VIP is one address: write /32"), "{p:?}");
+        let p = at("[192.0.2.10/32]", "[192.0.2.99/32]");
+        assert!(p[0].contains("services[0].vip: 192.0.2.10 is not in ha.vips"), "{p:?}");
+        let p = at("  notify:", "  track_ping: [192.0.2.1]\n  notify:");
+        assert!(p[0].contains("ha.track_ping: is not built yet"), "{p:?}");
+        let p = at("  notify:", "  sync: {port: 8849}\n  notify:");
+        assert!(p[0].contains("ha.sync: connection sync is not built yet"), "{p:?}");
     }
 }

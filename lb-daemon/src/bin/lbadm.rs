@@ -181,7 +181,18 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
     }
     let ifaces: Vec<String> =
         view.director.interfaces.iter().map(|i| format!("{} ({})", i.name, i.xdp_mode)).collect();
-    println!("Director  HA state: {}  Interfaces: {}", view.director.ha_state, ifaces.join(", "));
+    let d = &view.director;
+    let mut ha = d.ha_state.clone();
+    if let Some(p) = d.priority {
+        ha += &format!("  priority {p}");
+    }
+    if let Some(m) = d.master {
+        ha += &format!("  master {m}");
+    }
+    if let Some(s) = d.since_secs {
+        ha += &format!("  since {s}s");
+    }
+    println!("Director  HA state: {ha}  Interfaces: {}", ifaces.join(", "));
     println!(
         "SERVICE      REAL                       HEALTH   WEIGHT MAC                  SINCE  LAST CHECK"
     );

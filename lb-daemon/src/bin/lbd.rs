@@ -1,6 +1,7 @@
 //! lbd, the director daemon: loads the XDP data plane, health-checks the real servers of
 //! its YAML config and serves the control socket. Runs in the foreground, logs to stderr.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,11 +11,11 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use lb_daemon::config::{self, Config};
 use lb_daemon::control::{self, InterfaceView, Request, Response};
-use lb_daemon::core::{Capacity, Core};
+use lb_daemon::core::{Capacity, Core, ha as core_ha, vrrp};
 use lb_daemon::dataplane::Dataplane;
-use lb_daemon::drivers::{Driver, Event, neighbor, pmtu};
+use lb_daemon::drivers::{Driver, Event, ha, neighbor, pmtu};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -90,6 +91,14 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     let (mut driver, targets) = Driver::new(core, dp, path.into(), events.clone());
     driver.list_with(reader)?;
     driver.start(config.clone())?;
+    let ha_tasks = match &config.ha {
+        Some(ha) => start_ha(ha, &config)?,
+        None => Vec::new(),
+    };
+    let ha_stops: Vec<_> = ha_tasks.iter().map(|(commands, _)| commands.clone()).collect();
+    if let Some(ha) = &config.ha {
+        driver.ha_with(ha.priority, ha_tasks);
+    }
     let mut driver = tokio::spawn(driver.run(inbox));
     let (learnt_tx, learnt) = mpsc::channel(64);
     tokio::spawn(pmtu::run(learnt_tx));
@@ -136,6 +145,14 @@ async fn run(path: &Path, config: Config) -> Result<()> {
             }
         }
     };
+    // A master says priority 0 and gives the VIPs up, so a backup takes over after
+    // Skew_Time, not Master_Down_Interval.
+    for commands in ha_stops {
+        let (done, stopped) = oneshot::channel();
+        if commands.send(ha::Command::Shutdown(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), stopped).await;
+        }
+    }
     // Dropping the driver drops the data plane, which detaches XDP from the interfaces.
     if !driver.is_finished() {
         driver.abort();
@@ -150,4 +167,44 @@ async fn run(path: &Path, config: Config) -> Result<()> {
 fn seed() -> u64 {
     use std::hash::{BuildHasher as _, RandomState};
     RandomState::new().hash_one(std::process::id())
+}
+
+/// One failover task per address family of the VIPs (VRRPv3 carries one family an
+/// advert), each with this director's own address on the HA interface as its source.
+#[allow(clippy::type_complexity)]
+fn start_ha(
+    ha: &config::Ha,
+    config: &Config,
+) -> Result<Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<core_ha::View>>)>> {
+    let vips = ha.vips(&config.services);
+    let mut tasks = Vec::new();
+    for ipv4 in [true, false] {
+        let family: Vec<IpAddr> = vips.iter().copied().filter(|v| v.is_ipv4() == ipv4).collect();
+        if family.is_empty() {
+            continue;
+        }
+        let primary = ha::source(&ha.interface, ipv4, &vips)?;
+        let setup = ha::Setup {
+            interface: ha.interface.clone(),
+            settings: core_ha::Settings {
+                vrrp: vrrp::Settings {
+                    vrid: ha.vrid,
+                    priority: ha.priority,
+                    interval_cs: ha.interval_cs(),
+                    preempt: ha.preempt,
+                    preempt_delay: ha.preempt_delay,
+                    primary,
+                },
+                vips: family,
+                announce: core_ha::Announce::default(),
+            },
+            peers: ha.peers.iter().copied().filter(|p| p.is_ipv4() == ipv4).collect(),
+            notify: ha.notify.clone(),
+        };
+        let (commands, inbox) = mpsc::channel(8);
+        let (view, state) = watch::channel(None);
+        tokio::spawn(ha::run(setup, inbox, view));
+        tasks.push((commands, state));
+    }
+    Ok(tasks)
 }

@@ -98,6 +98,12 @@ pub struct DirectorView {
     /// MASTER, BACKUP or FAULT with an `ha` section; STANDALONE without one.
     pub ha_state: String,
     pub priority: Option<u8>,
+    /// The current master's address, as last heard (ours while master).
+    #[serde(default)]
+    pub master: Option<IpAddr>,
+    /// Seconds in the current HA state.
+    #[serde(default)]
+    pub since_secs: Option<u64>,
     pub interfaces: Vec<InterfaceView>,
 }
 

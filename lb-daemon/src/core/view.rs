@@ -82,6 +82,8 @@ impl Core {
             director: DirectorView {
                 ha_state: "STANDALONE".into(),
                 priority: None,
+                master: None,
+                since_secs: None,
                 interfaces: self.interfaces.clone(),
             },
             reals,

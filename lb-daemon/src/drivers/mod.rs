@@ -92,6 +92,10 @@ pub struct Driver<D: DataplaneOps> {
     replies: HashMap<Token, oneshot::Sender<Response>>,
     next_token: Token,
     targets: watch::Sender<Vec<IpAddr>>,
+    /// The failover tasks (one per family of the VIPs), and their state for status.
+    ha: Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<crate::core::ha::View>>)>,
+    /// The priority the failover tasks run with, so a reload that changes it says so.
+    ha_priority: Option<u8>,
     /// The listing thread, when there is one; without, listings are finished here.
     listings: Option<mpsc::Sender<ListingJob>>,
 }
@@ -116,6 +120,8 @@ impl<D: DataplaneOps> Driver<D> {
             next_token: 0,
             targets,
             listings: None,
+            ha: Vec::new(),
+            ha_priority: None,
         };
         (driver, resolve)
     }
@@ -132,6 +138,16 @@ impl<D: DataplaneOps> Driver<D> {
             .context("starting the listing thread")?;
         self.listings = Some(tx);
         Ok(())
+    }
+
+    /// Hands the driver the failover tasks lbd started, with the priority they run with.
+    pub fn ha_with(
+        &mut self,
+        priority: u8,
+        tasks: Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<crate::core::ha::View>>)>,
+    ) {
+        self.ha_priority = Some(priority);
+        self.ha = tasks;
     }
 
     /// Applies the first config; an error means lbd cannot start with it.
@@ -181,9 +197,27 @@ impl<D: DataplaneOps> Driver<D> {
         let _span = tracing::info_span!("reload", file = %path.display()).entered();
         match config::load(&path) {
             Ok(config) => {
-                let token = self.token(reply);
+                let priority = config.ha.as_ref().map(|h| h.priority);
+                let (tx, mut rx) = oneshot::channel();
+                let token = self.token(tx);
                 let source = path.display().to_string();
                 self.feed(Input::Config { config, source, reply: Some(token) });
+                // The core answered within feed. A reload that applied gives the failover
+                // tasks a changed priority, through the election: never a drop to backup,
+                // and nothing else of HA moves on a reload.
+                let response = rx.try_recv().unwrap_or_else(|_| Response::Error {
+                    message: "the core did not answer the reload".into(),
+                });
+                if matches!(response, Response::Ok { .. })
+                    && let (Some(new), Some(old)) = (priority, self.ha_priority)
+                    && new != old
+                {
+                    self.ha_priority = Some(new);
+                    for (commands, _) in &self.ha {
+                        let _ = commands.try_send(ha::Command::Priority(new));
+                    }
+                }
+                let _ = reply.send(response);
             }
             Err(invalid) => {
                 warn!(problems = %invalid, "reload refused, nothing changed");
@@ -263,6 +297,13 @@ impl<D: DataplaneOps> Driver<D> {
         match answer {
             Answer::Done(response) => response,
             Answer::Status(mut status) => {
+                if let Some(view) = self.ha.iter().find_map(|(_, v)| v.borrow().clone()) {
+                    let d = &mut status.director;
+                    d.ha_state = crate::core::ha::state_name(view.state).into();
+                    d.priority = Some(view.priority);
+                    d.master = view.master;
+                    d.since_secs = Some(now().since(view.since).as_secs());
+                }
                 status.packets = match self.dp.reasons() {
                     Ok(counts) => counts
                         .into_iter()
