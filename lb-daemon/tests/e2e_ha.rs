@@ -1,0 +1,162 @@
+//! Failover against keepalived 2.2.7 from Debian as the other director (VRRPv3, IPv4):
+//! lbd as backup takes the VIP when keepalived dies, gives it back when keepalived
+//! returns with a higher priority and preempts, takes it after Skew_Time when keepalived
+//! stops gracefully, and keepalived takes it when lbd stops gracefully. A reload of lbd's
+//! services changes nothing of HA. Bounds are the RFC's intervals with generous slack.
+
+mod e2e;
+
+use std::time::{Duration, Instant};
+
+use e2e::Director;
+use lb_lab::{CLIENT, Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP};
+
+const SLACK: Duration = Duration::from_secs(3);
+
+fn config(socket: &std::path::Path, priority: u8) -> String {
+    let reals: String = REALS.iter().map(|r| format!("      - address: {r}\n")).collect();
+    format!(
+        "director:\n  interfaces: [eth0]\n  socket: {}\nha:\n  interface: eth0\n  vrid: 51\n  \
+         priority: {priority}\n  advert_interval: 100ms\n  vips: [{VIP}/32]\nservices:\n  - name: web\n    \
+         vip: {VIP}:80\n    protocol: tcp\n    check: {{ type: tcp, interval: 1s, timeout: 500ms }}\n    reals:\n{reals}",
+        socket.display()
+    )
+}
+
+/// Starts keepalived in the client's namespace as the other director.
+fn keepalived(lab: &mut Lab, name: &str, priority: u8) {
+    let dir = lab.dir().to_path_buf();
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  \
+             virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let pid = dir.join(format!("{name}.pid"));
+    let vrrp_pid = dir.join(format!("{name}-vrrp.pid"));
+    let args = [
+        "keepalived",
+        "-n",
+        "-l",
+        "-D",
+        "-P",
+        "-f",
+        conf.to_str().unwrap(),
+        "-p",
+        pid.to_str().unwrap(),
+        "-r",
+        vrrp_pid.to_str().unwrap(),
+    ];
+    lab.spawn(ROLE_CLIENT, name, &args).unwrap();
+}
+
+/// Sends `signal` to keepalived's processes (the parent and its VRRP child).
+fn signal_keepalived(lab: &Lab, name: &str, signal: i32) {
+    for file in [format!("{name}-vrrp.pid"), format!("{name}.pid")] {
+        if let Ok(pid) = std::fs::read_to_string(lab.dir().join(file)) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: kill(2) on a process of this test's lab.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
+}
+
+fn wait_log(lab: &Lab, name: &str, text: &str, after: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = lab.log(ROLE_CLIENT, name);
+        if log.get(after..).is_some_and(|l| l.contains(text)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "keepalived never said {text:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn director_has_vip(d: &Director) -> bool {
+    let shown = d.lab.exec_ok(ROLE_DIRECTOR, &["ip", "-o", "addr", "show", "dev", "eth0"]).unwrap();
+    shown.contains(&format!("inet {VIP}/32"))
+}
+
+fn state(d: &Director) -> String {
+    d.status().map(|s| s.director.ha_state).unwrap_or_default()
+}
+
+#[test]
+fn lbd_and_keepalived_fail_over_to_each_other() {
+    lb_lab::needs_root!();
+    let mut lab = Lab::new("lbv").expect("lab");
+    // The VIP is lbd's to add and remove on eth0 now, not the lab's on lo.
+    lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
+    keepalived(&mut lab, "keepalived", 200);
+    wait_log(&lab, "keepalived", "Entering MASTER STATE", 0, Duration::from_secs(20));
+
+    let d = Director::start(lab, |socket| config(socket, 150));
+    d.wait_until("lbd backup under keepalived", Duration::from_secs(10), |s| {
+        s.director.ha_state == "BACKUP" && s.director.master == Some(CLIENT.into())
+    });
+    assert!(!director_has_vip(&d), "a backup holds no VIP");
+    let status = d.lbadm(&["status"]);
+    assert!(status.contains("HA state: BACKUP  priority 150  master 198.51.100.1"), "{status}");
+
+    // keepalived dies (kill -9): lbd is master within Master_Down_Interval (0.34 s here).
+    signal_keepalived(&d.lab, "keepalived", libc::SIGKILL);
+    let took = d
+        .wait_until("lbd master after keepalived died", SLACK, |s| s.director.ha_state == "MASTER");
+    assert!(director_has_vip(&d));
+    eprintln!("takeover after kill -9: {took:?} (Master_Down_Interval 341 ms)");
+
+    // A reload that changes a service moves nothing of HA.
+    let since = d.status().unwrap().director.since_secs.unwrap();
+    let path = d.lab.dir().join("lb.yaml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("interval: 1s", "interval: 2s");
+    std::fs::write(&path, text).unwrap();
+    let out = d.lbadm(&["reload"]);
+    assert!(out.contains("reloaded"), "{out}");
+    let after = d.status().unwrap().director;
+    assert_eq!(after.ha_state, "MASTER");
+    assert!(after.since_secs.unwrap() >= since, "the reload reset the HA state");
+    assert!(director_has_vip(&d));
+
+    // keepalived back with a higher priority and preempt: it takes the VIP back.
+    let mut lab = d.lab;
+    keepalived(&mut lab, "keepalived2", 200);
+    let d = Director { lab, socket: d.socket };
+    wait_log(&d.lab, "keepalived2", "Entering MASTER STATE", 0, Duration::from_secs(10));
+    d.wait_until("lbd backup after keepalived preempted", SLACK, |s| {
+        s.director.ha_state == "BACKUP"
+    });
+    let deadline = Instant::now() + SLACK;
+    while director_has_vip(&d) {
+        assert!(Instant::now() < deadline, "lbd kept the VIP as backup");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // keepalived stops gracefully: priority 0, lbd takes over after Skew_Time.
+    signal_keepalived(&d.lab, "keepalived2", libc::SIGTERM);
+    let took = d.wait_until("lbd master after keepalived's graceful stop", SLACK, |s| {
+        s.director.ha_state == "MASTER"
+    });
+    eprintln!("takeover after a graceful stop: {took:?} (Skew_Time 41 ms)");
+    assert!(director_has_vip(&d));
+
+    // keepalived once more, lower this time; then lbd stops gracefully and hands over.
+    let mut lab = d.lab;
+    keepalived(&mut lab, "keepalived3", 100);
+    let d = Director { lab, socket: d.socket };
+    wait_log(&d.lab, "keepalived3", "Entering BACKUP STATE", 0, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&d), "MASTER", "a lower keepalived does not take over");
+    let before = d.lab.log(ROLE_CLIENT, "keepalived3").len();
+    d.lab.signal(ROLE_DIRECTOR, "lbd", libc::SIGTERM).unwrap();
+    wait_log(&d.lab, "keepalived3", "Entering MASTER STATE", before, SLACK);
+    let deadline = Instant::now() + SLACK;
+    while director_has_vip(&d) {
+        assert!(Instant::now() < deadline, "lbd left the VIP behind on a graceful stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
