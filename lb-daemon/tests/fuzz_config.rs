@@ -201,10 +201,10 @@ fn render(doc: &Node, flow_style: bool) -> String {
 /// A duration of `ms` milliseconds, written in one of the units that says it exactly.
 fn duration_text(ms: u64, unit: u8) -> String {
     match unit % 4 {
-        1 if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        2 if ms % 100 == 0 => format!("{}.{}s", ms / 1000, (ms % 1000) / 100),
-        3 if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        0 if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        1 if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        2 if ms.is_multiple_of(100) => format!("{}.{}s", ms / 1000, (ms % 1000) / 100),
+        3 if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        0 if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
         _ => format!("{ms}ms"),
     }
 }
