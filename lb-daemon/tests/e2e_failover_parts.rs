@@ -111,18 +111,30 @@ fn vips_are_added_and_removed_and_a_takeover_moves_the_clients_entries() {
 /// make it give the VIP up, its log naming our address and priority.
 #[test]
 fn keepalived_and_lbd_hear_each_others_vrrpv3_adverts() {
+    lb_lab::needs_root!();
+    both_hear_each_other(false);
+}
+
+#[test]
+fn keepalived_and_lbd_hear_each_others_vrrpv3_adverts_over_ipv6() {
+    lb_lab::needs_root!();
+    both_hear_each_other(true);
+}
+
+fn both_hear_each_other(v6: bool) {
     use lb_daemon::core::vrrp::Advert;
     use lb_daemon::core::vrrp::wire;
     use lb_daemon::drivers::vrrp::{VrrpSocket, group};
 
-    lb_lab::needs_root!();
-    let mut lab = Lab::bare("lbk").expect("lab");
+    let mut lab = Lab::bare(if v6 { "lbk6" } else { "lbk" }).expect("lab");
+    let vip: IpAddr = if v6 { VIP6.into() } else { VIP.into() };
+    let prefix = if v6 { 128 } else { 32 };
     let conf = lab.dir().join("keepalived.conf");
     std::fs::write(
         &conf,
         format!(
             "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  \
-             virtual_router_id 51\n  priority 200\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
+             virtual_router_id 51\n  priority 200\n  advert_int 0.1\n  virtual_ipaddress {{\n    {vip}/{prefix}\n  }}\n}}\n"
         ),
     )
     .unwrap();
@@ -143,14 +155,17 @@ fn keepalived_and_lbd_hear_each_others_vrrpv3_adverts() {
     lab.spawn(ROLE_CLIENT, "keepalived", &args).unwrap();
 
     // keepalived becomes master (nobody else speaks) and advertises every 100 ms.
-    let vips: Vec<IpAddr> = vec![VIP.into()];
+    let vips: Vec<IpAddr> = vec![vip];
     let ours = vips.clone();
     let heard = lab
         .in_ns(ROLE_DIRECTOR, move || -> anyhow::Result<(Advert, wire::Envelope)> {
             let link = LinkInfo::read("eth0")?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let socket = VrrpSocket::open("eth0", link.ifindex, lb_lab::DIRECTOR.into())?;
+                let src = lb_daemon::drivers::ha::source("eth0", !v6, &ours)?;
+                let socket =
+                    VrrpSocket::open_when_ready("eth0", link.ifindex, src, Duration::from_secs(20))
+                        .await?;
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 loop {
                     let (message, envelope) =
@@ -166,7 +181,11 @@ fn keepalived_and_lbd_hear_each_others_vrrpv3_adverts() {
             panic!("no advert from keepalived: {e:#}\n{}", lab.log(ROLE_CLIENT, "keepalived"))
         });
     assert_eq!(heard.0, Advert { priority: 200, interval_cs: 10 });
-    assert_eq!(heard.1.src, IpAddr::from(lb_lab::CLIENT));
+    if v6 {
+        assert!(matches!(heard.1.src, IpAddr::V6(a) if a.segments()[0] == 0xfe80), "{:?}", heard.1);
+    } else {
+        assert_eq!(heard.1.src, IpAddr::from(lb_lab::CLIENT));
+    }
     assert_eq!(heard.1.dst, group(heard.1.src));
     assert_eq!(heard.1.ttl, 255);
 
@@ -174,10 +193,16 @@ fn keepalived_and_lbd_hear_each_others_vrrpv3_adverts() {
     let ours = vips.clone();
     lab.in_ns(ROLE_DIRECTOR, move || -> anyhow::Result<()> {
         let link = LinkInfo::read("eth0")?;
-        let socket_src: IpAddr = lb_lab::DIRECTOR.into();
+        let socket_src = lb_daemon::drivers::ha::source("eth0", !v6, &ours)?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
-            let socket = VrrpSocket::open("eth0", link.ifindex, socket_src)?;
+            let socket = VrrpSocket::open_when_ready(
+                "eth0",
+                link.ifindex,
+                socket_src,
+                Duration::from_secs(20),
+            )
+            .await?;
             let advert = Advert { priority: 250, interval_cs: 10 };
             let message = wire::encode(51, advert, &ours, socket_src, group(socket_src));
             for _ in 0..30 {
@@ -196,5 +221,8 @@ fn keepalived_and_lbd_hear_each_others_vrrpv3_adverts() {
     assert!(log[master..].contains("higher priority 250"), "{log}");
     assert!(!log.to_lowercase().contains("checksum"), "keepalived found a bad checksum: {log}");
     let shown = lab.exec_ok(ROLE_CLIENT, &["ip", "-o", "addr", "show", "dev", "eth0"]).unwrap();
-    assert!(!shown.contains(&format!("{VIP}/32")), "keepalived kept the VIP as backup: {shown}");
+    assert!(
+        !shown.contains(&format!("{vip}/{prefix}")),
+        "keepalived kept the VIP as backup: {shown}"
+    );
 }

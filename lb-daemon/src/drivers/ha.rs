@@ -94,7 +94,9 @@ async fn serve(
 ) -> Result<()> {
     let link = LinkInfo::read(&setup.interface)?;
     let src = setup.settings.vrrp.primary;
-    let socket = VrrpSocket::open(&setup.interface, link.ifindex, src)?;
+    let socket =
+        VrrpSocket::open_when_ready(&setup.interface, link.ifindex, src, Duration::from_secs(30))
+            .await?;
     let announcer = Announcer::new(link.ifindex).context("opening the announcement socket")?;
     let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);

@@ -7,6 +7,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -68,6 +69,26 @@ impl VrrpSocket {
         Ok(VrrpSocket { rx, tx, src, ifindex })
     }
 
+    /// [`VrrpSocket::open`], waiting while the source cannot be bound yet: an IPv6
+    /// link-local address is tentative until duplicate address detection ends, a second
+    /// or two after the interface comes up (at boot, or in a fresh namespace).
+    pub async fn open_when_ready(
+        interface: &str,
+        ifindex: u32,
+        src: IpAddr,
+        limit: Duration,
+    ) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match Self::open(interface, ifindex, src) {
+                Err(e) if tokio::time::Instant::now() < deadline && not_yet_bindable(&e) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     pub fn src(&self) -> IpAddr {
         self.src
     }
@@ -106,6 +127,12 @@ impl VrrpSocket {
             }
         }
     }
+}
+
+fn not_yet_bindable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some_and(|e| e.raw_os_error() == Some(libc::EADDRNOTAVAIL))
+    })
 }
 
 /// The default group of `src`'s family.
