@@ -311,14 +311,34 @@ impl Dataplane {
         sum(self.real_stats.get(&id, 0)?.iter())
     }
 
-    /// Zeroes a real's counters, when its id is given to another real.
-    pub fn reset_real_counters(&mut self, id: u32) -> Result<()> {
-        self.real_stats.set(id, zero_counters()?, 0).context("resetting REAL_STATS")
+    /// Zeroes a real's counters, when its id is given to another real; returns what they
+    /// held, per CPU, so an undone batch can write them back.
+    pub fn reset_real_counters(&mut self, id: u32) -> Result<Vec<Counters>> {
+        let held =
+            self.real_stats.get(&id, 0).context("reading REAL_STATS")?.iter().copied().collect();
+        self.real_stats.set(id, zero_counters()?, 0).context("resetting REAL_STATS")?;
+        Ok(held)
     }
 
-    /// Zeroes a VIP's counters, when its index is given to another service.
-    pub fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
-        self.vip_stats.set(index, zero_counters()?, 0).context("resetting VIP_STATS")
+    /// Zeroes a VIP's counters, when its index is given to another service; returns what
+    /// they held, per CPU.
+    pub fn reset_vip_counters(&mut self, index: u32) -> Result<Vec<Counters>> {
+        let held =
+            self.vip_stats.get(&index, 0).context("reading VIP_STATS")?.iter().copied().collect();
+        self.vip_stats.set(index, zero_counters()?, 0).context("resetting VIP_STATS")?;
+        Ok(held)
+    }
+
+    /// Writes back what [`Dataplane::reset_real_counters`] returned.
+    pub fn restore_real_counters(&mut self, id: u32, held: &[Counters]) -> Result<()> {
+        let values = aya::maps::PerCpuValues::try_from(held.to_vec())?;
+        self.real_stats.set(id, values, 0).context("restoring REAL_STATS")
+    }
+
+    /// Writes back what [`Dataplane::reset_vip_counters`] returned.
+    pub fn restore_vip_counters(&mut self, index: u32, held: &[Counters]) -> Result<()> {
+        let values = aya::maps::PerCpuValues::try_from(held.to_vec())?;
+        self.vip_stats.set(index, values, 0).context("restoring VIP_STATS")
     }
 
     /// Packets per reason since the program was loaded, summed over CPUs.
@@ -410,11 +430,17 @@ impl DataplaneOps for Dataplane {
     fn set_vips(&mut self, vips: &BTreeMap<VipKey, VipInfo>) -> Result<()> {
         Dataplane::set_vips(self, vips)
     }
-    fn reset_real_counters(&mut self, id: u32) -> Result<()> {
+    fn reset_real_counters(&mut self, id: u32) -> Result<Vec<Counters>> {
         Dataplane::reset_real_counters(self, id)
     }
-    fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
+    fn reset_vip_counters(&mut self, index: u32) -> Result<Vec<Counters>> {
         Dataplane::reset_vip_counters(self, index)
+    }
+    fn restore_real_counters(&mut self, id: u32, held: &[Counters]) -> Result<()> {
+        Dataplane::restore_real_counters(self, id, held)
+    }
+    fn restore_vip_counters(&mut self, index: u32, held: &[Counters]) -> Result<()> {
+        Dataplane::restore_vip_counters(self, index, held)
     }
     fn purge_vip(&mut self, vip: &VipKey) -> usize {
         Dataplane::purge_vip(self, vip)

@@ -89,14 +89,22 @@ impl DataplaneOps for FakeDataplane {
         self.vips = vips.clone();
         Ok(())
     }
-    fn reset_real_counters(&mut self, id: u32) -> Result<()> {
+    fn reset_real_counters(&mut self, id: u32) -> Result<Vec<Counters>> {
         self.write(format!("reset_real_counters {id}"))?;
-        self.real_counters.remove(&id);
+        Ok(vec![self.real_counters.remove(&id).unwrap_or_default()])
+    }
+    fn reset_vip_counters(&mut self, index: u32) -> Result<Vec<Counters>> {
+        self.write(format!("reset_vip_counters {index}"))?;
+        Ok(vec![self.vip_counters.remove(&index).unwrap_or_default()])
+    }
+    fn restore_real_counters(&mut self, id: u32, held: &[Counters]) -> Result<()> {
+        self.write(format!("restore_real_counters {id}"))?;
+        restore(&mut self.real_counters, id, held);
         Ok(())
     }
-    fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
-        self.write(format!("reset_vip_counters {index}"))?;
-        self.vip_counters.remove(&index);
+    fn restore_vip_counters(&mut self, index: u32, held: &[Counters]) -> Result<()> {
+        self.write(format!("restore_vip_counters {index}"))?;
+        restore(&mut self.vip_counters, index, held);
         Ok(())
     }
     fn purge_vip(&mut self, vip: &VipKey) -> usize {
@@ -121,5 +129,17 @@ impl DataplaneOps for FakeDataplane {
     }
     fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.clone()
+    }
+}
+
+/// One CPU's worth, as the fake keeps them; all zero is no entry, as before any packet.
+fn restore(counters: &mut HashMap<u32, Counters>, at: u32, held: &[Counters]) {
+    match held.first().copied().filter(|c| *c != Counters::default()) {
+        Some(c) => {
+            counters.insert(at, c);
+        }
+        None => {
+            counters.remove(&at);
+        }
     }
 }

@@ -494,11 +494,17 @@ services:
         fn set_vips(&mut self, vips: &BTreeMap<VipKey, VipInfo>) -> Result<()> {
             self.dp().set_vips(vips)
         }
-        fn reset_real_counters(&mut self, id: u32) -> Result<()> {
+        fn reset_real_counters(&mut self, id: u32) -> Result<Vec<Counters>> {
             self.dp().reset_real_counters(id)
         }
-        fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
+        fn reset_vip_counters(&mut self, index: u32) -> Result<Vec<Counters>> {
             self.dp().reset_vip_counters(index)
+        }
+        fn restore_real_counters(&mut self, id: u32, held: &[Counters]) -> Result<()> {
+            self.dp().restore_real_counters(id, held)
+        }
+        fn restore_vip_counters(&mut self, index: u32, held: &[Counters]) -> Result<()> {
+            self.dp().restore_vip_counters(index, held)
         }
         fn purge_vip(&mut self, vip: &VipKey) -> usize {
             self.dp().purge_vip(vip)
