@@ -129,30 +129,7 @@ fn both_hear_each_other(v6: bool) {
     let mut lab = Lab::bare(if v6 { "lbk6" } else { "lbk" }).expect("lab");
     let vip: IpAddr = if v6 { VIP6.into() } else { VIP.into() };
     let prefix = if v6 { 128 } else { 32 };
-    let conf = lab.dir().join("keepalived.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  \
-             virtual_router_id 51\n  priority 200\n  advert_int 0.1\n  virtual_ipaddress {{\n    {vip}/{prefix}\n  }}\n}}\n"
-        ),
-    )
-    .unwrap();
-    let (pid, vrrp_pid) = (lab.dir().join("keepalived.pid"), lab.dir().join("vrrp.pid"));
-    let args = [
-        "keepalived",
-        "-n",
-        "-l",
-        "-D",
-        "-P",
-        "-f",
-        conf.to_str().unwrap(),
-        "-p",
-        pid.to_str().unwrap(),
-        "-r",
-        vrrp_pid.to_str().unwrap(),
-    ];
-    lab.spawn(ROLE_CLIENT, "keepalived", &args).unwrap();
+    lab.start_keepalived(ROLE_CLIENT, "keepalived", 200, vip).unwrap();
 
     // keepalived becomes master (nobody else speaks) and advertises every 100 ms.
     let vips: Vec<IpAddr> = vec![vip];

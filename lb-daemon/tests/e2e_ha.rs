@@ -23,48 +23,6 @@ fn config(socket: &std::path::Path, priority: u8) -> String {
     )
 }
 
-/// Starts keepalived in the client's namespace as the other director.
-fn keepalived(lab: &mut Lab, name: &str, priority: u8) {
-    let dir = lab.dir().to_path_buf();
-    let conf = dir.join(format!("{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  \
-             virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
-        ),
-    )
-    .unwrap();
-    let pid = dir.join(format!("{name}.pid"));
-    let vrrp_pid = dir.join(format!("{name}-vrrp.pid"));
-    let args = [
-        "keepalived",
-        "-n",
-        "-l",
-        "-D",
-        "-P",
-        "-f",
-        conf.to_str().unwrap(),
-        "-p",
-        pid.to_str().unwrap(),
-        "-r",
-        vrrp_pid.to_str().unwrap(),
-    ];
-    lab.spawn(ROLE_CLIENT, name, &args).unwrap();
-}
-
-/// Sends `signal` to keepalived's processes (the parent and its VRRP child).
-fn signal_keepalived(lab: &Lab, name: &str, signal: i32) {
-    for file in [format!("{name}-vrrp.pid"), format!("{name}.pid")] {
-        if let Ok(pid) = std::fs::read_to_string(lab.dir().join(file)) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: kill(2) on a process of this test's lab.
-                unsafe { libc::kill(pid, signal) };
-            }
-        }
-    }
-}
-
 fn wait_log(lab: &Lab, name: &str, text: &str, after: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
@@ -92,7 +50,7 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     let mut lab = Lab::new("lbv").expect("lab");
     // The VIP is lbd's to add and remove on eth0 now, not the lab's on lo.
     lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
-    keepalived(&mut lab, "keepalived", 200);
+    lab.start_keepalived(ROLE_CLIENT, "keepalived", 200, VIP.into()).unwrap();
     wait_log(&lab, "keepalived", "Entering MASTER STATE", 0, Duration::from_secs(20));
 
     let d = Director::start(lab, |socket| config(socket, 150));
@@ -104,7 +62,7 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     assert!(status.contains("HA state: BACKUP  priority 150  master 198.51.100.1"), "{status}");
 
     // keepalived dies (kill -9): lbd is master within Master_Down_Interval (0.34 s here).
-    signal_keepalived(&d.lab, "keepalived", libc::SIGKILL);
+    d.lab.signal_keepalived("keepalived", libc::SIGKILL);
     let took = d
         .wait_until("lbd master after keepalived died", SLACK, |s| s.director.ha_state == "MASTER");
     assert!(director_has_vip(&d));
@@ -124,7 +82,7 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
 
     // keepalived back with a higher priority and preempt: it takes the VIP back.
     let mut lab = d.lab;
-    keepalived(&mut lab, "keepalived2", 200);
+    lab.start_keepalived(ROLE_CLIENT, "keepalived2", 200, VIP.into()).unwrap();
     let d = Director { lab, socket: d.socket };
     wait_log(&d.lab, "keepalived2", "Entering MASTER STATE", 0, Duration::from_secs(10));
     d.wait_until("lbd backup after keepalived preempted", SLACK, |s| {
@@ -137,7 +95,7 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     }
 
     // keepalived stops gracefully: priority 0, lbd takes over after Skew_Time.
-    signal_keepalived(&d.lab, "keepalived2", libc::SIGTERM);
+    d.lab.signal_keepalived("keepalived2", libc::SIGTERM);
     let took = d.wait_until("lbd master after keepalived's graceful stop", SLACK, |s| {
         s.director.ha_state == "MASTER"
     });
@@ -146,7 +104,7 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
 
     // keepalived once more, lower this time; then lbd stops gracefully and hands over.
     let mut lab = d.lab;
-    keepalived(&mut lab, "keepalived3", 100);
+    lab.start_keepalived(ROLE_CLIENT, "keepalived3", 100, VIP.into()).unwrap();
     let d = Director { lab, socket: d.socket };
     wait_log(&d.lab, "keepalived3", "Entering BACKUP STATE", 0, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));

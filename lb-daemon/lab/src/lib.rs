@@ -341,6 +341,47 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// keepalived (Debian's 2.2.7) in `role`'s namespace as another director: VRRPv3,
+    /// VRID 51, advert_int 0.1, preempting, the one address `vip` on eth0; its log is
+    /// `self.log(role, name)`, its pid files in the lab's dir under `name`.
+    pub fn start_keepalived(
+        &mut self,
+        role: &str,
+        name: &str,
+        priority: u8,
+        vip: IpAddr,
+    ) -> Result<()> {
+        let prefix = if vip.is_ipv4() { 32 } else { 128 };
+        let conf = self.dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  \
+                 interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  \
+                 virtual_ipaddress {{\n    {vip}/{prefix}\n  }}\n}}\n"
+            ),
+        )?;
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let (conf, pid, vrrp_pid) = (
+            path(conf),
+            path(self.dir.join(format!("{name}.pid"))),
+            path(self.dir.join(format!("{name}-vrrp.pid"))),
+        );
+        let args = ["keepalived", "-n", "-l", "-D", "-P", "-f", &conf, "-p", &pid, "-r", &vrrp_pid];
+        self.spawn(role, name, &args)
+    }
+
+    /// Sends `signal` to keepalived `name`'s processes: its VRRP child, then itself.
+    pub fn signal_keepalived(&self, name: &str, signal: i32) {
+        for file in [format!("{name}-vrrp.pid"), format!("{name}.pid")] {
+            let pid = std::fs::read_to_string(self.dir.join(file)).ok();
+            if let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a process this lab started.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
+
     /// Starts a long-running process in a role's namespace, its output in the lab's dir.
     pub fn spawn(&mut self, role: &str, what: &str, args: &[&str]) -> Result<()> {
         let log = File::create(self.dir.join(format!("{role}-{what}.log")))?;
