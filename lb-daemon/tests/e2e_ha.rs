@@ -109,6 +109,28 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     wait_log(&d.lab, "keepalived3", "Entering BACKUP STATE", 0, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(state(&d), "MASTER", "a lower keepalived does not take over");
+
+    // A reload that lowers lbd's priority below keepalived's goes through the election:
+    // lbd stays master and advertises 50, and keepalived preempts it in its own time.
+    let reprioritise = |d: &Director, from: &str, to: &str| {
+        let path = d.lab.dir().join("lb.yaml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(from, to);
+        std::fs::write(&path, text).unwrap();
+        let out = d.lbadm(&["reload"]);
+        assert!(out.contains("reloaded"), "{out}");
+    };
+    let before = d.lab.log(ROLE_CLIENT, "keepalived3").len();
+    reprioritise(&d, "priority: 150", "priority: 50");
+    assert_eq!(state(&d), "MASTER", "a lowered priority is no drop to backup");
+    wait_log(&d.lab, "keepalived3", "Entering MASTER STATE", before, SLACK);
+    d.wait_until("lbd backup under the higher keepalived", SLACK, |s| {
+        s.director.ha_state == "BACKUP" && s.director.priority == Some(50)
+    });
+    // Raised again above keepalived's: lbd preempts it.
+    reprioritise(&d, "priority: 50", "priority: 150");
+    d.wait_until("lbd master again with priority 150", SLACK, |s| s.director.ha_state == "MASTER");
+    assert!(director_has_vip(&d));
+
     let before = d.lab.log(ROLE_CLIENT, "keepalived3").len();
     d.lab.signal(ROLE_DIRECTOR, "lbd", libc::SIGTERM).unwrap();
     wait_log(&d.lab, "keepalived3", "Entering MASTER STATE", before, SLACK);
