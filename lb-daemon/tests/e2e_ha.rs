@@ -80,6 +80,16 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     assert!(after.since_secs.unwrap() >= since, "the reload reset the HA state");
     assert!(director_has_vip(&d));
 
+    // The HA interface down is FAULT: the VIP goes. Back up, lbd is elected again.
+    d.lab.exec_ok(ROLE_DIRECTOR, &["ip", "link", "set", "eth0", "down"]).unwrap();
+    d.wait_until("lbd in FAULT with its interface down", SLACK, |s| s.director.ha_state == "FAULT");
+    assert!(!director_has_vip(&d), "a FAULT director holds no VIP");
+    d.lab.exec_ok(ROLE_DIRECTOR, &["ip", "link", "set", "eth0", "up"]).unwrap();
+    d.wait_until("lbd master again with its interface up", SLACK, |s| {
+        s.director.ha_state == "MASTER"
+    });
+    assert!(director_has_vip(&d));
+
     // keepalived back with a higher priority and preempt: it takes the VIP back.
     let mut lab = d.lab;
     lab.start_keepalived(ROLE_CLIENT, "keepalived2", 200, VIP.into()).unwrap();

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument as _, info, info_span, warn};
 
@@ -98,7 +99,9 @@ async fn serve(
         VrrpSocket::open_when_ready(&setup.interface, link.ifindex, src, Duration::from_secs(30))
             .await?;
     let announcer = Announcer::new(link.ifindex).context("opening the announcement socket")?;
-    let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let (connection, netlink, mut links) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+            .context("opening rtnetlink")?;
     tokio::spawn(connection);
     let mut act = Actions {
         setup: &setup,
@@ -111,6 +114,14 @@ async fn serve(
     let mut ha = Ha::new(setup.settings.clone(), now());
     let fx = ha.start(now());
     act.carry_out(fx).await;
+    // An interface without carrier or taken down is FAULT: no VIPs, no adverts, so the
+    // other director takes over instead of both thinking the other dead.
+    let mut up = link_is_up(&setup.interface);
+    if !up {
+        warn!(interface = %setup.interface, "the HA interface is down: FAULT");
+        let fx = ha.set_fault(now(), true);
+        act.carry_out(fx).await;
+    }
     view.send_replace(Some(ha.view()));
     info!(interface = %setup.interface, %src, priority = setup.settings.vrrp.priority, "failover running");
     loop {
@@ -124,6 +135,20 @@ async fn serve(
             _ = sleep_until(wake) => {
                 let fx = ha.handle_timeout(now());
                 act.carry_out(fx).await;
+            }
+            Some((message, _)) = links.next() => {
+                if let Some(now_up) = link_state(&message, link.ifindex)
+                    && now_up != up
+                {
+                    up = now_up;
+                    if up {
+                        info!(interface = %setup.interface, "the HA interface is up again");
+                    } else {
+                        warn!(interface = %setup.interface, "the HA interface went down: FAULT");
+                    }
+                    let fx = ha.set_fault(now(), !up);
+                    act.carry_out(fx).await;
+                }
             }
             command = commands.recv() => match command {
                 Some(Command::Priority(p)) => {
@@ -147,6 +172,39 @@ async fn serve(
         }
         view.send_replace(Some(ha.view()));
     }
+}
+
+/// Whether an RTM_NEWLINK message says interface `ifindex` is up with carrier; None for
+/// another interface or message.
+fn link_state(
+    message: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    ifindex: u32,
+) -> Option<bool> {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::packet_route::link::LinkFlags;
+    match &message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+            if link.header.index == ifindex =>
+        {
+            let flags = link.header.flags;
+            Some(flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp))
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))
+            if link.header.index == ifindex =>
+        {
+            Some(false)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `interface` is up with carrier now (sysfs would answer for another namespace).
+fn link_is_up(interface: &str) -> bool {
+    use nix::net::if_::InterfaceFlags;
+    let up = InterfaceFlags::IFF_UP | InterfaceFlags::IFF_LOWER_UP;
+    nix::ifaddrs::getifaddrs()
+        .is_ok_and(|mut addrs| addrs.any(|a| a.interface_name == interface && a.flags.contains(up)))
 }
 
 struct Actions<'a> {
