@@ -9,7 +9,7 @@ mod e2e;
 use std::time::{Duration, Instant};
 
 use e2e::Director;
-use lb_lab::{CLIENT, Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP};
+use lb_lab::{CLIENT, Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
 
 const SLACK: Duration = Duration::from_secs(3);
 
@@ -147,6 +147,60 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     let deadline = Instant::now() + SLACK;
     while director_has_vip(&d) {
         assert!(Instant::now() < deadline, "lbd left the VIP behind on a graceful stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The same over IPv6: a virtual router of IPv6 adverts from the link-local addresses,
+/// the IPv6 VIP added deprecated and removed with mastership.
+#[test]
+fn lbd_and_keepalived_fail_over_to_each_other_over_ipv6() {
+    lb_lab::needs_root!();
+    let mut lab = Lab::new("lbw").expect("lab");
+    lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP6}/128"), "dev", "eth0"])
+        .unwrap();
+    lab.start_keepalived(ROLE_CLIENT, "keepalived", 200, VIP6.into()).unwrap();
+    wait_log(&lab, "keepalived", "Entering MASTER STATE", 0, Duration::from_secs(20));
+    let d = Director::start(lab, |socket| {
+        let reals: String =
+            REALS6.iter().map(|r| format!("      - address: \"[{r}]:80\"\n")).collect();
+        format!(
+            "director:\n  interfaces: [eth0]\n  socket: {}\nha:\n  interface: eth0\n  vrid: 51\n  \
+             priority: 150\n  advert_interval: 100ms\n  vips: [\"{VIP6}/128\"]\nservices:\n  - name: web6\n    \
+             vip: \"[{VIP6}]:80\"\n    protocol: tcp\n    check: {{ type: tcp, interval: 1s, timeout: 500ms }}\n    \
+             reals:\n{reals}",
+            socket.display()
+        )
+    });
+    let has_vip6 = |d: &Director| {
+        let shown = d
+            .lab
+            .exec_ok(ROLE_DIRECTOR, &["ip", "-o", "-6", "addr", "show", "dev", "eth0"])
+            .unwrap();
+        shown.lines().find(|l| l.contains(&format!("{VIP6}/128"))).map(str::to_string)
+    };
+    d.wait_until("lbd backup under keepalived over IPv6", Duration::from_secs(20), |s| {
+        s.director.ha_state == "BACKUP" && s.director.master.is_some_and(|m| m.is_ipv6())
+    });
+    assert!(has_vip6(&d).is_none(), "a backup holds no VIP");
+
+    d.lab.signal_keepalived("keepalived", libc::SIGKILL);
+    let took = d
+        .wait_until("lbd master after keepalived died", SLACK, |s| s.director.ha_state == "MASTER");
+    eprintln!("IPv6 takeover after kill -9: {took:?}");
+    let line = has_vip6(&d).expect("the master holds the VIP");
+    assert!(line.contains("deprecated") && !line.contains("tentative"), "{line}");
+
+    let mut lab = d.lab;
+    lab.start_keepalived(ROLE_CLIENT, "keepalived2", 200, VIP6.into()).unwrap();
+    let d = Director { lab, socket: d.socket };
+    wait_log(&d.lab, "keepalived2", "Entering MASTER STATE", 0, Duration::from_secs(10));
+    d.wait_until("lbd backup after keepalived preempted", SLACK, |s| {
+        s.director.ha_state == "BACKUP"
+    });
+    let deadline = Instant::now() + SLACK;
+    while has_vip6(&d).is_some() {
+        assert!(Instant::now() < deadline, "lbd kept the VIP as backup");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
