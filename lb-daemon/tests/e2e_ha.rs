@@ -204,3 +204,33 @@ fn lbd_and_keepalived_fail_over_to_each_other_over_ipv6() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Unicast peers instead of the group, both ways: lbd hears keepalived's unicast adverts
+/// (backup under it), and keepalived hears lbd's (it stays backup under lbd).
+#[test]
+fn lbd_and_keepalived_speak_unicast_to_each_other() {
+    lb_lab::needs_root!();
+    let mut lab = Lab::new("lbu").expect("lab");
+    lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
+    let unicast = (CLIENT.into(), lb_lab::DIRECTOR.into());
+    lab.start_keepalived_unicast(ROLE_CLIENT, "keepalived", 200, VIP.into(), unicast).unwrap();
+    wait_log(&lab, "keepalived", "Entering MASTER STATE", 0, Duration::from_secs(20));
+    let d = Director::start(lab, |socket| {
+        config(socket, 150).replace("  vips: [", &format!("  peers: [{CLIENT}]\n  vips: ["))
+    });
+    d.wait_until("lbd backup under unicast keepalived", Duration::from_secs(10), |s| {
+        s.director.ha_state == "BACKUP" && s.director.master == Some(CLIENT.into())
+    });
+    d.lab.signal_keepalived("keepalived", libc::SIGKILL);
+    d.wait_until("lbd master after keepalived died", SLACK, |s| s.director.ha_state == "MASTER");
+    // A lower keepalived that hears lbd's unicast adverts stays backup: were they lost,
+    // it would be master after its Master_Down_Interval (0.36 s).
+    let mut lab = d.lab;
+    lab.start_keepalived_unicast(ROLE_CLIENT, "keepalived2", 100, VIP.into(), unicast).unwrap();
+    let d = Director { lab, socket: d.socket };
+    wait_log(&d.lab, "keepalived2", "Entering BACKUP STATE", 0, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let log = d.lab.log(ROLE_CLIENT, "keepalived2");
+    assert!(!log.contains("Entering MASTER STATE"), "keepalived did not hear lbd:\n{log}");
+    assert_eq!(state(&d), "MASTER");
+}

@@ -351,6 +351,30 @@ impl Lab {
         priority: u8,
         vip: IpAddr,
     ) -> Result<()> {
+        self.start_keepalived_with(role, name, priority, vip, "")
+    }
+
+    /// The same, speaking unicast from `src` to `peer` instead of to the group.
+    pub fn start_keepalived_unicast(
+        &mut self,
+        role: &str,
+        name: &str,
+        priority: u8,
+        vip: IpAddr,
+        (src, peer): (IpAddr, IpAddr),
+    ) -> Result<()> {
+        let unicast = format!("  unicast_src_ip {src}\n  unicast_peer {{\n    {peer}\n  }}\n");
+        self.start_keepalived_with(role, name, priority, vip, &unicast)
+    }
+
+    fn start_keepalived_with(
+        &mut self,
+        role: &str,
+        name: &str,
+        priority: u8,
+        vip: IpAddr,
+        extra: &str,
+    ) -> Result<()> {
         let prefix = if vip.is_ipv4() { 32 } else { 128 };
         let conf = self.dir.join(format!("{name}.conf"));
         std::fs::write(
@@ -358,7 +382,7 @@ impl Lab {
             format!(
                 "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  \
                  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  \
-                 virtual_ipaddress {{\n    {vip}/{prefix}\n  }}\n}}\n"
+                 virtual_ipaddress {{\n    {vip}/{prefix}\n  }}\n{extra}}}\n"
             ),
         )?;
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
