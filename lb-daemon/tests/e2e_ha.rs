@@ -53,7 +53,13 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     lab.start_keepalived(ROLE_CLIENT, "keepalived", 200, VIP.into()).unwrap();
     wait_log(&lab, "keepalived", "Entering MASTER STATE", 0, Duration::from_secs(20));
 
-    let d = Director::start(lab, |socket| config(socket, 150));
+    // The notify script writes down every state it is run with.
+    let notified = lab.dir().join("notified");
+    let script = lab.dir().join("notify.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" >> {}\n", notified.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let notify = format!("  notify: {}\n  vips: [", script.display());
+    let d = Director::start(lab, |socket| config(socket, 150).replace("  vips: [", &notify));
     d.wait_until("lbd backup under keepalived", Duration::from_secs(10), |s| {
         s.director.ha_state == "BACKUP" && s.director.master == Some(CLIENT.into())
     });
@@ -149,6 +155,21 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
         assert!(Instant::now() < deadline, "lbd left the VIP behind on a graceful stop");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Every transition ran the script, in order (the last, INIT on the way out, only if
+    // lbd lived long enough to see it through).
+    let expected =
+        ["BACKUP", "MASTER", "FAULT", "BACKUP", "MASTER", "BACKUP", "MASTER", "BACKUP", "MASTER"];
+    let read = || std::fs::read_to_string(&notified).unwrap_or_default();
+    let deadline = Instant::now() + SLACK;
+    while read().lines().count() < expected.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = read();
+    let lines: Vec<&str> = got.lines().collect();
+    assert!(
+        lines == expected || lines[..] == [&expected[..], &["INIT"]].concat()[..],
+        "notify ran with {lines:?}"
+    );
 }
 
 /// The same over IPv6: a virtual router of IPv6 adverts from the link-local addresses,

@@ -103,6 +103,7 @@ async fn serve(
         rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
             .context("opening rtnetlink")?;
     tokio::spawn(connection);
+    let notify = hooks::in_order("notify");
     let mut act = Actions {
         setup: &setup,
         socket: &socket,
@@ -110,6 +111,7 @@ async fn serve(
         netlink,
         ifindex: link.ifindex,
         mac: link.mac,
+        notify,
     };
     let mut ha = Ha::new(setup.settings.clone(), now());
     let fx = ha.start(now());
@@ -214,6 +216,8 @@ struct Actions<'a> {
     netlink: rtnetlink::Handle,
     ifindex: u32,
     mac: [u8; 6],
+    /// The notify script's runs, one after another in the order of the transitions.
+    notify: mpsc::UnboundedSender<Hook>,
 }
 
 impl Actions<'_> {
@@ -266,15 +270,12 @@ impl Actions<'_> {
                 Effect::Notify { from, to } => {
                     info!(from = state_name(from), to = state_name(to), "HA state changed");
                     if let Some(program) = &self.setup.notify {
-                        hooks::spawn(
-                            "notify",
-                            Hook {
-                                program: program.clone(),
-                                args: vec![state_name(to).into()],
-                                env: Vec::new(),
-                                timeout: NOTIFY_TIMEOUT,
-                            },
-                        );
+                        let _ = self.notify.send(Hook {
+                            program: program.clone(),
+                            args: vec![state_name(to).into()],
+                            env: Vec::new(),
+                            timeout: NOTIFY_TIMEOUT,
+                        });
                     }
                 }
             }

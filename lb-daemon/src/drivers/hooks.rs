@@ -55,16 +55,29 @@ pub async fn run(hook: &Hook) -> Outcome {
 
 /// Starts `hook` in the background and logs how it ended.
 pub fn spawn(what: &'static str, hook: Hook) {
+    tokio::spawn(run_logged(what, hook));
+}
+
+/// A task that runs the hooks sent to it one after another, in order: an operator's
+/// script sees MASTER then BACKUP in the order they happened, never the other way round.
+pub fn in_order(what: &'static str) -> tokio::sync::mpsc::UnboundedSender<Hook> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Hook>();
     tokio::spawn(async move {
-        let outcome = run(&hook).await;
-        let program = hook.program.display().to_string();
-        match outcome {
-            Outcome::Exited(0) => info!(hook = what, %program, args = ?hook.args, "hook ran"),
-            other => {
-                warn!(hook = what, %program, args = ?hook.args, outcome = ?other, "hook failed")
-            }
+        while let Some(hook) = rx.recv().await {
+            run_logged(what, hook).await;
         }
     });
+    tx
+}
+
+/// Runs `hook` and logs how it ended.
+pub async fn run_logged(what: &'static str, hook: Hook) {
+    let outcome = run(&hook).await;
+    let program = hook.program.display().to_string();
+    match outcome {
+        Outcome::Exited(0) => info!(hook = what, %program, args = ?hook.args, "hook ran"),
+        other => warn!(hook = what, %program, args = ?hook.args, outcome = ?other, "hook failed"),
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +111,26 @@ mod tests {
     async fn a_missing_program_is_said_not_started() {
         let hook = Hook { program: "/nonexistent/notify".into(), ..sh("", Duration::from_secs(1)) };
         assert!(matches!(run(&hook).await, Outcome::NotStarted(_)));
+    }
+
+    #[tokio::test]
+    async fn hooks_in_order_run_one_after_another() {
+        let file = std::env::temp_dir().join(format!("lbd-hooks-{}", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let append = |what: &str, delay: &str| {
+            let script = format!("sleep {delay}; echo {what} >> {}", file.display());
+            Hook { args: vec!["-c".into(), script], ..sh("", Duration::from_secs(10)) }
+        };
+        let queue = in_order("test");
+        // The first is slower than the second: run at once, they would finish reversed.
+        queue.send(append("MASTER", "0.3")).unwrap();
+        queue.send(append("BACKUP", "0")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let read = || std::fs::read_to_string(&file).unwrap_or_default();
+        while read().lines().count() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(read(), "MASTER\nBACKUP\n");
+        let _ = std::fs::remove_file(&file);
     }
 }
