@@ -90,9 +90,13 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     let core = Core::new(capacity, links, interfaces, seed());
     let (mut driver, targets) = Driver::new(core, dp, path.into(), events.clone());
     driver.list_with(reader)?;
+    if config.ha.is_some() {
+        // No VIP is live in the data plane before this director is elected master.
+        driver.serve_vips(false);
+    }
     driver.start(config.clone())?;
     let ha_tasks = match &config.ha {
-        Some(ha) => start_ha(ha, &config)?,
+        Some(ha) => start_ha(ha, &config, &events)?,
         None => Vec::new(),
     };
     let ha_stops: Vec<_> = ha_tasks.iter().map(|(commands, _)| commands.clone()).collect();
@@ -175,6 +179,7 @@ fn seed() -> u64 {
 fn start_ha(
     ha: &config::Ha,
     config: &Config,
+    events: &mpsc::Sender<Event>,
 ) -> Result<Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<core_ha::View>>)>> {
     let vips = ha.vips(&config.services);
     let mut tasks = Vec::new();
@@ -203,7 +208,7 @@ fn start_ha(
         };
         let (commands, inbox) = mpsc::channel(8);
         let (view, state) = watch::channel(None);
-        tokio::spawn(ha::run(setup, inbox, view));
+        tokio::spawn(ha::run(setup, inbox, view, events.clone()));
         tasks.push((commands, state));
     }
     Ok(tasks)

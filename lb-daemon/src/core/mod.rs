@@ -138,6 +138,10 @@ pub enum Input {
     },
     /// Time passed ([`Core::poll_timeout`] was reached).
     Tick,
+    /// Whether this director answers for its VIPs: always without `ha`; with it, only
+    /// while master. Not serving, the VIPs leave the data plane's VIPS (their reals and
+    /// tables stay written, so a takeover flips VIPS alone).
+    Serving(bool),
 }
 
 /// What the driver does for the core.
@@ -239,6 +243,8 @@ pub struct Core {
     clock_due: Option<Time>,
     /// A sync failed: write the tables again at the next tick.
     stale: bool,
+    /// See [`Input::Serving`].
+    serving: bool,
     seed: u64,
 }
 
@@ -269,6 +275,7 @@ impl Core {
             next_checker: 0,
             clock_due: None,
             stale: false,
+            serving: true,
             seed,
         }
     }
@@ -298,6 +305,13 @@ impl Core {
             Input::Control(token, request) => self.on_control(now, token, request, &mut fx),
             Input::Applied { batch, result } => self.on_applied(now, batch, result, &mut fx),
             Input::Tick => {}
+            Input::Serving(on) => {
+                if on != self.serving {
+                    self.serving = on;
+                    info!(serving = on, "the data plane answers for the VIPs: {on}");
+                    self.sync(now, &mut fx);
+                }
+            }
         }
         fx
     }
@@ -363,7 +377,12 @@ impl Core {
         }
         let plan = self.plan(now, &config).and_then(|(services, start, stop)| {
             let tables = self.tables_for(&services);
-            tables::vip_slots(&tables.vips).map_err(|e| {
+            // Every VIP must fit, live or not: a takeover writes them all at once.
+            let all: std::collections::BTreeMap<VipKey, VipInfo> = services
+                .iter()
+                .map(|s| (s.key, VipInfo { index: s.index, forwarding: 0, _pad: [0; 3] }))
+                .collect();
+            tables::vip_slots(&all).map_err(|e| {
                 format!(
                     "the VIPs do not fit the data plane's VIPS table: {e}; give that service another address or port (lbd --check names it)"
                 )
@@ -630,6 +649,9 @@ impl Core {
             t.maglev.insert(s.index, entry);
         }
         t.nat = services.iter().any(|s| s.spec.forwarding == config::Forwarding::Nat);
+        if !self.serving {
+            t.vips.clear();
+        }
         t
     }
 

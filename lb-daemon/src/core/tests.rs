@@ -771,3 +771,34 @@ fn op_kind(op: &Op) -> &'static str {
         Op::PurgeVip(_) => "purge",
     }
 }
+
+#[test]
+fn a_director_that_is_not_master_keeps_its_vips_out_of_the_data_plane() {
+    let mut h = Harness::new(capacity());
+    h.feed(Input::Serving(false));
+    h.config(&yaml(&[WEB, DNS])).unwrap();
+    h.resolve_all();
+    h.observe_all(true);
+    // Reals and tables are written, so a takeover flips VIPS alone; no VIP is live.
+    assert!(h.dp.vips.is_empty());
+    assert_eq!(h.dp.reals.len(), 4);
+    assert_eq!(h.serving("192.0.2.10:80").len(), 2);
+    h.batches.clear();
+    h.feed(Input::Serving(true));
+    assert_eq!(h.dp.vips.len(), 2);
+    let ops: Vec<&Op> = h.batches.iter().flatten().collect();
+    assert!(matches!(&ops[..], [Op::SetVips { .. }]), "{ops:?}");
+    // Master no more: the VIPs leave, their flows with them; reals and tables stay.
+    h.batches.clear();
+    h.feed(Input::Serving(false));
+    assert!(h.dp.vips.is_empty());
+    assert_eq!(h.dp.reals.len(), 4);
+    let kinds: Vec<&str> = h.batches.iter().flatten().map(op_kind).collect();
+    assert_eq!(kinds, ["set_vips", "purge", "purge"]);
+    // A reload meanwhile keeps them out, and health goes on being written.
+    h.config(&yaml(&[WEB])).unwrap();
+    assert!(h.dp.vips.is_empty());
+    h.observe("10.0.0.11", false);
+    h.observe("10.0.0.11", false);
+    assert_eq!(h.serving("192.0.2.10:80").len(), 1);
+}

@@ -79,10 +79,11 @@ pub async fn run(
     setup: Setup,
     mut commands: mpsc::Receiver<Command>,
     view: watch::Sender<Option<View>>,
+    driver: mpsc::Sender<super::Event>,
 ) {
     let family = if setup.settings.vrrp.primary.is_ipv4() { "IPv4" } else { "IPv6" };
     let span = info_span!("ha", vrid = setup.settings.vrrp.vrid, family);
-    if let Err(e) = serve(setup, &mut commands, &view).instrument(span).await {
+    if let Err(e) = serve(setup, &mut commands, &view, driver).instrument(span).await {
         // No VRRP, no VIPs: this director stays out of the way of the other.
         warn!(error = %format!("{e:#}"), "failover stopped: this director does not take the VIPs");
     }
@@ -92,6 +93,7 @@ async fn serve(
     setup: Setup,
     commands: &mut mpsc::Receiver<Command>,
     view: &watch::Sender<Option<View>>,
+    driver: mpsc::Sender<super::Event>,
 ) -> Result<()> {
     let link = LinkInfo::read(&setup.interface)?;
     let src = setup.settings.vrrp.primary;
@@ -112,6 +114,8 @@ async fn serve(
         ifindex: link.ifindex,
         mac: link.mac,
         notify,
+        driver,
+        serving: None,
     };
     let mut ha = Ha::new(setup.settings.clone(), now());
     let fx = ha.start(now());
@@ -218,6 +222,9 @@ struct Actions<'a> {
     mac: [u8; 6],
     /// The notify script's runs, one after another in the order of the transitions.
     notify: mpsc::UnboundedSender<Hook>,
+    /// The main driver, told when the data plane is to answer for the VIPs.
+    driver: mpsc::Sender<super::Event>,
+    serving: Option<bool>,
 }
 
 impl Actions<'_> {
@@ -264,9 +271,16 @@ impl Actions<'_> {
                         }
                     }
                 }
-                // The data plane's fence is not built yet: lbd's VIPs leave the interface
-                // with mastership, and a lbd killed as master leaves them (see the issue).
-                Effect::Lease(_) => {}
+                // The lease's deadline is for the data plane's fence, not built yet (a lbd
+                // killed as master leaves its VIPs, as keepalived does); whether there is
+                // one says whether the data plane answers for the VIPs at all.
+                Effect::Lease(lease) => {
+                    let serving = lease.is_some();
+                    if self.serving != Some(serving) {
+                        self.serving = Some(serving);
+                        let _ = self.driver.send(super::Event::Serving(serving)).await;
+                    }
+                }
                 Effect::Notify { from, to } => {
                     info!(from = state_name(from), to = state_name(to), "HA state changed");
                     if let Some(program) = &self.setup.notify {

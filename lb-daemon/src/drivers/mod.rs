@@ -42,6 +42,8 @@ pub enum Event {
     Resolved(Resolved),
     /// A control API request (SIGHUP arrives as `Request::Reload` too).
     Control(Request, oneshot::Sender<Response>),
+    /// From a failover task: this director is master (true) or not (false).
+    Serving(bool),
 }
 
 impl From<control::Call> for Event {
@@ -150,6 +152,12 @@ impl<D: DataplaneOps> Driver<D> {
         self.ha = tasks;
     }
 
+    /// Whether the data plane answers for the VIPs (see `Input::Serving`); with `ha`,
+    /// lbd says false before the first config, so no VIP is live before an election.
+    pub fn serve_vips(&mut self, on: bool) {
+        self.feed(Input::Serving(on));
+    }
+
     /// Applies the first config; an error means lbd cannot start with it.
     pub fn start(&mut self, config: Config) -> Result<()> {
         let (tx, mut rx) = oneshot::channel();
@@ -181,6 +189,7 @@ impl<D: DataplaneOps> Driver<D> {
             match event {
                 Event::Observation(o) => self.feed(Input::Observation(o)),
                 Event::Resolved(r) => self.feed(Input::Resolved(r)),
+                Event::Serving(on) => self.feed(Input::Serving(on)),
                 Event::Control(Request::Reload, reply) => self.reload(reply),
                 Event::Control(request, reply) => {
                     let token = self.token(reply);
