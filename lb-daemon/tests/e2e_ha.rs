@@ -254,4 +254,37 @@ fn lbd_and_keepalived_speak_unicast_to_each_other() {
     let log = d.lab.log(ROLE_CLIENT, "keepalived2");
     assert!(!log.contains("Entering MASTER STATE"), "keepalived did not hear lbd:\n{log}");
     assert_eq!(state(&d), "MASTER");
+
+    // A VRRPv2 speaker and a corrupted advert on the link: dropped, counted by reason,
+    // shown, and obeyed by nobody.
+    d.lab
+        .in_ns(ROLE_CLIENT, || -> anyhow::Result<()> {
+            use lb_daemon::core::vrrp::{Advert, wire};
+            use lb_daemon::drivers::vrrp::{VrrpSocket, group};
+            let link = lb_daemon::link::LinkInfo::read("eth0")?;
+            let src: std::net::IpAddr = CLIENT.into();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let socket = VrrpSocket::open_when_ready("eth0", link.ifindex, src, SLACK).await?;
+                let advert = Advert { priority: 254, interval_cs: 10 };
+                let good = wire::encode(51, advert, &[VIP.into()], src, group(src));
+                let mut v2 = good.clone();
+                v2[0] = 0x21;
+                let mut corrupted = good;
+                corrupted[2] ^= 0x01;
+                socket.send(&v2, group(src))?;
+                socket.send(&corrupted, group(src))?;
+                anyhow::Ok(())
+            })
+        })
+        .unwrap()
+        .unwrap();
+    d.wait_until("the bad adverts counted", SLACK, |s| {
+        let n =
+            |r: &str| s.director.adverts_dropped.iter().find(|c| c.reason == r).map(|c| c.packets);
+        n("version") >= Some(1) && n("checksum") >= Some(1)
+    });
+    let status = d.lbadm(&["status"]);
+    assert!(status.contains("VRRP adverts dropped:") && status.contains("version 1"), "{status}");
+    assert_eq!(state(&d), "MASTER", "a bad advert of priority 254 is not obeyed");
 }

@@ -104,6 +104,10 @@ pub struct DirectorView {
     /// Seconds in the current HA state.
     #[serde(default)]
     pub since_secs: Option<u64>,
+    /// VRRP adverts dropped, by reason (`ttl`, `checksum`, `other_vrid`, ...), summed over
+    /// the virtual routers; reasons with none are left out.
+    #[serde(default)]
+    pub adverts_dropped: Vec<ReasonCount>,
     pub interfaces: Vec<InterfaceView>,
 }
 

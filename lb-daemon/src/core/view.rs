@@ -84,6 +84,7 @@ impl Core {
                 priority: None,
                 master: None,
                 since_secs: None,
+                adverts_dropped: Vec::new(),
                 interfaces: self.interfaces.clone(),
             },
             reals,

@@ -313,6 +313,16 @@ impl<D: DataplaneOps> Driver<D> {
                     d.master = view.master;
                     d.since_secs = Some(now().since(view.since).as_secs());
                 }
+                let mut dropped: std::collections::BTreeMap<&str, u64> = Default::default();
+                for (_, v) in &self.ha {
+                    for (reason, n) in v.borrow().iter().flat_map(|v| v.dropped.clone()) {
+                        *dropped.entry(reason).or_default() += n;
+                    }
+                }
+                status.director.adverts_dropped = dropped
+                    .into_iter()
+                    .map(|(reason, packets)| ReasonCount { reason: reason.into(), packets })
+                    .collect();
                 status.packets = match self.dp.reasons() {
                     Ok(counts) => counts
                         .into_iter()
