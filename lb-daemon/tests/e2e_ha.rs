@@ -35,6 +35,15 @@ fn wait_log(lab: &Lab, name: &str, text: &str, after: usize, limit: Duration) {
     }
 }
 
+/// Polls `done` until it holds; fails with `otherwise` after SLACK.
+fn poll(otherwise: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + SLACK;
+    while !done() {
+        assert!(Instant::now() < deadline, "{otherwise}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn director_has_vip(d: &Director) -> bool {
     let shown = d.lab.exec_ok(ROLE_DIRECTOR, &["ip", "-o", "addr", "show", "dev", "eth0"]).unwrap();
     shown.contains(&format!("inet {VIP}/32"))
@@ -104,11 +113,7 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     d.wait_until("lbd backup after keepalived preempted", SLACK, |s| {
         s.director.ha_state == "BACKUP"
     });
-    let deadline = Instant::now() + SLACK;
-    while director_has_vip(&d) {
-        assert!(Instant::now() < deadline, "lbd kept the VIP as backup");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll("lbd kept the VIP as backup", || !director_has_vip(&d));
 
     // keepalived stops gracefully: priority 0, lbd takes over after Skew_Time.
     d.lab.signal_keepalived("keepalived2", libc::SIGTERM);
@@ -150,11 +155,7 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     let before = d.lab.log(ROLE_CLIENT, "keepalived3").len();
     d.lab.signal(ROLE_DIRECTOR, "lbd", libc::SIGTERM).unwrap();
     wait_log(&d.lab, "keepalived3", "Entering MASTER STATE", before, SLACK);
-    let deadline = Instant::now() + SLACK;
-    while director_has_vip(&d) {
-        assert!(Instant::now() < deadline, "lbd left the VIP behind on a graceful stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll("lbd left the VIP behind on a graceful stop", || !director_has_vip(&d));
     // Every transition ran the script, in order (the last, INIT on the way out, only if
     // lbd lived long enough to see it through).
     let expected =
@@ -219,11 +220,7 @@ fn lbd_and_keepalived_fail_over_to_each_other_over_ipv6() {
     d.wait_until("lbd backup after keepalived preempted", SLACK, |s| {
         s.director.ha_state == "BACKUP"
     });
-    let deadline = Instant::now() + SLACK;
-    while has_vip6(&d).is_some() {
-        assert!(Instant::now() < deadline, "lbd kept the VIP as backup");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll("lbd kept the VIP as backup", || has_vip6(&d).is_none());
 }
 
 /// Unicast peers instead of the group, both ways: lbd hears keepalived's unicast adverts

@@ -378,11 +378,7 @@ impl Core {
         let plan = self.plan(now, &config).and_then(|(services, start, stop)| {
             let tables = self.tables_for(&services);
             // Every VIP must fit, live or not: a takeover writes them all at once.
-            let all: std::collections::BTreeMap<VipKey, VipInfo> = services
-                .iter()
-                .map(|s| (s.key, VipInfo { index: s.index, forwarding: 0, _pad: [0; 3] }))
-                .collect();
-            tables::vip_slots(&all).map_err(|e| {
+            tables::vip_slots(&vip_set(&services)).map_err(|e| {
                 format!(
                     "the VIPs do not fit the data plane's VIPS table: {e}; give that service another address or port (lbd --check names it)"
                 )
@@ -623,15 +619,10 @@ impl Core {
     /// the data plane holds, not rebuilt.
     fn tables_for(&self, services: &[ServiceState]) -> Tables {
         let mut t = Tables::default();
+        if self.serving {
+            t.vips = vip_set(services);
+        }
         for s in services {
-            t.vips.insert(
-                s.key,
-                VipInfo {
-                    index: s.index,
-                    forwarding: dp_forwarding(s.spec.forwarding) as u8,
-                    _pad: [0; 3],
-                },
-            );
             for r in &s.reals {
                 t.reals
                     .insert(r.id, RealEntry { owner: (s.key, r.addr), info: self.real_info(s, r) });
@@ -649,9 +640,6 @@ impl Core {
             t.maglev.insert(s.index, entry);
         }
         t.nat = services.iter().any(|s| s.spec.forwarding == config::Forwarding::Nat);
-        if !self.serving {
-            t.vips.clear();
-        }
         t
     }
 
@@ -907,6 +895,17 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// VIPS as `services` need it.
+fn vip_set(services: &[ServiceState]) -> std::collections::BTreeMap<VipKey, VipInfo> {
+    services
+        .iter()
+        .map(|s| {
+            let forwarding = dp_forwarding(s.spec.forwarding) as u8;
+            (s.key, VipInfo { index: s.index, forwarding, _pad: [0; 3] })
+        })
+        .collect()
 }
 
 fn dp_forwarding(f: config::Forwarding) -> DpForwarding {

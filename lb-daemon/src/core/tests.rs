@@ -140,22 +140,27 @@ impl Harness {
         self.feed(Input::Tick);
     }
 
+    fn service(&self, vip: &str) -> &ServiceState {
+        let vip: SocketAddr = vip.parse().unwrap();
+        self.core.services.iter().find(|s| s.spec.vip == vip).expect("service")
+    }
+
+    fn real(&self, vip: &str, real: &str) -> &RealState {
+        let s = self.service(vip);
+        s.reals.iter().find(|r| r.addr.ip().to_string() == real).expect("real")
+    }
+
     /// The real id of `real` in the service at `vip`.
     fn id(&self, vip: &str, real: &str) -> u32 {
-        let vip: SocketAddr = vip.parse().unwrap();
-        let s = self.core.services.iter().find(|s| s.spec.vip == vip).expect("service");
-        s.reals.iter().find(|r| r.addr.ip().to_string() == real).expect("real").id
+        self.real(vip, real).id
     }
 
     fn index(&self, vip: &str) -> u32 {
-        let vip: SocketAddr = vip.parse().unwrap();
-        self.core.services.iter().find(|s| s.spec.vip == vip).expect("service").index
+        self.service(vip).index
     }
 
     fn health(&self, vip: &str, real: &str) -> Health {
-        let vip: SocketAddr = vip.parse().unwrap();
-        let s = self.core.services.iter().find(|s| s.spec.vip == vip).expect("service");
-        s.reals.iter().find(|r| r.addr.ip().to_string() == real).expect("real").health
+        self.real(vip, real).health
     }
 
     /// Reals with slots in `vip`'s table, as the fake data plane holds it.

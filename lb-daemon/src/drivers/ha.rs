@@ -15,8 +15,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use super::announce::{self, Announcer};
 use super::hooks::{self, Hook};
 use super::vrrp::{VrrpSocket, group};
-use super::{addresses, now};
-use crate::core::Time;
+use super::{addresses, now, sleep_until};
 use crate::core::ha::{self, Effect, Ha, View, state_name};
 use crate::link::LinkInfo;
 
@@ -294,12 +293,5 @@ impl Actions<'_> {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Time>) {
-    match at {
-        Some(at) => tokio::time::sleep(at.since(now())).await,
-        None => std::future::pending().await,
     }
 }

@@ -174,8 +174,7 @@ impl<D: DataplaneOps> Driver<D> {
     /// Runs until every sender of events is gone.
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Event>) {
         loop {
-            let wake =
-                self.core.poll_timeout().map(|at| tokio::time::Instant::now() + at.since(now()));
+            let wake = self.core.poll_timeout();
             let event = tokio::select! {
                 event = inbox.recv() => match event {
                     Some(event) => event,
@@ -423,9 +422,10 @@ impl<D: DataplaneOps> Drop for Driver<D> {
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+/// Sleeps until `at` on the core's clock; for ever when nothing is due.
+async fn sleep_until(at: Option<Time>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep(at.since(now())).await,
         None => std::future::pending().await,
     }
 }
