@@ -167,6 +167,7 @@ fn both_hear_each_other(v6: bool) {
     assert_eq!(heard.1.ttl, 255);
 
     // Now we advertise priority 250 every 100 ms: keepalived must take us for the master.
+    let keepalived_log = lab.dir().join(format!("{ROLE_CLIENT}-keepalived.log"));
     let ours = vips.clone();
     lab.in_ns(ROLE_DIRECTOR, move || -> anyhow::Result<()> {
         let link = LinkInfo::read("eth0")?;
@@ -182,8 +183,18 @@ fn both_hear_each_other(v6: bool) {
             .await?;
             let advert = Advert { priority: 250, interval_cs: 10 };
             let message = wire::encode(51, advert, &ours, socket_src, group(socket_src));
-            for _ in 0..30 {
+            // Every 100 ms, as an advert_interval of 100 ms would, until keepalived has
+            // given the VIP up (or 20 s).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
                 socket.send(&message, group(socket_src))?;
+                let log = std::fs::read_to_string(&keepalived_log).unwrap_or_default();
+                let master = log.find("Entering MASTER STATE").unwrap_or(log.len());
+                if log[master..].contains("Entering BACKUP STATE")
+                    || tokio::time::Instant::now() > deadline
+                {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             anyhow::Ok(())

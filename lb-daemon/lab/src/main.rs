@@ -160,7 +160,15 @@ fn clean() -> Result<()> {
         for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
             let _ = Command::new("kill").arg(pid).status();
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // Until they are gone, or 5 s; then whatever is left is killed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = Command::new("ip").args(["netns", "pids", ns]).output()?;
+            if left.stdout.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let pids = Command::new("ip").args(["netns", "pids", ns]).output()?;
         for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
             let _ = Command::new("kill").args(["-9", pid]).status();
