@@ -71,6 +71,8 @@ pub mod map_names {
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASONS: &str = "REASONS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const FENCE: &str = "FENCE";
+    pub const FENCED: &str = "FENCED";
 }
 
 /// The name of the XDP program in the eBPF object.
@@ -215,6 +217,38 @@ pub const SETTINGS_LEN: u32 = 3;
 /// `SETTINGS[SETTING_FLAGS]` bits.
 pub const SETTING_NAT: u32 = 1;
 
+/// `FENCE` entries: one lease per address family, as each family's VIPs have a virtual
+/// router of their own.
+pub const FENCE_V4: u32 = 0;
+pub const FENCE_V6: u32 = 1;
+pub const FENCE_LEN: u32 = 2;
+/// Addresses `FENCED` holds at most: every VIP address of the largest config.
+pub const MAX_FENCED: u32 = VIPS_LIMIT;
+
+/// Value of `FENCE`: how long this director may answer for its family's VIPs. With `ha`,
+/// lbd renews it with every advert it sends as master; when lbd dies or hangs it lapses,
+/// and from then on the data plane drops ARP requests and neighbour solicitations for the
+/// VIPs and takes no new flow for them, so only the new master answers for them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// CLOCK_MONOTONIC in nanoseconds (the kernel's `bpf_ktime_get_ns`); 0: lapsed.
+    pub until_ns: u64,
+    /// 0: no fence (a director without `ha`); the lease is not looked at.
+    pub armed: u32,
+    pub _pad: u32,
+}
+
+/// Key of `FENCED`: an address whose ARP requests or neighbour solicitations are dropped
+/// while its family's lease has lapsed (the `ha` VIPs).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FencedAddr {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Per-CPU value of `VIP_STATS` and `REAL_STATS`: ipvsadm's Conns, InPkts, InBytes, and
 /// OutPkts, OutBytes (the replies NAT sees; direct routing never sees them).
 #[repr(C)]
@@ -262,10 +296,15 @@ pub enum Reason {
     TooBigSent,
     /// An ICMP error about a VIP flow the table does not hold.
     PassIcmpNoFlow,
+    /// An ARP request or IPv6 neighbour solicitation for a VIP while the fence's lease has
+    /// lapsed (lbd dead or hung as master): dropped, so only the new master answers.
+    DropFencedNeighbour,
+    /// A packet that would open a flow to a VIP while the lease has lapsed: dropped.
+    DropFencedFlow,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::PassIcmpNoFlow as u32 + 1;
+    pub const COUNT: u32 = Reason::DropFencedFlow as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::Transmitted,
         Reason::Redirected,
@@ -282,6 +321,8 @@ impl Reason {
         Reason::DropTooBig,
         Reason::TooBigSent,
         Reason::PassIcmpNoFlow,
+        Reason::DropFencedNeighbour,
+        Reason::DropFencedFlow,
     ];
 
     /// The name used in logs and metrics.
@@ -302,6 +343,8 @@ impl Reason {
             Reason::DropTooBig => "drop_too_big",
             Reason::TooBigSent => "too_big_sent",
             Reason::PassIcmpNoFlow => "pass_icmp_no_flow",
+            Reason::DropFencedNeighbour => "drop_fenced_neighbour",
+            Reason::DropFencedFlow => "drop_fenced_flow",
         }
     }
 }
@@ -320,6 +363,8 @@ const _: () = {
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Counters>() == 40);
     assert!(core::mem::size_of::<MaglevLine>() == 64);
+    assert!(core::mem::size_of::<Lease>() == 16);
+    assert!(core::mem::size_of::<FencedAddr>() == 20);
     // Real ids fit a Maglev slot, below the empty marker.
     assert!(REALS_LIMIT < MAGLEV_EMPTY as u32 && MAX_REALS <= REALS_LIMIT);
 };
@@ -336,5 +381,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for Lease {}
+    unsafe impl aya::Pod for FencedAddr {}
     unsafe impl aya::Pod for flow_table::FlowSet {}
 }

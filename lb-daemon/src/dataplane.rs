@@ -6,6 +6,7 @@ mod flow_table;
 mod mapped;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::net::IpAddr;
 use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -13,11 +14,12 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Counters, FlowKey, FlowValue, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES, MAGLEV_SIZE,
+    Counters, FAMILY_V4, FAMILY_V6, FENCE_V4, FENCE_V6, FencedAddr, FlowKey, FlowValue, Lease,
+    MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES, MAGLEV_SIZE,
     MAX_REALS, MAX_VIPS, MaglevLine, NO_REAL, REALS_LIMIT, RealInfo, Reason, VIP_SLOTS, VIPS_LIMIT,
     VipInfo, VipKey, VipSlot, XDP_PROGRAM, map_names,
 };
@@ -55,6 +57,8 @@ pub struct Dataplane {
     stats_for_readers: [MapData; 2],
     reasons: PerCpuArray<MapData, u64>,
     settings: Array<MapData, u32>,
+    /// The fence's leases and addresses (lb-ebpf/src/fence.rs).
+    fence: Fence,
     /// Interfaces the program is attached to, by ifindex.
     links: StdHashMap<u32, LinkInfo>,
     /// What the maps were sized for.
@@ -173,6 +177,10 @@ impl Dataplane {
             stats_for_readers,
             reasons: take(&mut ebpf, map_names::REASONS)?,
             settings: take(&mut ebpf, map_names::SETTINGS)?,
+            fence: Fence {
+                leases: take(&mut ebpf, map_names::FENCE)?,
+                addresses: take(&mut ebpf, map_names::FENCED)?,
+            },
             ebpf,
             links: StdHashMap::new(),
             capacity,
@@ -354,6 +362,18 @@ impl Dataplane {
         self.flows.flows()
     }
 
+    /// The fence, on descriptors of its own: the failover tasks renew the lease with
+    /// every advert, apart from the driver.
+    pub fn fence(&self) -> Result<Fence> {
+        self.fence.try_clone()
+    }
+
+    /// No fence: a director without `ha` answers for its VIPs whatever a previous lbd
+    /// left in the maps.
+    pub fn disarm_fence(&mut self) -> Result<()> {
+        self.fence.disarm()
+    }
+
     /// Handles for reading what a listing shows from another thread.
     pub fn reader(&self) -> Result<Reader> {
         let [vip_stats, real_stats] = &self.stats_for_readers;
@@ -363,6 +383,76 @@ impl Dataplane {
             real_stats: per_cpu(real_stats)?,
         })
     }
+}
+
+/// The data plane's fence (lb-ebpf/src/fence.rs): the leases by family and the addresses
+/// they guard. With `ha`, each family's failover task holds one.
+pub struct Fence {
+    leases: Array<MapData, Lease>,
+    addresses: BpfHashMap<MapData, FencedAddr, u32>,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fence")
+    }
+}
+
+impl Fence {
+    /// The same maps on descriptors of their own.
+    pub fn try_clone(&self) -> Result<Fence> {
+        Ok(Fence {
+            leases: Array::try_from(Map::from_map_data(dup(self.leases.map())?)?)?,
+            addresses: BpfHashMap::try_from(Map::from_map_data(dup(self.addresses.map())?)?)?,
+        })
+    }
+
+    /// Guards `vips` (one family's): their ARP requests or neighbour solicitations are
+    /// dropped while the family's lease has lapsed. Replaces what that family had.
+    pub fn guard(&mut self, ipv4: bool, vips: &[IpAddr]) -> Result<()> {
+        let family = if ipv4 { FAMILY_V4 } else { FAMILY_V6 };
+        let stale: Vec<FencedAddr> =
+            self.addresses.keys().filter_map(|k| k.ok()).filter(|k| k.family == family).collect();
+        for key in stale {
+            self.addresses.remove(&key).context("writing FENCED")?;
+        }
+        for vip in vips.iter().filter(|v| v.is_ipv4() == ipv4) {
+            let key = fenced_addr(*vip);
+            self.addresses.insert(key, 1, 0).context("writing FENCED")?;
+        }
+        Ok(())
+    }
+
+    /// Arms the family's fence: the data plane answers for its VIPs until `until_ns`
+    /// (CLOCK_MONOTONIC), and not at all for `None`.
+    pub fn lease(&mut self, ipv4: bool, until_ns: Option<u64>) -> Result<()> {
+        let index = if ipv4 { FENCE_V4 } else { FENCE_V6 };
+        let lease = Lease { until_ns: until_ns.unwrap_or(0), armed: 1, _pad: 0 };
+        self.leases.set(index, lease, 0).context("writing FENCE")
+    }
+
+    /// Both families unfenced.
+    pub fn disarm(&mut self) -> Result<()> {
+        for index in [FENCE_V4, FENCE_V6] {
+            self.leases.set(index, Lease::default(), 0).context("writing FENCE")?;
+        }
+        Ok(())
+    }
+}
+
+fn fenced_addr(ip: IpAddr) -> FencedAddr {
+    let mut key = FencedAddr::default();
+    match ip {
+        IpAddr::V4(a) => {
+            key.addr[..4].copy_from_slice(&a.octets());
+            key.family = FAMILY_V4;
+        }
+        IpAddr::V6(a) => {
+            key.addr = a.octets();
+            key.family = FAMILY_V6;
+        }
+    }
+    key
 }
 
 /// Attaches an XDP program. `auto` takes native mode on interfaces backed by a device

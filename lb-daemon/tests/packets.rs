@@ -1172,3 +1172,86 @@ fn maps_are_sized_at_load_time_for_the_configured_capacity() {
     assert_eq!(dp.capacity(), Capacity { vips: 512, reals: 16384 });
     assert!(Dataplane::load_with(Capacity { vips: 1025, reals: 5 }).is_err());
 }
+
+/// An ARP request (`op` 1) or reply (2) from the client for `target`.
+fn arp(op: u8, target: [u8; 4]) -> Vec<u8> {
+    let body = [&[0, 1, 0x08, 0, 6, 4, 0, op][..], &CLIENT_MAC, &[198, 51, 100, 7], &[0; 6], &target];
+    [&[0xffu8; 6][..], &CLIENT_MAC, &[0x08, 0x06], &body.concat(), &[0u8; 18]].concat()
+}
+
+/// A neighbour solicitation from the client for `target`.
+fn solicitation(target: [u8; 16]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, [0x33, 0x33, 0xff, 0, 0, target[15]])
+        .ipv6(addr16(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]), target, 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] })
+        .write(&mut frame, &target)
+        .unwrap();
+    frame
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn the_fence_silences_arp_and_new_flows_for_its_vips_once_the_lease_lapses() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    let mut fence = dp.fence().unwrap();
+    let vip4 = IpAddr::from(VIP4);
+    fence.guard(true, &[vip4]).unwrap();
+    fence.guard(false, &[IpAddr::from(VIP6)]).unwrap();
+    let established = tcp4(VIP4, 80, true);
+    let opening = |port: u16| {
+        let client = SocketAddr::from(([198, 51, 100, 7], port));
+        Frame::opening(client, SocketAddr::from((VIP4, 80)), false).build()
+    };
+    let quiet = [arp(1, VIP4), solicitation(VIP6)];
+    let unguarded = [arp(1, [198, 51, 100, 2]), arp(2, VIP4), solicitation(addr16(&[0xfe, 0x80]))];
+
+    // Within the lease: ARP and neighbour discovery pass, new flows are taken.
+    fence.lease(true, Some(monotonic_ns() + 60_000_000_000)).unwrap();
+    fence.lease(false, Some(monotonic_ns() + 60_000_000_000)).unwrap();
+    for frame in quiet.iter().chain(&unguarded) {
+        let (action, out) = run(&mut dp, frame);
+        assert_eq!((action, &out), (XDP_PASS, frame));
+    }
+    assert_eq!(run(&mut dp, &established).0, XDP_TX);
+    assert_eq!(run(&mut dp, &opening(40001)).0, XDP_TX);
+
+    // Lapsed (lbd stopped renewing it): requests for the VIPs are dropped, the rest pass,
+    // established flows go on, new ones are refused.
+    fence.lease(true, Some(monotonic_ns() - 1)).unwrap();
+    fence.lease(false, None).unwrap();
+    for frame in &quiet {
+        assert_eq!(run(&mut dp, frame).0, XDP_DROP);
+    }
+    for frame in &unguarded {
+        let (action, out) = run(&mut dp, frame);
+        assert_eq!((action, &out), (XDP_PASS, frame));
+    }
+    assert_eq!(reason_count(&dp, Reason::DropFencedNeighbour), 2);
+    assert_eq!(run(&mut dp, &tcp4(VIP4, 80, false)).0, XDP_TX, "an established flow");
+    assert_eq!(run(&mut dp, &opening(40002)).0, XDP_DROP, "a new flow");
+    assert_eq!(run(&mut dp, &udp6(VIP6, 53)).0, XDP_DROP, "a new IPv6 flow");
+    assert_eq!(reason_count(&dp, Reason::DropFencedFlow), 2);
+
+    // One family's lease is its own: IPv4 renewed, IPv6 still fenced.
+    fence.lease(true, Some(monotonic_ns() + 60_000_000_000)).unwrap();
+    assert_eq!(run(&mut dp, &arp(1, VIP4)).0, XDP_PASS);
+    assert_eq!(run(&mut dp, &opening(40003)).0, XDP_TX);
+    assert_eq!(run(&mut dp, &solicitation(VIP6)).0, XDP_DROP);
+
+    // Disarmed (a director without ha): no fence at all.
+    dp.disarm_fence().unwrap();
+    assert_eq!(run(&mut dp, &solicitation(VIP6)).0, XDP_PASS);
+    assert_eq!(run(&mut dp, &udp6(VIP6, 53)).0, XDP_TX);
+    // The guarded addresses are replaced, not added to.
+    fence.guard(true, &[]).unwrap();
+    fence.lease(true, None).unwrap();
+    assert_eq!(run(&mut dp, &arp(1, VIP4)).0, XDP_PASS);
+}

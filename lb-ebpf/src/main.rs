@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 
 mod csum;
+mod fence;
 mod floor;
 mod flows;
 mod icmp;
@@ -19,7 +20,7 @@ mod words;
 use core::{mem::offset_of, ptr::read_volatile};
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_PASS, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::bpf_redirect,
     macros::xdp,
     programs::XdpContext,
@@ -40,6 +41,7 @@ use parse::Packet;
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = match balance(&ctx) {
         Ok(done) => done,
+        Err(Reason::DropFencedFlow) => (XDP_DROP, Reason::DropFencedFlow),
         Err(reason) => (XDP_PASS, reason),
     };
     count_reason(reason);
@@ -48,7 +50,14 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
-    let packet = parse::parse(ctx)?;
+    let packet = match parse::parse(ctx) {
+        Ok(packet) => packet,
+        // ARP and neighbour discovery: the fence may keep this director quiet.
+        Err(reason @ (Reason::PassNotIp | Reason::PassOtherProto)) => {
+            return fence::neighbour_request(ctx, reason);
+        }
+        Err(other) => return Err(other),
+    };
     if packet.icmp_error {
         return icmp_error(ctx, &packet);
     }
@@ -184,6 +193,10 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
         }
         // Rescheduled: the new real takes over this way (a second way would hide it).
         way = Some(found.way);
+    }
+    // A new flow only while this director may answer for the VIP (fence.rs).
+    if fence::lapsed(packet.key.family) {
+        return Err(Reason::DropFencedFlow);
     }
     let real_id = maglev_pick(packet, vip)?;
     let real = serving_real(real_id, vip).ok_or(Reason::PassInternal)?;

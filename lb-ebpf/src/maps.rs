@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, MAGLEV_LINES, MAX_REALS, MAX_VIPS, MaglevLine, RealInfo, Reason, SETTINGS_LEN,
-    VIP_SLOTS, VipSlot,
+    Counters, FENCE_LEN, FencedAddr, Lease, MAGLEV_LINES, MAX_FENCED, MAX_REALS, MAX_VIPS,
+    MaglevLine, RealInfo, Reason, SETTINGS_LEN, VIP_SLOTS, VipSlot,
     flow_table::{FLOW_SETS, FlowSet},
 };
 
@@ -42,6 +42,17 @@ pub static FLOWS: Array<FlowSet> = Array::with_max_entries(FLOW_SETS, BPF_F_MMAP
 /// reverse-flow lookup for their own traffic. Writer: daemon.
 #[map]
 pub static SETTINGS: Array<u32> = Array::with_max_entries(SETTINGS_LEN, 0);
+
+/// The fence's lease per address family (`FENCE_V4`, `FENCE_V6`): with `ha`, how long this
+/// director answers for the VIPs after lbd's last advert as master. Read only by packets
+/// that would open a flow and by ARP and neighbour solicitations. Writer: daemon.
+#[map]
+pub static FENCE: Array<Lease> = Array::with_max_entries(FENCE_LEN, 0);
+
+/// The addresses the fence guards: the `ha` VIPs. Looked up only for ARP requests and
+/// neighbour solicitations while a lease has lapsed. Writer: daemon.
+#[map]
+pub static FENCED: HashMap<FencedAddr, u32> = HashMap::with_max_entries(MAX_FENCED, 0);
 
 /// The daemon maps the connection table and the Maglev tables into its memory: no
 /// syscall per set or slot.

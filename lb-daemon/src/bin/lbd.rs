@@ -12,7 +12,7 @@ use clap::Parser;
 use lb_daemon::config::{self, Config};
 use lb_daemon::control::{self, InterfaceView, Request, Response};
 use lb_daemon::core::{Capacity, Core, ha as core_ha, vrrp};
-use lb_daemon::dataplane::Dataplane;
+use lb_daemon::dataplane::{Dataplane, Fence};
 use lb_daemon::drivers::{Driver, Event, ha, neighbor, pmtu};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -85,6 +85,10 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     }
     let links = dp.links().cloned().collect();
     let reader = dp.reader()?;
+    let fence = dp.fence()?;
+    if config.ha.is_none() {
+        dp.disarm_fence()?;
+    }
     let listener = Arc::new(control::bind(&config.director.socket)?);
     let (events, inbox) = mpsc::channel::<Event>(1024);
     let core = Core::new(capacity, links, interfaces, seed());
@@ -96,7 +100,7 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     }
     driver.start(config.clone())?;
     let ha_tasks = match &config.ha {
-        Some(ha) => start_ha(ha, &config, &events)?,
+        Some(ha) => start_ha(ha, &config, &events, &fence)?,
         None => Vec::new(),
     };
     let ha_stops: Vec<_> = ha_tasks.iter().map(|(commands, _)| commands.clone()).collect();
@@ -180,6 +184,7 @@ fn start_ha(
     ha: &config::Ha,
     config: &Config,
     events: &mpsc::Sender<Event>,
+    fence: &Fence,
 ) -> Result<Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<core_ha::View>>)>> {
     let vips = ha.vips(&config.services);
     let mut tasks = Vec::new();
@@ -205,6 +210,7 @@ fn start_ha(
             },
             peers: ha.peers.iter().copied().filter(|p| p.is_ipv4() == ipv4).collect(),
             notify: ha.notify.clone(),
+            fence: Some(fence.try_clone()?),
         };
         let (commands, inbox) = mpsc::channel(8);
         let (view, state) = watch::channel(None);

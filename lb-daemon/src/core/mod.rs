@@ -51,6 +51,12 @@ impl Time {
         self.0.as_secs() as u32
     }
 
+    /// Nanoseconds since the clock's start: the data plane's fence compares them with the
+    /// kernel's CLOCK_MONOTONIC.
+    pub fn as_nanos(self) -> u64 {
+        u64::try_from(self.0.as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Time since `earlier`, zero if `earlier` is later.
     pub fn since(self, earlier: Time) -> Duration {
         self.0.saturating_sub(earlier.0)

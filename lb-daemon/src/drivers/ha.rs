@@ -17,16 +17,20 @@ use super::hooks::{self, Hook};
 use super::vrrp::{VrrpSocket, group};
 use super::{addresses, now, sleep_until};
 use crate::core::ha::{self, Effect, Ha, View, state_name};
+use crate::dataplane::Fence;
 use crate::link::LinkInfo;
 
 /// What the HA task needs to run one virtual router.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Setup {
     pub interface: String,
     pub settings: ha::Settings,
     /// Unicast peers; none: the multicast group.
     pub peers: Vec<IpAddr>,
     pub notify: Option<PathBuf>,
+    /// The data plane's fence: renewed with every advert as master, so a lbd that dies
+    /// stops answering for the VIPs before a backup takes them. None in tests of HA alone.
+    pub fence: Option<Fence>,
 }
 
 /// What lbd tells a running HA task.
@@ -89,7 +93,7 @@ pub async fn run(
 }
 
 async fn serve(
-    setup: Setup,
+    mut setup: Setup,
     commands: &mut mpsc::Receiver<Command>,
     view: &watch::Sender<Option<View>>,
     driver: mpsc::Sender<super::Event>,
@@ -105,7 +109,12 @@ async fn serve(
             .context("opening rtnetlink")?;
     tokio::spawn(connection);
     let notify = hooks::in_order("notify");
+    let mut fence = setup.fence.take();
+    if let Some(fence) = &mut fence {
+        fence.guard(src.is_ipv4(), &setup.settings.vips).context("writing the fence's VIPs")?;
+    }
     let mut act = Actions {
+        fence,
         setup: &setup,
         socket: &socket,
         announcer,
@@ -224,6 +233,7 @@ struct Actions<'a> {
     /// The main driver, told when the data plane is to answer for the VIPs.
     driver: mpsc::Sender<super::Event>,
     serving: Option<bool>,
+    fence: Option<Fence>,
 }
 
 impl Actions<'_> {
@@ -270,10 +280,15 @@ impl Actions<'_> {
                         }
                     }
                 }
-                // The lease's deadline is for the data plane's fence, not built yet (a lbd
-                // killed as master leaves its VIPs, as keepalived does); whether there is
-                // one says whether the data plane answers for the VIPs at all.
+                // The deadline goes to the data plane's fence; whether there is one says
+                // whether the data plane answers for the VIPs at all.
                 Effect::Lease(lease) => {
+                    if let Some(fence) = &mut self.fence {
+                        let ipv4 = self.socket.src().is_ipv4();
+                        if let Err(e) = fence.lease(ipv4, lease.map(|t| t.as_nanos())) {
+                            warn!(error = %format!("{e:#}"), "renewing the fence's lease");
+                        }
+                    }
                     let serving = lease.is_some();
                     if self.serving != Some(serving) {
                         self.serving = Some(serving);
