@@ -61,6 +61,9 @@ pub struct Director {
     pub socket: PathBuf,
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Where the data plane is pinned so it outlives lbd (`director.pin_root`).
+    #[serde(default = "default_pin_root")]
+    pub pin_root: PathBuf,
     /// How many services the data plane's maps are sized for (`director.max_vips`).
     #[serde(default = "default_max_vips")]
     pub max_vips: u32,
@@ -78,6 +81,10 @@ pub const DEFAULT_MAX_REALS: u32 = lb_common::MAX_REALS;
 pub const LIMIT_MAX_VIPS: u32 = lb_common::VIPS_LIMIT;
 /// The largest `director.max_reals` accepted.
 pub const LIMIT_MAX_REALS: u32 = lb_common::REALS_LIMIT;
+
+pub fn default_pin_root() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/lbd")
+}
 
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/lbd/lbd.sock")
@@ -1139,6 +1146,15 @@ fn validate(config: &Config) -> Vec<(String, String)> {
         } else if !interfaces.insert(name) {
             problems.push((node.clone(), format!("{node}: {name} is listed twice")));
         }
+    }
+    if !d.pin_root.is_absolute() {
+        problems.push((
+            "director.pin_root".into(),
+            format!(
+                "director.pin_root: `{}` is not an absolute path (a directory on a bpffs)",
+                d.pin_root.display()
+            ),
+        ));
     }
     let socket = d.socket.as_os_str().len();
     if socket == 0 {

@@ -4,10 +4,12 @@
 
 mod flow_table;
 mod mapped;
+pub mod pins;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::net::IpAddr;
 use std::os::fd::AsFd as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
@@ -15,13 +17,17 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use lb_common::{
     Counters, FAMILY_V4, FAMILY_V6, FENCE_V4, FENCE_V6, FencedAddr, FlowKey, FlowValue, Lease,
-    MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES, MAGLEV_SIZE,
-    MAX_REALS, MAX_VIPS, MaglevLine, NO_REAL, REALS_LIMIT, RealInfo, Reason, VIP_SLOTS, VIPS_LIMIT,
-    VipInfo, VipKey, VipSlot, XDP_PROGRAM, map_names,
+    MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES, MAGLEV_SIZE, MAX_REALS, MAX_VIPS, MaglevLine,
+    NO_REAL, REALS_LIMIT, RealInfo, Reason, VIP_SLOTS, VIPS_LIMIT, VipInfo, VipKey, VipSlot,
+    XDP_PROGRAM, map_names,
 };
 
 use crate::config;
@@ -63,13 +69,50 @@ pub struct Dataplane {
     links: StdHashMap<u32, LinkInfo>,
     /// What the maps were sized for.
     capacity: Capacity,
+    /// Where the program, its links and maps are pinned; None: they go with lbd.
+    pins: Option<pins::Pins>,
 }
+
+/// What [`Dataplane::load_pinned`] found of an earlier lbd's data plane.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Maps pinned before and used again, contents and all.
+    pub maps: Vec<&'static str>,
+    /// Maps pinned before whose layout this build or config changes: replaced by empty
+    /// ones, and why.
+    pub renewed: Vec<(&'static str, String)>,
+}
+
+impl Kept {
+    /// Every table lbd writes was kept: the core can go on from what they hold.
+    pub fn tables(&self) -> bool {
+        [map_names::VIPS, map_names::REALS, map_names::MAGLEV, map_names::SETTINGS]
+            .iter()
+            .all(|name| self.maps.contains(name))
+    }
+}
+
+/// Every map of the object, in the order they are checked and pinned.
+const MAP_NAMES: [&str; 10] = [
+    map_names::VIPS,
+    map_names::MAGLEV,
+    map_names::REALS,
+    map_names::FLOWS,
+    map_names::VIP_STATS,
+    map_names::REAL_STATS,
+    map_names::REASONS,
+    map_names::SETTINGS,
+    map_names::FENCE,
+    map_names::FENCED,
+];
 
 /// How the program ended up attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attached {
     Native,
     Generic,
+    /// A pinned link taken over, in the mode it was attached in.
+    Kept,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -140,6 +183,18 @@ impl Dataplane {
     /// Loads the object with its per-VIP and per-real maps sized for `capacity`: what the
     /// config asks for is allocated, no more (docs/ARCHITECTURE.md gives the bytes).
     pub fn load_with(capacity: Capacity) -> Result<Self> {
+        Ok(Self::load_inner(capacity, None)?.0)
+    }
+
+    /// Loads the object with its maps pinned under `pins`: a map an earlier lbd pinned
+    /// there is used again when its layout is this build's (flows, tables and counters
+    /// kept), replaced by an empty one otherwise (said in [`Kept`]). [`Dataplane::attach`]
+    /// then swaps the new program into a pinned link atomically.
+    pub fn load_pinned(capacity: Capacity, pins: pins::Pins) -> Result<(Self, Kept)> {
+        Self::load_inner(capacity, Some(pins))
+    }
+
+    fn load_inner(capacity: Capacity, pins: Option<pins::Pins>) -> Result<(Self, Kept)> {
         anyhow::ensure!(
             (1..=VIPS_LIMIT).contains(&capacity.vips)
                 && (1..=REALS_LIMIT).contains(&capacity.reals),
@@ -147,21 +202,60 @@ impl Dataplane {
             capacity.vips,
             capacity.reals
         );
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::MAGLEV, capacity.vips * MAGLEV_LINES)
-            .map_max_entries(map_names::VIP_STATS, capacity.vips)
-            .map_max_entries(map_names::REALS, capacity.reals)
-            .map_max_entries(map_names::REAL_STATS, capacity.reals)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+        let sized = [
+            (map_names::MAGLEV, capacity.vips * MAGLEV_LINES),
+            (map_names::VIP_STATS, capacity.vips),
+            (map_names::REALS, capacity.reals),
+            (map_names::REAL_STATS, capacity.reals),
+        ];
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in sized {
+            loader.map_max_entries(name, entries);
+        }
+        let mut kept = Kept::default();
+        if let Some(pins) = &pins {
+            let object = aya_obj::Object::parse(OBJECT).context("reading the eBPF object")?;
+            for name in MAP_NAMES {
+                let path = pins.map(name);
+                if path.exists() {
+                    let mut wanted = object
+                        .maps
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+                    if let Some((_, n)) = sized.iter().find(|(m, _)| *m == name) {
+                        wanted.set_max_entries(*n);
+                    }
+                    match pins::same_layout(&path, &wanted) {
+                        Ok(()) => kept.maps.push(name),
+                        Err(why) => {
+                            // The old program keeps its own map until its link moves to
+                            // the new program; the pin goes to the new map.
+                            std::fs::remove_file(&path)
+                                .with_context(|| format!("unpinning {}", path.display()))?;
+                            kept.renewed.push((name, why));
+                        }
+                    }
+                }
+                loader.map_pin_path(name, path);
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing"))?
             .try_into()?;
         program.load().context("loading the XDP program (verifier)")?;
+        if let Some(pins) = &pins {
+            let path = pins.program();
+            let _ = std::fs::remove_file(&path);
+            program
+                .pin(&path)
+                .with_context(|| format!("pinning the program at {}", path.display()))?;
+        }
         let stats_for_readers =
             [reopen(&ebpf, map_names::VIP_STATS)?, reopen(&ebpf, map_names::REAL_STATS)?];
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             vips: take(&mut ebpf, map_names::VIPS)?,
             vip_set: BTreeMap::new(),
             vip_generation: 0,
@@ -184,7 +278,68 @@ impl Dataplane {
             ebpf,
             links: StdHashMap::new(),
             capacity,
-        })
+            pins,
+        };
+        if kept.tables() {
+            // VIPS as the earlier lbd left it: the next change writes the idle generation.
+            let live = dp.settings.get(&lb_common::SETTING_VIP_GENERATION, 0).unwrap_or(0) & 1;
+            dp.vip_generation = live;
+            dp.vip_set = dp.read_vips(live)?;
+        }
+        Ok((dp, kept))
+    }
+
+    /// The VIPs generation `generation` of VIPS holds.
+    fn read_vips(&self, generation: u32) -> Result<BTreeMap<VipKey, VipInfo>> {
+        let mut vips = BTreeMap::new();
+        for i in 0..VIP_SLOTS {
+            let slot = self.vips.get(&(generation * VIP_SLOTS + i), 0).context("reading VIPS")?;
+            if slot.used != 0 {
+                vips.insert(slot.key, slot.info);
+            }
+        }
+        Ok(vips)
+    }
+
+    /// What the maps hold for the core to go on from (see [`crate::core::Adopted`]): the
+    /// live VIPs, the REALS entries written, each live VIP's Maglev table.
+    pub fn adopted(&self) -> Result<crate::core::Adopted> {
+        let mut reals = BTreeMap::new();
+        for id in 0..self.capacity.reals {
+            let info = self.reals.get(&id, 0).context("reading REALS")?;
+            if info != RealInfo::default() {
+                reals.insert(id, info);
+            }
+        }
+        let mut maglev = BTreeMap::new();
+        for info in self.vip_set.values() {
+            let index = info.index;
+            if index >= self.capacity.vips {
+                continue;
+            }
+            let table: Vec<u32> = (0..MAGLEV_SIZE as usize)
+                .map(|slot| {
+                    let line = (index * MAGLEV_LINES) as usize + slot / MAGLEV_LINE_SLOTS as usize;
+                    let line = self.maglev.ptr(line);
+                    // SAFETY: in the mapping; read whole, as the data plane reads it.
+                    let cell = unsafe {
+                        &*(std::ptr::addr_of_mut!((*line).reals[slot % MAGLEV_LINE_SLOTS as usize])
+                            as *const AtomicU16)
+                    };
+                    match cell.load(Ordering::Relaxed) {
+                        MAGLEV_EMPTY => NO_REAL,
+                        id => u32::from(id),
+                    }
+                })
+                .collect();
+            maglev.insert(index, table);
+        }
+        Ok(crate::core::Adopted { vips: self.vip_set.clone(), reals, maglev })
+    }
+
+    /// Where the data plane is pinned, if it is.
+    pub fn pin_root(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|p| p.root())
     }
 
     /// The XDP program, for attaching and for BPF_PROG_TEST_RUN.
@@ -197,12 +352,56 @@ impl Dataplane {
     }
 
     /// Attaches to `interface` and returns the mode it got (see [`attach_xdp`]).
+    /// Pinned, a link an earlier lbd pinned for `interface` is taken over: this program
+    /// replaces the old one in it atomically (BPF_LINK_UPDATE), so no packet meets an
+    /// interface without one; its XDP mode stays what it was ([`Attached::Kept`]).
     pub fn attach(&mut self, interface: &str, mode: config::XdpMode) -> Result<Attached> {
         let link = LinkInfo::read(interface)?;
         let has_device = link.has_device;
         self.links.insert(link.ifindex, link);
-        let (_, attached) = attach_xdp(self.program()?, interface, has_device, mode)?;
+        let pin = self.pins.as_ref().map(|p| p.link(interface));
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            match self.take_over(pin) {
+                Ok(()) => return Ok(Attached::Kept),
+                Err(e) => {
+                    // Its interface was deleted and made again, say: a new link it is.
+                    tracing::warn!(interface, error = %format!("{e:#}"), "the pinned XDP link cannot be taken over: attaching anew");
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let (id, attached) = attach_xdp(self.program()?, interface, has_device, mode)?;
+        if let Some(pin) = pin {
+            let link = self.program()?.take_link(id)?;
+            let fd_link: FdLink = link.try_into().context(
+                "this kernel attached XDP through netlink, without a link to pin: the data \
+                 plane will not outlive lbd",
+            )?;
+            fd_link
+                .pin(&pin)
+                .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+        }
         Ok(attached)
+    }
+
+    /// Moves the pinned link at `pin` to this program.
+    fn take_over(&mut self, pin: &Path) -> Result<()> {
+        let pinned = PinnedLink::from_pin(pin).context("opening the pinned link")?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).context("not an XDP link")?;
+        self.program()?.attach_to_link(link).context("replacing the program in the link")?;
+        Ok(())
+    }
+
+    /// Unpins the links of interfaces no longer in the config: detached from them.
+    pub fn unpin_other_links(&mut self, interfaces: &[String]) -> Vec<String> {
+        let Some(pins) = &self.pins else { return Vec::new() };
+        let mut gone = Vec::new();
+        for name in pins.linked_interfaces() {
+            if !interfaces.contains(&name) && std::fs::remove_file(pins.link(&name)).is_ok() {
+                gone.push(name);
+            }
+        }
+        gone
     }
 
     /// How many VIPs and reals the maps hold.
@@ -473,7 +672,7 @@ pub fn attach_xdp(
     };
     let flags = match wanted {
         Attached::Native => XdpMode::Driver,
-        Attached::Generic => XdpMode::Skb,
+        _ => XdpMode::Skb,
     };
     match program.attach(interface, flags) {
         Ok(id) => Ok((id, wanted)),

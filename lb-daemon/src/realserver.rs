@@ -34,7 +34,7 @@ pub struct RealServer {
     pub pin_root: PathBuf,
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 impl RealServer {
     /// Pins live per network namespace and interface: two namespaces may both have "eth0".
@@ -107,15 +107,7 @@ impl RealServer {
     fn setup_decap(&self, bpffs: Bpffs) -> Result<Vec<String>> {
         let mut done = Vec::new();
         if let Bpffs::MountAt(at) = bpffs {
-            std::fs::create_dir_all(&at).with_context(|| format!("creating {}", at.display()))?;
-            nix::mount::mount(
-                Some("bpf"),
-                &at,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .with_context(|| format!("mounting a bpffs at {}", at.display()))?;
+            mount_bpffs(&at)?;
             done.push(format!("mounted a bpffs at {} (there was none)", at.display()));
         }
         std::fs::create_dir_all(&self.pin_root)
@@ -154,7 +146,7 @@ const BPFFS_HOME: &str = "/sys/fs/bpf";
 
 /// What [`RealServer::setup`] has to do for a bpffs under the pin root.
 #[derive(Debug, PartialEq, Eq)]
-enum Bpffs {
+pub(crate) enum Bpffs {
     /// The pin root is on one, or its nearest existing ancestor is.
     Present,
     /// None there: mount one at this directory.
@@ -165,22 +157,32 @@ enum Bpffs {
 /// mount namespace (`ip netns exec` makes one per command), where a bpffs lbadm mounted
 /// and the pins in it would vanish when lbadm exits.
 fn plan_bpffs(root: &Path) -> Result<Bpffs> {
-    let existing = nearest_existing(root);
-    if is_bpffs(&existing)? {
-        return Ok(Bpffs::Present);
-    }
-    if let Some((why, netns)) = private_mount_namespace() {
-        bail!(
+    match bpffs_for(root)? {
+        Ok(plan) => Ok(plan),
+        Err((why, netns)) => bail!(
             "{} is not on a bpffs, and {why}: a bpffs mounted here, and the decapsulation \
              program pinned in it, would vanish with lbadm. Run it in the network namespace \
              only: `nsenter --net=/run/netns/{} lbadm ...`",
             root.display(),
             netns.as_deref().unwrap_or("NAME")
-        );
+        ),
+    }
+}
+
+/// Where a bpffs for pins below `root` comes from: there already, or to be mounted (at
+/// `root`, or at /sys/fs/bpf for a root below it, where sysfs allows no directory of
+/// ours); or why not (the process's mount namespace goes away with it, and the netns
+/// `ip netns exec` made it for, if it can tell).
+#[allow(clippy::type_complexity)]
+pub(crate) fn bpffs_for(root: &Path) -> Result<Result<Bpffs, (String, Option<String>)>> {
+    let existing = nearest_existing(root);
+    if is_bpffs(&existing)? {
+        return Ok(Ok(Bpffs::Present));
+    }
+    if let Some(why) = private_mount_namespace() {
+        return Ok(Err(why));
     }
     let home = Path::new(BPFFS_HOME);
-    // Below /sys/fs/bpf: mount there (sysfs allows no directory of lbadm's own), unless
-    // the nearest existing ancestor is itself below it, on another filesystem.
     let at = if !root.starts_with(home) {
         root.to_path_buf()
     } else if existing.starts_with(home) {
@@ -188,10 +190,17 @@ fn plan_bpffs(root: &Path) -> Result<Bpffs> {
     } else {
         home.to_path_buf()
     };
-    Ok(Bpffs::MountAt(at))
+    Ok(Ok(Bpffs::MountAt(at)))
 }
 
-fn nearest_existing(path: &Path) -> PathBuf {
+/// Mounts a bpffs at `at`, creating the directory.
+pub(crate) fn mount_bpffs(at: &Path) -> Result<()> {
+    std::fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
+    nix::mount::mount(Some("bpf"), at, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting a bpffs at {}", at.display()))
+}
+
+pub(crate) fn nearest_existing(path: &Path) -> PathBuf {
     let mut p = path;
     while !p.exists() {
         match p.parent() {
@@ -202,7 +211,7 @@ fn nearest_existing(path: &Path) -> PathBuf {
     p.to_path_buf()
 }
 
-fn is_bpffs(path: &Path) -> Result<bool> {
+pub(crate) fn is_bpffs(path: &Path) -> Result<bool> {
     let fs =
         nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
     Ok(fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
@@ -210,7 +219,7 @@ fn is_bpffs(path: &Path) -> Result<bool> {
 
 /// Why this process's mount namespace is one that goes away with it, if it can tell, and
 /// the network namespace's name if `ip netns exec` made it.
-fn private_mount_namespace() -> Option<(String, Option<String>)> {
+pub(crate) fn private_mount_namespace() -> Option<(String, Option<String>)> {
     // `ip netns exec NAME` remounts /sys in its own mount namespace, the netns's name as
     // the sysfs's source: seen even when lbadm runs in a shell below it.
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

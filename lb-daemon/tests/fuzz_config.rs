@@ -961,6 +961,7 @@ fn serialise(config: &Config) -> Node {
         ("interfaces", Node::Seq(d.interfaces.iter().map(|i| s(i)).collect())),
         ("xdp_mode", s(&lower(&d.xdp_mode))),
         ("socket", s(&d.socket.display().to_string())),
+        ("pin_root", s(&d.pin_root.display().to_string())),
         ("max_vips", raw(d.max_vips)),
         ("max_reals", raw(d.max_reals)),
     ]);

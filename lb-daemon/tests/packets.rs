@@ -1175,7 +1175,8 @@ fn maps_are_sized_at_load_time_for_the_configured_capacity() {
 
 /// An ARP request (`op` 1) or reply (2) from the client for `target`.
 fn arp(op: u8, target: [u8; 4]) -> Vec<u8> {
-    let body = [&[0, 1, 0x08, 0, 6, 4, 0, op][..], &CLIENT_MAC, &[198, 51, 100, 7], &[0; 6], &target];
+    let body =
+        [&[0, 1, 0x08, 0, 6, 4, 0, op][..], &CLIENT_MAC, &[198, 51, 100, 7], &[0; 6], &target];
     [&[0xffu8; 6][..], &CLIENT_MAC, &[0x08, 0x06], &body.concat(), &[0u8; 18]].concat()
 }
 

@@ -408,10 +408,39 @@ impl Lab {
 
     /// Starts a long-running process in a role's namespace, its output in the lab's dir.
     pub fn spawn(&mut self, role: &str, what: &str, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(role)]).args(args);
+        self.spawn_command(role, what, cmd)
+    }
+
+    /// The same in the role's network namespace only (nsenter --net), in the host's mount
+    /// namespace: what it pins on a bpffs outlives it (lbd's data plane).
+    pub fn spawn_net(&mut self, role: &str, what: &str, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns(role))).args(args);
+        self.spawn_command(role, what, cmd)
+    }
+
+    /// A bpffs mounted at the lab's `bpf` directory, unmounted (and what is pinned in it
+    /// released) when the lab goes.
+    pub fn bpffs(&mut self) -> Result<PathBuf> {
+        let at = self.dir.join("bpf");
+        std::fs::create_dir_all(&at)?;
+        nix::mount::mount(
+            Some("bpf"),
+            &at,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a bpffs at {}", at.display()))?;
+        self.track_mount(at.clone());
+        Ok(at)
+    }
+
+    fn spawn_command(&mut self, role: &str, what: &str, mut cmd: Command) -> Result<()> {
         let log = File::create(self.dir.join(format!("{role}-{what}.log")))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(role)])
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -12,7 +12,8 @@ use clap::Parser;
 use lb_daemon::config::{self, Config};
 use lb_daemon::control::{self, InterfaceView, Request, Response};
 use lb_daemon::core::{Capacity, Core, ha as core_ha, vrrp};
-use lb_daemon::dataplane::{Dataplane, Fence};
+use lb_daemon::dataplane::pins::Pins;
+use lb_daemon::dataplane::{Dataplane, Fence, Kept};
 use lb_daemon::drivers::{Driver, Event, ha, neighbor, pmtu};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,6 +28,11 @@ struct Args {
     /// Validate the config and exit: 0 if valid, 1 with every problem as FILE:LINE:COLUMN.
     #[arg(long)]
     check: bool,
+    /// Remove the data plane pinned under the config's `director.pin_root` for good: its
+    /// XDP links (detaching it from the interfaces), program and maps. Refused while lbd
+    /// runs.
+    #[arg(long, conflicts_with = "check")]
+    unpin: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.unpin {
+        return unpin(&config);
+    }
     if args.check {
         eprintln!(
             "{}: configuration is valid ({} services)",
@@ -73,7 +82,7 @@ fn main() -> ExitCode {
 
 async fn run(path: &Path, config: Config) -> Result<()> {
     let capacity = Capacity { vips: config.director.max_vips, reals: config.director.max_reals };
-    let mut dp = Dataplane::load_with(capacity)?;
+    let (mut dp, kept) = load(capacity, &config.director.pin_root)?;
     let mut interfaces = Vec::new();
     for name in &config.director.interfaces {
         let mode = dp.attach(name, config.director.xdp_mode)?;
@@ -83,15 +92,28 @@ async fn run(path: &Path, config: Config) -> Result<()> {
             xdp_mode: format!("{mode:?}").to_lowercase(),
         });
     }
+    for gone in dp.unpin_other_links(&config.director.interfaces) {
+        info!(interface = %gone, "no longer in the config: its pinned XDP link removed");
+    }
+    let kept_pins = dp.pin_root().is_some();
     let links = dp.links().cloned().collect();
     let reader = dp.reader()?;
+    let adopted = if kept.tables() { Some(dp.adopted()?) } else { None };
     let fence = dp.fence()?;
     if config.ha.is_none() {
         dp.disarm_fence()?;
     }
     let listener = Arc::new(control::bind(&config.director.socket)?);
     let (events, inbox) = mpsc::channel::<Event>(1024);
-    let core = Core::new(capacity, links, interfaces, seed());
+    let mut core = Core::new(capacity, links, interfaces, seed());
+    if let Some(adopted) = adopted {
+        info!(
+            vips = adopted.vips.len(),
+            reals = adopted.reals.len(),
+            "going on from the pinned data plane: ids, flows and counters kept"
+        );
+        core.adopt(adopted);
+    }
     let (mut driver, targets) = Driver::new(core, dp, path.into(), events.clone());
     driver.list_with(reader)?;
     if config.ha.is_some() {
@@ -107,6 +129,8 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     if let Some(ha) = &config.ha {
         driver.ha_with(ha.priority, ha_tasks);
     }
+    let pinned = config.director.pin_root.clone();
+    let pinned = kept_pins.then_some(pinned);
     let mut driver = tokio::spawn(driver.run(inbox));
     let (learnt_tx, learnt) = mpsc::channel(64);
     tokio::spawn(pmtu::run(learnt_tx));
@@ -161,14 +185,66 @@ async fn run(path: &Path, config: Config) -> Result<()> {
             let _ = tokio::time::timeout(Duration::from_secs(3), stopped).await;
         }
     }
-    // Dropping the driver drops the data plane, which detaches XDP from the interfaces.
+    // Dropping the driver drops the data plane: pinned, it goes on forwarding without
+    // lbd; unpinned, XDP is detached from the interfaces.
     if !driver.is_finished() {
         driver.abort();
         let _ = driver.await;
     }
     let _ = std::fs::remove_file(&config.director.socket);
-    info!("XDP detached, socket removed");
+    match pinned {
+        Some(root) => {
+            info!(pin_root = %root.display(), "socket removed; the data plane stays pinned and forwarding (lbd --unpin removes it)")
+        }
+        None => info!("XDP detached, socket removed"),
+    }
     outcome
+}
+
+/// The data plane, pinned under `pin_root` when it can be (taking over what an earlier
+/// lbd pinned there), else as lbd's alone, said in the log.
+fn load(capacity: Capacity, pin_root: &Path) -> Result<(Dataplane, Kept)> {
+    match Pins::prepare(pin_root)? {
+        Ok(pins) => {
+            let (dp, kept) = Dataplane::load_pinned(capacity, pins)?;
+            for (map, why) in &kept.renewed {
+                warn!(map, %why, "a map pinned by an earlier lbd has another layout: replaced by an empty one");
+            }
+            if kept.maps.is_empty() {
+                info!(pin_root = %pin_root.display(), "data plane pinned");
+            } else {
+                info!(pin_root = %pin_root.display(), kept = ?kept.maps, "data plane pinned by an earlier lbd taken over");
+            }
+            Ok((dp, kept))
+        }
+        Err(why) => {
+            warn!(%why, "the data plane is not pinned: it stops with lbd");
+            Ok((Dataplane::load_with(capacity)?, Kept::default()))
+        }
+    }
+}
+
+/// `lbd --unpin`: removes the pinned data plane, unless a lbd answers on the socket.
+fn unpin(config: &Config) -> ExitCode {
+    if std::os::unix::net::UnixStream::connect(&config.director.socket).is_ok() {
+        eprintln!(
+            "lbd: a lbd is running on {}: stop it first, then unpin",
+            config.director.socket.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match lb_daemon::dataplane::pins::remove(&config.director.pin_root) {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Seeds the checkers' jitter: different on every start, so directors do not probe in step.

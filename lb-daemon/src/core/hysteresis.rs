@@ -32,6 +32,12 @@ impl Hysteresis {
         }
     }
 
+    /// Starts from `state` instead of waiting for a first result: a restarted lbd takes a
+    /// real its data plane was still sending to as up, until `fall` failures say otherwise.
+    pub fn assume(&mut self, state: Health) {
+        self.state = state;
+    }
+
     pub fn state(&self) -> Health {
         self.state
     }

@@ -14,9 +14,10 @@ pub mod vrrp;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Add, Sub};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lb_common::{FAMILY_V4, FAMILY_V6, Forwarding as DpForwarding, REAL_PRESENT, RealInfo};
@@ -252,6 +253,44 @@ pub struct Core {
     /// See [`Input::Serving`].
     serving: bool,
     seed: u64,
+    /// What a pinned data plane held when lbd started, until the first config is applied.
+    adopted: Option<Adopted>,
+}
+
+/// What an earlier lbd left in a pinned data plane (read back from its maps), so a
+/// restarted lbd goes on from it: services and reals keep their ids (so flows keep their
+/// reals, counters their values), reals the data plane was sending to start up, next hops
+/// start resolved. Only the first config applied after [`Core::adopt`] uses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// The live generation of VIPS.
+    pub vips: BTreeMap<VipKey, VipInfo>,
+    /// REALS entries that were written, by id.
+    pub reals: BTreeMap<u32, RealInfo>,
+    /// Each VIP's Maglev table (real ids, `NO_REAL` for none), by VIP index.
+    pub maglev: BTreeMap<u32, Vec<u32>>,
+}
+
+impl Adopted {
+    /// The (VIP, real address) each REALS entry was written for, where its VIP is known.
+    fn owners(&self) -> HashMap<(VipKey, SocketAddr), u32> {
+        let keys: HashMap<u32, VipKey> = self.vips.iter().map(|(k, v)| (v.index, *k)).collect();
+        self.reals
+            .iter()
+            .filter_map(|(&id, info)| {
+                let key = keys.get(&info.vip)?;
+                Some(((*key, SocketAddr::new(ip_of(info), u16::from_be(info.port_be))), id))
+            })
+            .collect()
+    }
+}
+
+fn ip_of(info: &RealInfo) -> IpAddr {
+    if info.family == lb_common::FAMILY_V4 {
+        IpAddr::from([info.addr[0], info.addr[1], info.addr[2], info.addr[3]])
+    } else {
+        IpAddr::from(info.addr)
+    }
 }
 
 /// How often the data plane's clock (flow ages) is written.
@@ -283,7 +322,47 @@ impl Core {
             stale: false,
             serving: true,
             seed,
+            adopted: None,
         }
+    }
+
+    /// Goes on from a data plane an earlier lbd left pinned (see [`Adopted`]): what it
+    /// holds becomes what the core diffs against, so the first config writes only what
+    /// differs, and zeroes no counter of a service or real that stays.
+    pub fn adopt(&mut self, mut adopted: Adopted) {
+        // Only what fits the maps as sized now (a changed capacity renews them anyway).
+        let (vips, reals) = (self.capacity.vips, self.capacity.reals);
+        adopted.vips.retain(|_, v| v.index < vips);
+        adopted.reals.retain(|id, _| *id < reals);
+        adopted.maglev.retain(|index, _| *index < vips);
+        let owners = adopted.owners();
+        let by_index: HashMap<u32, VipKey> =
+            adopted.vips.iter().map(|(k, v)| (v.index, *k)).collect();
+        self.published.vips = adopted.vips.clone();
+        for ((key, addr), id) in &owners {
+            let info = adopted.reals[id];
+            self.published.reals.insert(*id, RealEntry { owner: (*key, *addr), info });
+            if info.macs_resolved() {
+                let hop = Resolved {
+                    ip: addr.ip(),
+                    mac: Some(info.mac),
+                    ifindex: info.ifindex,
+                    via: None,
+                    src: (info.tunnel_src != [0; 16])
+                        .then(|| ip_of(&RealInfo { addr: info.tunnel_src, ..info })),
+                    mtu: (info.mtu > 0).then_some(u32::from(info.mtu)),
+                };
+                self.hops.entry(addr.ip()).or_insert(hop);
+            }
+        }
+        for (index, table) in &adopted.maglev {
+            if let Some(key) = by_index.get(index) {
+                let entry =
+                    MaglevEntry { owner: *key, inputs: Vec::new(), table: Arc::new(table.clone()) };
+                self.published.maglev.insert(*index, entry);
+            }
+        }
+        self.adopted = Some(adopted);
     }
 
     /// When the core next wants [`Input::Tick`].
@@ -433,6 +512,12 @@ impl Core {
             self.services.iter().map(|s| ((s.spec.vip, s.spec.protocol), s)).collect();
         let mut used_vips = FreeIds::new(self.capacity.vips);
         let mut used_reals = FreeIds::new(self.capacity.reals);
+        // Ids a pinned data plane already gives a new service or real are theirs again.
+        let adopted_owners = self.adopted.as_ref().map(Adopted::owners).unwrap_or_default();
+        let adopted_vip = |spec: &Service| -> Option<u32> {
+            let adopted = self.adopted.as_ref()?;
+            adopted.vips.get(&vip_key(spec)).map(|v| v.index)
+        };
         // Keep what survives first, so its ids are taken before new ones are handed out.
         // A kept service's removed reals keep their ids taken: one batch never clears a
         // real and hands its id to another.
@@ -446,6 +531,20 @@ impl Core {
                 Some(s)
             })
             .collect();
+        for (spec, kept) in config.services.iter().zip(&kept) {
+            if kept.is_some() {
+                continue;
+            }
+            if let Some(index) = adopted_vip(spec).filter(|i| !used_vips.used.contains(i)) {
+                used_vips.insert(index);
+            }
+            let key = vip_key(spec);
+            for real in &spec.reals {
+                if let Some(&id) = adopted_owners.get(&(key, real.socket_addr(&spec.vip))) {
+                    used_reals.insert(id);
+                }
+            }
+        }
         let mut next_checker = self.next_checker;
         let mut start = Vec::new();
         let mut stop: Vec<CheckerId> =
@@ -454,6 +553,9 @@ impl Core {
         for (spec, kept) in config.services.iter().zip(kept) {
             let (index, mut old_reals) = match kept {
                 Some(s) => (s.index, s.reals.iter().map(|r| (r.addr, r)).collect()),
+                None if adopted_vip(spec).is_some() => {
+                    (adopted_vip(spec).unwrap_or_default(), HashMap::new())
+                }
                 None => {
                     let index = used_vips.take().ok_or_else(|| {
                         format!(
@@ -480,13 +582,23 @@ impl Core {
                         r
                     }
                     None => {
-                        let id = used_reals.take().ok_or_else(|| {
-                            format!(
-                                "no free real slot: the data plane holds {} reals",
-                                self.capacity.reals
-                            )
-                        })?;
-                        let checks = self.new_checks(&mut next_checker, addr, &checks, &mut start);
+                        let adopted_id = adopted_owners.get(&(vip_key(spec), addr)).copied();
+                        let id = match adopted_id {
+                            Some(id) => id,
+                            None => used_reals.take().ok_or_else(|| {
+                                format!(
+                                    "no free real slot: the data plane holds {} reals",
+                                    self.capacity.reals
+                                )
+                            })?,
+                        };
+                        let mut checks =
+                            self.new_checks(&mut next_checker, addr, &checks, &mut start);
+                        if adopted_id.is_some_and(|id| self.adopted_serving(spec, id)) {
+                            for c in &mut checks {
+                                c.hysteresis.assume(Health::Up);
+                            }
+                        }
                         let mut r = RealState {
                             id,
                             addr,
@@ -514,6 +626,13 @@ impl Core {
             });
         }
         Ok((services, start, stop))
+    }
+
+    /// Whether the pinned data plane's Maglev table of `spec`'s VIP sends to real `id`.
+    fn adopted_serving(&self, spec: &Service, id: u32) -> bool {
+        let Some(adopted) = &self.adopted else { return false };
+        let Some(vip) = adopted.vips.get(&vip_key(spec)) else { return false };
+        adopted.maglev.get(&vip.index).is_some_and(|t| t.contains(&id))
     }
 
     fn new_checks(
@@ -568,6 +687,7 @@ impl Core {
         }
         self.services = plan.services;
         self.published = plan.tables;
+        self.adopted = None;
         self.next_checker =
             self.next_checker.max(plan.start.iter().map(|(id, _)| id + 1).max().unwrap_or(0));
         if plan.director.is_some() {

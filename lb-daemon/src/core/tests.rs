@@ -807,3 +807,67 @@ fn a_director_that_is_not_master_keeps_its_vips_out_of_the_data_plane() {
     h.observe("10.0.0.11", false);
     assert_eq!(h.serving("192.0.2.10:80").len(), 1);
 }
+
+/// What a pinned data plane holds, read back as lbd reads it at start.
+fn adopted(dp: &FakeDataplane) -> Adopted {
+    Adopted { vips: dp.vips.clone(), reals: dp.reals.clone(), maglev: dp.maglev.clone() }
+}
+
+#[test]
+fn a_restarted_core_adopts_a_pinned_data_plane_and_writes_nothing_that_holds() {
+    // The first lbd: DNS's second real down (out of its table), everything else up.
+    let mut first = running(&[WEB, DNS]);
+    first.observe("10.0.0.22", false);
+    first.observe("10.0.0.22", false);
+    let pinned = first.dp.state();
+    // The second lbd starts on the maps the first left, with the services listed the other
+    // way round and a real added: ids follow the data plane, not the config's order.
+    let mut second = Harness::new(capacity());
+    second.dp = pinned.clone();
+    second.core.adopt(adopted(&pinned));
+    let web = WEB.replace(
+        "      - address: 10.0.0.12\n",
+        "      - address: 10.0.0.12\n      - address: 10.0.0.13\n",
+    );
+    second.config(&yaml(&[DNS, &web])).expect("applied");
+    for (vip, real) in [
+        ("192.0.2.10:80", "10.0.0.11"),
+        ("192.0.2.10:80", "10.0.0.12"),
+        ("192.0.2.53:53", "10.0.0.21"),
+        ("192.0.2.53:53", "10.0.0.22"),
+    ] {
+        assert_eq!(second.id(vip, real), first.id(vip, real), "{vip} {real}");
+        assert_eq!(second.index(vip), first.index(vip));
+    }
+    // Only the new real is written (and its counters zeroed): no table, VIP or counter of
+    // what stays is touched, so flows keep their reals and counters their values.
+    let new = second.id("192.0.2.10:80", "10.0.0.13");
+    assert!(!first.dp.reals.contains_key(&new));
+    let written: Vec<String> =
+        second.dp.log.iter().filter(|w| !w.starts_with("set_clock")).cloned().collect();
+    assert_eq!(written, [format!("reset_real_counters {new}"), format!("set_real {new}")]);
+    // What the data plane sent to starts up; what it did not waits for its first check.
+    assert_eq!(second.health("192.0.2.10:80", "10.0.0.11"), Health::Up);
+    assert_eq!(second.health("192.0.2.53:53", "10.0.0.21"), Health::Up);
+    assert_eq!(second.health("192.0.2.53:53", "10.0.0.22"), Health::Unknown);
+    assert_eq!(second.health("192.0.2.10:80", "10.0.0.13"), Health::Unknown);
+    // Adopted up means up until `fall` failures, as if lbd had never stopped.
+    second.observe("10.0.0.11", false);
+    assert_eq!(second.health("192.0.2.10:80", "10.0.0.11"), Health::Up);
+    second.observe("10.0.0.11", false);
+    assert_eq!(second.health("192.0.2.10:80", "10.0.0.11"), Health::Down);
+}
+
+#[test]
+fn adoption_serves_only_the_first_config() {
+    let first = running(&[WEB]);
+    let mut second = Harness::new(capacity());
+    second.dp = first.dp.state();
+    second.core.adopt(adopted(&first.dp));
+    second.config(&yaml(&[DNS])).expect("applied");
+    // WEB went with the reload that dropped it; DNS took the lowest free ids, and a
+    // later reload bringing WEB back gets new ones, not the adopted ones.
+    assert_eq!(second.dp.vips.len(), 1);
+    second.config(&yaml(&[DNS, WEB])).expect("applied");
+    assert_eq!(second.health("192.0.2.10:80", "10.0.0.11"), Health::Unknown);
+}

@@ -1,0 +1,206 @@
+//! The data plane outlives lbd: pinned under `director.pin_root` (a bpffs the lab mounts),
+//! it forwards while lbd is killed with -9 and while it is stopped; a lbd started again
+//! takes the pinned program, maps and links over, keeping the flows (a long-lived
+//! connection keeps its real and is never broken), the ids and the counters; a build or
+//! config whose map layout differs renews that map and says so; `lbd --unpin` removes it
+//! all. lbd runs under `nsenter --net`, in the host's mount namespace, as it would under
+//! systemd.
+
+mod e2e;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::Director;
+use lb_daemon::health::Health;
+use lb_lab::{Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP, http_get, http_get_on};
+
+fn config(socket: &Path, pin_root: &Path, max_reals: u32) -> String {
+    let reals: String = REALS.iter().map(|r| format!("      - address: {r}\n")).collect();
+    format!(
+        "director:\n  interfaces: [eth0]\n  socket: {}\n  pin_root: {}\n  max_reals: {max_reals}\n\
+         services:\n  - name: web\n    vip: {VIP}:80\n    protocol: tcp\n    forwarding: dr\n    \
+         check:\n      type: http\n      path: /healthz\n      interval: 200ms\n      timeout: 150ms\n    \
+         reals:\n{reals}",
+        socket.display(),
+        pin_root.display()
+    )
+}
+
+/// Starts lbd `what` on the director, in the host's mount namespace.
+fn start_lbd(d: &mut Director, what: &str, path: &Path) {
+    let lbd = env!("CARGO_BIN_EXE_lbd");
+    d.lab.spawn_net(ROLE_DIRECTOR, what, &[lbd, "--config", path.to_str().unwrap()]).unwrap();
+}
+
+/// Waits for lbd `what`'s log to say `line`.
+fn wait_log(d: &Director, what: &str, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.lab.log(ROLE_DIRECTOR, what).contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never said {line:?}:\n{}",
+            d.lab.log(ROLE_DIRECTOR, what)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// New connections through the VIP from the client, one after another, until `stop`:
+/// (answers, failures with their errors).
+fn requests_until(
+    lab: &Lab,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
+    let path = PathBuf::from("/run/netns").join(lab.ns(ROLE_CLIENT));
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns on this thread only, with a namespace fd we hold open.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let (mut ok, mut failed) = (0, Vec::new());
+        // Bounded: at most 20,000 requests, at most 120 s.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed)
+            && ok + failed.len() < 20_000
+            && Instant::now() < deadline
+        {
+            match http_get(vip) {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    })
+}
+
+fn xdp_attached(lab: &Lab) -> bool {
+    lab.exec_ok(ROLE_DIRECTOR, &["ip", "link", "show", "eth0"]).unwrap().contains("xdp")
+}
+
+fn lbd_pid(lab: &Lab) -> i32 {
+    let out = Command::new("ip").args(["netns", "pids", &lab.ns(ROLE_DIRECTOR)]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "lbd")
+        })
+        .expect("lbd running")
+}
+
+#[test]
+fn the_pinned_data_plane_outlives_lbd_and_a_new_lbd_takes_it_over() {
+    lb_lab::needs_root!();
+    let mut lab = Lab::new("pn").expect("lab");
+    let bpffs = lab.bpffs().unwrap();
+    let pin_root = bpffs.join("lbd");
+    for i in 0..REALS.len() {
+        lab.start_nginx(i).unwrap();
+    }
+    let socket = lab.dir().join("lbd.sock");
+    let path = lab.dir().join("lb.yaml");
+    std::fs::write(&path, config(&socket, &pin_root, 64)).unwrap();
+    let mut d = Director { lab, socket };
+    start_lbd(&mut d, "lbd", &path);
+    let all_up = |s: &lb_daemon::control::StatusView| {
+        s.reals.len() == REALS.len()
+            && s.reals.iter().all(|r| r.health == Health::Up && r.mac.is_some())
+    };
+    d.wait_until("every real up and resolved", Duration::from_secs(20), all_up);
+    for entry in ["maps/FLOWS", "maps/MAGLEV", "lb_xdp", "links/eth0"] {
+        assert!(pin_root.join(entry).exists(), "{entry} pinned");
+    }
+
+    // A long-lived connection, and new ones all along, from here to the end.
+    let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
+    let mut held = d.lab.connect(ROLE_CLIENT, vip).unwrap();
+    let real = http_get_on(&mut held).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = requests_until(&d.lab, stop.clone());
+    let conns_before = conns(&d);
+
+    // lbd killed: the data plane goes on, the held connection keeps its real.
+    // SAFETY: kill(2) of the lbd this test started.
+    unsafe { libc::kill(lbd_pid(&d.lab), libc::SIGKILL) };
+    d.lab.stop(ROLE_DIRECTOR, "lbd").unwrap();
+    assert!(d.status().is_none(), "lbd is gone");
+    let answered = d.lab.http_gets(ROLE_CLIENT, vip, 20).unwrap();
+    assert!(answered.iter().all(|a| a.is_ok()), "while lbd is down: {answered:?}");
+    assert_eq!(http_get_on(&mut held).unwrap(), real);
+
+    // lbd again: it takes the pinned data plane over; flows, ids and counters go on.
+    start_lbd(&mut d, "lbd-again", &path);
+    wait_log(&d, "lbd-again", "going on from the pinned data plane");
+    d.wait_until("every real up again", Duration::from_secs(20), all_up);
+    assert_eq!(http_get_on(&mut held).unwrap(), real);
+    assert!(conns(&d) >= conns_before + 20, "counters kept: {} after {conns_before}", conns(&d));
+    let log = d.lab.log(ROLE_DIRECTOR, "lbd-again");
+    assert!(log.contains("data plane pinned by an earlier lbd taken over"), "{log}");
+
+    // A graceful stop leaves it forwarding too.
+    d.lab.stop(ROLE_DIRECTOR, "lbd-again").unwrap();
+    assert!(xdp_attached(&d.lab));
+    assert_eq!(http_get_on(&mut held).unwrap(), real);
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    eprintln!(
+        "new connections through a kill -9, a restart and a stop: {ok} answered, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), ok + failed.len());
+    assert!(ok > 0, "{ok} answered");
+
+    // Another layout (REALS and REAL_STATS sized for more reals): those maps are renewed and
+    // said to be, the rest kept; the held connection survives (FLOWS kept).
+    std::fs::write(&path, config(&d.socket, &pin_root, 128)).unwrap();
+    start_lbd(&mut d, "lbd-resized", &path);
+    d.wait_until("every real up after the resize", Duration::from_secs(20), all_up);
+    let log = d.lab.log(ROLE_DIRECTOR, "lbd-resized");
+    let renewed: Vec<&str> =
+        log.lines().filter(|l| l.contains("replaced by an empty one")).collect();
+    assert_eq!(renewed.len(), 2, "{log}");
+    assert!(
+        renewed
+            .iter()
+            .any(|l| l.contains("REALS") && l.contains("max_entries 64, this build's 128")),
+        "{log}"
+    );
+    assert!(renewed.iter().all(|l| !l.contains("FLOWS")), "{log}");
+    assert_eq!(http_get_on(&mut held).unwrap(), real);
+
+    // --unpin is refused while a lbd runs; then it removes it all, and XDP leaves the
+    // interface.
+    let netns = format!("--net=/run/netns/{}", d.lab.ns(ROLE_DIRECTOR));
+    let unpin = || {
+        Command::new("nsenter")
+            .arg(&netns)
+            .args([env!("CARGO_BIN_EXE_lbd"), "--config", path.to_str().unwrap(), "--unpin"])
+            .output()
+            .unwrap()
+    };
+    let out = unpin();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("stop it first")
+    );
+    assert!(pin_root.join("links/eth0").exists());
+    d.lab.stop(ROLE_DIRECTOR, "lbd-resized").unwrap();
+    let out = unpin();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pin_root.exists());
+    assert!(!xdp_attached(&d.lab), "XDP detached with its link");
+    assert!(http_get_on(&mut held).is_err(), "nothing forwards for the VIP any more");
+}
+
+fn conns(d: &Director) -> u64 {
+    let listing = d.lbadm(&["-L", "-n", "--stats"]);
+    let line = listing.lines().find(|l| l.starts_with("TCP")).expect(&listing);
+    line.split_whitespace().nth(2).and_then(|n| n.parse().ok()).expect(line)
+}
