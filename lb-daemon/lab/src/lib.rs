@@ -14,6 +14,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod failover;
+
+/// The MAC of `interface` in the calling thread's network namespace.
+pub fn mac(interface: &str) -> Result<[u8; 6]> {
+    for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+        if ifa.interface_name == interface
+            && let Some(link) = ifa.address.as_ref().and_then(|a| a.as_link_addr())
+            && let Some(mac) = link.addr()
+        {
+            return Ok(mac);
+        }
+    }
+    bail!("{interface} has no MAC")
+}
+
 /// Whether this process may load XDP programs and create namespaces.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -42,6 +57,9 @@ macro_rules! needs_root {
 /// The lab's segment (TEST-NET-2, RFC 5737: never routed anywhere).
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const DIRECTOR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The other directors of failover labs ([`Lab::add_director`]).
+pub const DIRECTOR2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+pub const DIRECTOR3: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 4);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const REALS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 51, 100, 11),
@@ -52,6 +70,8 @@ pub const REALS: [Ipv4Addr; 3] = [
 /// The same hosts over IPv6 (documentation prefix, RFC 3849).
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 pub const DIRECTOR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
+pub const DIRECTOR2_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 3);
+pub const DIRECTOR3_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 4);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 pub const REALS6: [Ipv6Addr; 3] = [
     Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x11),
@@ -117,6 +137,9 @@ pub struct Lab {
     topology: Topology,
     /// Filesystems mounted for the lab (bpffs for pins), unmounted on drop.
     mounts: Vec<PathBuf>,
+    /// Switch ports made so far; `port_of[i]` is the role plugged into `port{i}`.
+    ports: usize,
+    port_of: Vec<String>,
 }
 
 impl Lab {
@@ -152,6 +175,8 @@ impl Lab {
             keep: false,
             topology,
             mounts: Vec::new(),
+            ports: 0,
+            port_of: Vec::new(),
         };
         lab.build().context("building the lab's network")?;
         Ok(lab)
@@ -195,7 +220,7 @@ impl Lab {
     }
 
     fn build(&mut self) -> Result<()> {
-        let sw = self.add_ns("switch")?;
+        self.add_ns("switch")?;
         for bridge in ["br0", "br1"] {
             self.exec_ok("switch", &["ip", "link", "add", bridge, "type", "bridge"])?;
             self.exec_ok("switch", &["ip", "link", "set", bridge, "up"])?;
@@ -219,24 +244,8 @@ impl Lab {
             let (a4, a6) = self.real(i);
             links.push((real_role(i), "eth0", real_bridge, a4, a6));
         }
-        for (i, (role, dev, bridge, addr, addr6)) in links.iter().enumerate() {
-            let ns = self.ns(role);
-            if !self.namespaces.contains(&ns) {
-                self.add_ns(role)?;
-            }
-            let port = format!("port{i}");
-            ip(&[
-                "link", "add", dev, "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
-                &sw,
-            ])?;
-            self.exec_ok("switch", &["ip", "link", "set", &port, "master", bridge, "up"])?;
-            self.exec_ok(role, &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            let addr6 = format!("{addr6}/64");
-            self.exec_ok(role, &["ip", "addr", "add", &addr6, "dev", dev, "nodad"])?;
-            self.exec_ok(role, &["ip", "link", "set", dev, "up"])?;
-            // Generic XDP sees TSO/GSO super-packets whole; keep frames at MTU size, and
-            // compute checksums in software so a rewriting bug cannot hide (TOOLCHAIN.md).
-            self.exec_ok(role, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "tx", "off"])?;
+        for (role, dev, bridge, addr, addr6) in &links {
+            self.plug(role, dev, bridge, *addr, *addr6)?;
         }
         self.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         // IPv6 answers neighbour solicitations only for addresses of the asking interface,
@@ -280,6 +289,41 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Connects `role` (its namespace made if new) to `bridge` of the switch by a veth
+    /// `dev`, with these addresses; the switch's side is the next `portN`.
+    fn plug(&mut self, role: &str, dev: &str, bridge: &str, addr: Ipv4Addr, addr6: Ipv6Addr) -> Result<()> {
+        let ns = self.ns(role);
+        if !self.namespaces.contains(&ns) {
+            self.add_ns(role)?;
+        }
+        let port = format!("port{}", self.ports);
+        self.ports += 1;
+        let sw = self.ns("switch");
+        ip(&["link", "add", dev, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
+        self.exec_ok("switch", &["ip", "link", "set", &port, "master", bridge, "up"])?;
+        self.exec_ok(role, &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        let addr6 = format!("{addr6}/64");
+        self.exec_ok(role, &["ip", "addr", "add", &addr6, "dev", dev, "nodad"])?;
+        self.exec_ok(role, &["ip", "link", "set", dev, "up"])?;
+        // Generic XDP sees TSO/GSO super-packets whole; keep frames at MTU size, and
+        // compute checksums in software so a rewriting bug cannot hide (TOOLCHAIN.md).
+        self.exec_ok(role, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "tx", "off"])?;
+        self.port_of.push(role.to_string());
+        Ok(())
+    }
+
+    /// Another director on the clients' segment (`eth0`, with these addresses), for
+    /// failover between directors; it carries no VIP: with `ha`, lbd adds it.
+    pub fn add_director(&mut self, role: &str, addr: Ipv4Addr, addr6: Ipv6Addr) -> Result<()> {
+        self.plug(role, "eth0", "br0", addr, addr6)
+    }
+
+    /// The switch's port (in the "switch" namespace) `role`'s first link is plugged into:
+    /// where a test cuts a host's cable, or watches what it sends.
+    pub fn switch_port(&self, role: &str) -> Option<String> {
+        self.port_of.iter().position(|r| r == role).map(|i| format!("port{i}"))
     }
 
     /// The routed topology's routes: the router forwards between the segments (no reverse
@@ -492,7 +536,7 @@ impl Lab {
              events {{ worker_connections 512; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n\
                fastcgi_temp_path {t}/fastcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n\
-               keepalive_timeout 120s;\n\
+               keepalive_timeout 120s;\n  keepalive_requests 1000000;\n\
                server {{\n    listen 80;\n    listen [::]:80;\n    listen 8080;\n    listen [::]:8080;\n    default_type text/plain;\n\
                  location = /healthz {{ return 200 \"ok\\n\"; }}\n\
                  location / {{ return 200 \"{role}\\n\"; }}\n  }}\n}}\n"
