@@ -29,66 +29,11 @@ fn config(socket: &Path, pin_root: &Path) -> String {
     )
 }
 
-/// Sends ARP requests for the VIP from real 1's eth0 (a host with no copy of the VIP that
-/// answers) and returns the MAC of every reply, collected for `window` after each of
-/// `probes` requests.
+/// Every MAC that answers ARP requests for the VIP, asked from real 1's eth0 (a host that
+/// does not answer for its own copy of the VIP).
 fn arp_answerers(lab: &Lab, probes: usize, window: Duration) -> BTreeSet<[u8; 6]> {
-    lab.in_ns(&lb_lab::real_role(0), move || {
-        let link = lb_daemon::link::LinkInfo::read("eth0").unwrap();
-        // SAFETY: a packet socket of our own, closed on return.
-        let fd =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (0x0806u16).to_be() as i32) };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (0x0806u16).to_be();
-        addr.sll_ifindex = link.ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        let bound = unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) };
-        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
-        let tvp = &tv as *const _ as *const libc::c_void;
-        let tvl = std::mem::size_of::<libc::timeval>() as u32;
-        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tvp, tvl) };
-        let request = [
-            &[0xff; 6][..],
-            &link.mac,
-            &[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1],
-            &link.mac,
-            &REALS[0].octets(),
-            &[0; 6],
-            &VIP.octets(),
-        ]
-        .concat();
-        let mut answerers = BTreeSet::new();
-        for _ in 0..probes {
-            let sent = unsafe {
-                libc::sendto(
-                    fd,
-                    request.as_ptr() as *const libc::c_void,
-                    request.len(),
-                    0,
-                    &addr as *const _ as *const libc::sockaddr,
-                    len,
-                )
-            };
-            assert_eq!(sent, request.len() as isize, "{}", std::io::Error::last_os_error());
-            let until = Instant::now() + window;
-            while Instant::now() < until {
-                let mut buf = [0u8; 128];
-                let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, 128, 0) };
-                // An ARP reply (op 2) from the VIP to us: its sender's MAC.
-                if n >= 42 && buf[20..22] == [0, 2] && buf[28..32] == VIP.octets() {
-                    answerers.insert(<[u8; 6]>::try_from(&buf[22..28]).unwrap());
-                }
-            }
-        }
-        unsafe { libc::close(fd) };
-        answerers
-    })
-    .unwrap()
+    lb_lab::failover::arp_answerers(lab, &lb_lab::real_role(0), REALS[0], VIP, probes, window)
+        .unwrap()
 }
 
 fn mac_of(lab: &Lab, role: &str) -> [u8; 6] {

@@ -31,6 +31,10 @@ pub struct Traffic {
     new_ok: Arc<AtomicU64>,
     new_failed: Arc<AtomicU64>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Each long-lived connection's last answer; None once it broke.
+    last: Arc<Mutex<Vec<Option<Instant>>>>,
+    /// The new requests' last answer.
+    last_new: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Counts so far.
@@ -66,20 +70,27 @@ impl Traffic {
             new_ok: Arc::default(),
             new_failed: Arc::default(),
             errors: Arc::default(),
+            last: Arc::new(Mutex::new(vec![Some(Instant::now()); long_lived])),
+            last_new: Arc::default(),
         };
         let mut t = t;
         let deadline = Instant::now() + Duration::from_secs(600);
-        for _ in 0..long_lived {
+        for i in 0..long_lived {
             let mut conn = lab.connect(ROLE_CLIENT, vip)?;
             conn.set_read_timeout(Some(ANSWER_WITHIN))?;
             let (stop, broken, exchanges, errors) =
                 (t.stop.clone(), t.broken.clone(), t.exchanges.clone(), t.errors.clone());
+            let last = t.last.clone();
             t.threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match exchange(&mut conn) {
-                        Ok(()) => exchanges.fetch_add(1, Ordering::Relaxed),
+                        Ok(()) => {
+                            last.lock().unwrap()[i] = Some(Instant::now());
+                            exchanges.fetch_add(1, Ordering::Relaxed)
+                        }
                         Err(e) => {
                             errors.lock().unwrap().push(format!("long-lived: {e:#}"));
+                            last.lock().unwrap()[i] = None;
                             broken.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
@@ -92,7 +103,7 @@ impl Traffic {
         for _ in 0..loops {
             let (stop, ok, failed, errors) =
                 (t.stop.clone(), t.new_ok.clone(), t.new_failed.clone(), t.errors.clone());
-            let netns = netns.clone();
+            let (netns, last_new) = (netns.clone(), t.last_new.clone());
             t.threads.push(std::thread::spawn(move || {
                 if enter(&netns).is_err() {
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +111,10 @@ impl Traffic {
                 }
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match http_get(vip) {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => {
+                            *last_new.lock().unwrap() = Some(Instant::now());
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
                         Err(e) => {
                             errors.lock().unwrap().push(format!("new request: {e}"));
                             failed.fetch_add(1, Ordering::Relaxed)
@@ -110,6 +124,19 @@ impl Traffic {
                 }
             }));
         }
+        // A probe: a SYN through the VIP every 10 ms, abandoned after 10 ms, so the watch
+        // sees the path come back within 10 ms of it, not when a stalled connection's
+        // retransmission timer next fires.
+        let (stop, netns) = (t.stop.clone(), netns.clone());
+        t.threads.push(std::thread::spawn(move || {
+            if enter(&netns).is_err() {
+                return;
+            }
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let _ = TcpStream::connect_timeout(&vip, Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
         Ok(t)
     }
 
@@ -120,6 +147,26 @@ impl Traffic {
             new_ok: self.new_ok.load(Ordering::Relaxed),
             new_failed: self.new_failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// Every connection that is not broken has had an answer after `t`, and so has a new
+    /// request: the traffic has crossed whatever happened at `t`.
+    pub fn answered_since(&self, t: Instant) -> bool {
+        let long = self.last.lock().unwrap().iter().all(|l| l.is_none_or(|l| l > t));
+        let new = self.last_new.lock().unwrap().is_some_and(|l| l > t);
+        long && new
+    }
+
+    /// Waits until [`Traffic::answered_since`] `t`, at most `limit`; false if not.
+    pub fn wait_answered_since(&self, t: Instant, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.answered_since(t) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// What went wrong so far, each failure once.
@@ -157,7 +204,9 @@ fn exchange(s: &mut TcpStream) -> Result<()> {
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse())
+                })
                 .context("no Content-Length")??;
             if body.len() >= len {
                 return Ok(());
@@ -191,7 +240,8 @@ impl Watch {
         let mut w = w;
         let netns = PathBuf::from("/run/netns").join(lab.ns("switch"));
         for (i, role) in directors.iter().enumerate() {
-            let port = lab.switch_port(role).with_context(|| format!("{role} has no switch port"))?;
+            let port =
+                lab.switch_port(role).with_context(|| format!("{role} has no switch port"))?;
             let mac = lab.in_ns(role, || crate::mac("eth0"))??;
             let (stop, seen, netns) = (w.stop.clone(), w.seen.clone(), netns.clone());
             let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -232,7 +282,8 @@ impl Watch {
         let seen: Vec<(Instant, usize)> =
             self.seen().into_iter().filter(|(t, _)| *t >= since).collect();
         let first_new = seen.iter().find(|(_, d)| *d == to)?.0;
-        let last_old = seen.iter().filter(|(t, d)| *d == from && *t <= first_new).map(|(t, _)| *t).max();
+        let last_old =
+            seen.iter().filter(|(t, d)| *d == from && *t <= first_new).map(|(t, _)| *t).max();
         // Nothing through the old one after `since` (cut before anything was sent): from
         // `since`.
         Some(first_new.duration_since(last_old.unwrap_or(since)))
@@ -276,7 +327,9 @@ impl PacketSocket {
         addr.sll_ifindex = ifindex as i32;
         let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
         // SAFETY: addr is a valid sockaddr_ll of len bytes.
-        if unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) } != 0 {
+        if unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) }
+            != 0
+        {
             bail!("binding to {interface}: {}", std::io::Error::last_os_error());
         }
         let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
@@ -296,8 +349,69 @@ impl PacketSocket {
     fn recv(&self, buf: &mut [u8]) -> Option<usize> {
         // SAFETY: buf is writable for its length.
         let n = unsafe {
-            libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_TRUNC)
+            libc::recv(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
         };
         (n > 0).then_some(n as usize)
     }
+}
+
+/// Sends `probes` ARP requests for `target` from `role`'s eth0 (`from` its address there)
+/// and returns the MAC of every reply, each collected for `window` after its request:
+/// every answer counts, where a kernel would keep the first (TOOLCHAIN.md).
+pub fn arp_answerers(
+    lab: &Lab,
+    role: &str,
+    from: Ipv4Addr,
+    target: Ipv4Addr,
+    probes: usize,
+    window: Duration,
+) -> Result<std::collections::BTreeSet<[u8; 6]>> {
+    lab.in_ns(role, move || -> Result<std::collections::BTreeSet<[u8; 6]>> {
+        let mac = crate::mac("eth0")?;
+        let socket = PacketSocket::bind("eth0")?;
+        let request = [
+            &[0xff; 6][..],
+            &mac,
+            &[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1],
+            &mac,
+            &from.octets(),
+            &[0; 6],
+            &target.octets(),
+        ]
+        .concat();
+        let mut answerers = std::collections::BTreeSet::new();
+        for _ in 0..probes {
+            // SAFETY: a bound packet socket, the frame's own length.
+            let sent = unsafe {
+                libc::send(
+                    socket.0.as_raw_fd(),
+                    request.as_ptr() as *const libc::c_void,
+                    request.len(),
+                    0,
+                )
+            };
+            if sent != request.len() as isize {
+                bail!("sending an ARP request: {}", std::io::Error::last_os_error());
+            }
+            let until = Instant::now() + window;
+            while Instant::now() < until {
+                let mut buf = [0u8; 64];
+                let Some(n) = socket.recv(&mut buf) else { continue };
+                // An ARP reply (op 2) from `target`: its sender's MAC.
+                if n >= 42
+                    && buf[12..14] == [0x08, 0x06]
+                    && buf[20..22] == [0, 2]
+                    && buf[28..32] == target.octets()
+                {
+                    answerers.insert(<[u8; 6]>::try_from(&buf[22..28]).unwrap_or_default());
+                }
+            }
+        }
+        Ok(answerers)
+    })?
 }

@@ -293,7 +293,14 @@ impl Lab {
 
     /// Connects `role` (its namespace made if new) to `bridge` of the switch by a veth
     /// `dev`, with these addresses; the switch's side is the next `portN`.
-    fn plug(&mut self, role: &str, dev: &str, bridge: &str, addr: Ipv4Addr, addr6: Ipv6Addr) -> Result<()> {
+    fn plug(
+        &mut self,
+        role: &str,
+        dev: &str,
+        bridge: &str,
+        addr: Ipv4Addr,
+        addr6: Ipv6Addr,
+    ) -> Result<()> {
         let ns = self.ns(role);
         if !self.namespaces.contains(&ns) {
             self.add_ns(role)?;
@@ -301,7 +308,9 @@ impl Lab {
         let port = format!("port{}", self.ports);
         self.ports += 1;
         let sw = self.ns("switch");
-        ip(&["link", "add", dev, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
+        ip(&[
+            "link", "add", dev, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
+        ])?;
         self.exec_ok("switch", &["ip", "link", "set", &port, "master", bridge, "up"])?;
         self.exec_ok(role, &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev])?;
         let addr6 = format!("{addr6}/64");

@@ -193,6 +193,11 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
         ha += &format!("  since {s}s");
     }
     println!("Director  HA state: {ha}  Interfaces: {}", ifaces.join(", "));
+    if !d.transitions.is_empty() {
+        let entered: Vec<String> =
+            d.transitions.iter().map(|r| format!("{} {}", r.reason, r.packets)).collect();
+        println!("HA transitions: {}", entered.join(", "));
+    }
     if !d.adverts_dropped.is_empty() {
         let dropped: Vec<String> =
             d.adverts_dropped.iter().map(|r| format!("{} {}", r.reason, r.packets)).collect();

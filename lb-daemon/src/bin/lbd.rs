@@ -116,13 +116,17 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     }
     let (mut driver, targets) = Driver::new(core, dp, path.into(), events.clone());
     driver.list_with(reader)?;
-    if config.ha.is_some() {
-        // No VIP is live in the data plane before this director is elected master.
+    if let Some(ha) = &config.ha {
+        // No VIP is live in the data plane before this director is elected master, and
+        // none on the interface either (a lbd killed as master left them there).
+        if let Err(e) = ha::release_vips(&ha.interface, &ha.vips(&config.services)).await {
+            warn!(error = %format!("{e:#}"), "removing the VIPs from the HA interface at start");
+        }
         driver.serve_vips(false);
     }
     driver.start(config.clone())?;
     let ha_tasks = match &config.ha {
-        Some(ha) => start_ha(ha, &config, &events, &fence)?,
+        Some(ha) => start_ha(ha, &config, &events, &fence, driver.readiness())?,
         None => Vec::new(),
     };
     let ha_stops: Vec<_> = ha_tasks.iter().map(|(commands, _)| commands.clone()).collect();
@@ -261,6 +265,7 @@ fn start_ha(
     config: &Config,
     events: &mpsc::Sender<Event>,
     fence: &Fence,
+    ready: watch::Receiver<bool>,
 ) -> Result<Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<core_ha::View>>)>> {
     let vips = ha.vips(&config.services);
     let mut tasks = Vec::new();
@@ -287,6 +292,7 @@ fn start_ha(
             peers: ha.peers.iter().copied().filter(|p| p.is_ipv4() == ipv4).collect(),
             notify: ha.notify.clone(),
             fence: Some(fence.try_clone()?),
+            ready: Some(ready.clone()),
         };
         let (commands, inbox) = mpsc::channel(8);
         let (view, state) = watch::channel(None);

@@ -108,6 +108,10 @@ pub struct DirectorView {
     /// the virtual routers; reasons with none are left out.
     #[serde(default)]
     pub adverts_dropped: Vec<ReasonCount>,
+    /// HA transitions since lbd started, by the state entered (`MASTER`, `BACKUP`, ...),
+    /// summed over the virtual routers.
+    #[serde(default)]
+    pub transitions: Vec<ReasonCount>,
     pub interfaces: Vec<InterfaceView>,
 }
 

@@ -129,6 +129,11 @@ impl Ha {
         fx
     }
 
+    /// Whether every service has a real taking new connections (see [`Vrrp::set_ready`]).
+    pub fn set_ready(&mut self, ready: bool) {
+        self.vrrp.set_ready(ready);
+    }
+
     /// A reload's priority: through the election, never a drop to backup.
     pub fn set_priority(&mut self, now: Time, priority: u8) -> Vec<Effect> {
         self.settings.vrrp.priority = priority;
@@ -189,10 +194,13 @@ impl Ha {
                     *self.transitions.entry(state_name(to)).or_default() += 1;
                     match to {
                         State::Master => {
-                            // The VIPs first, so the kernel answers for them, then the
-                            // announcements, then forwarding (the lease).
+                            // Forwarding first (the lease: the data plane serves the VIPs),
+                            // then the VIPs on the interface, so the kernel answers ARP for
+                            // them, then the announcements. The other way round, a client
+                            // that moves to this director meets a kernel that holds the VIP
+                            // and no forwarding yet, and its connections are reset.
                             let lease = fx.iter().position(|e| matches!(e, Effect::Lease(Some(_))));
-                            let at = lease.unwrap_or(fx.len());
+                            let at = lease.map_or(fx.len(), |i| i + 1);
                             fx.splice(at..at, [Effect::TakeVips, Effect::Announce]);
                             self.announce_left = self.settings.announce.count.saturating_sub(1);
                             self.announce_at = (self.announce_left > 0)
@@ -202,8 +210,10 @@ impl Ha {
                             self.announce_left = 0;
                             self.announce_at = None;
                             if from == State::Master {
-                                fx.push(Effect::Lease(None));
+                                // The VIPs off the interface first: once forwarding stops,
+                                // the kernel must not be the one answering for them.
                                 fx.push(Effect::ReleaseVips);
+                                fx.push(Effect::Lease(None));
                             }
                         }
                     }
@@ -254,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn a_takeover_adds_the_vips_announces_them_three_times_then_forwards() {
+    fn a_takeover_forwards_then_adds_the_vips_and_announces_them_three_times() {
         let t0 = Time::from_secs(100);
         let mut ha = Ha::new(settings(200), t0);
         assert_eq!(ha.start(t0)[..2], [Effect::ReleaseVips, Effect::Lease(None)]);
@@ -265,9 +275,9 @@ mod tests {
             first,
             [
                 &Effect::Send(Advert { priority: 200, interval_cs: 100 }),
+                &Effect::Lease(Some(down + Duration::from_secs(2))),
                 &Effect::TakeVips,
                 &Effect::Announce,
-                &Effect::Lease(Some(down + Duration::from_secs(2))),
                 &Effect::Notify { from: State::Backup, to: State::Master },
             ]
         );
@@ -312,8 +322,8 @@ mod tests {
         assert_eq!(
             fx,
             [
-                Effect::Lease(None),
                 Effect::ReleaseVips,
+                Effect::Lease(None),
                 Effect::Notify { from: State::Master, to: State::Backup }
             ]
         );
@@ -344,8 +354,8 @@ mod tests {
             fx,
             [
                 Effect::Send(Advert { priority: 0, interval_cs: 100 }),
-                Effect::Lease(None),
                 Effect::ReleaseVips,
+                Effect::Lease(None),
                 Effect::Notify { from: State::Master, to: State::Initialize },
             ]
         );

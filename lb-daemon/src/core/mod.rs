@@ -725,6 +725,16 @@ impl Core {
         }
     }
 
+    /// Whether every service has a real in its Maglev table: what a backup needs before it
+    /// preempts a lower master (see `vrrp::Vrrp::set_ready`). False before any config.
+    pub fn ready(&self) -> bool {
+        !self.services.is_empty()
+            && self
+                .services
+                .iter()
+                .all(|s| self.published.maglev.get(&s.index).is_some_and(|m| m.serving() > 0))
+    }
+
     /// Logs a service that lost its last real able to take new connections.
     fn note_serving(&mut self) {
         for s in &mut self.services {

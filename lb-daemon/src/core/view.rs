@@ -85,6 +85,7 @@ impl Core {
                 master: None,
                 since_secs: None,
                 adverts_dropped: Vec::new(),
+                transitions: Vec::new(),
                 interfaces: self.interfaces.clone(),
             },
             reals,

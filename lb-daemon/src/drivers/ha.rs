@@ -31,6 +31,9 @@ pub struct Setup {
     /// The data plane's fence: renewed with every advert as master, so a lbd that dies
     /// stops answering for the VIPs before a backup takes them. None in tests of HA alone.
     pub fence: Option<Fence>,
+    /// Whether every service has a real in service: until then this director does not
+    /// preempt a lower master. None: always ready.
+    pub ready: Option<watch::Receiver<bool>>,
 }
 
 /// What lbd tells a running HA task.
@@ -77,6 +80,20 @@ pub fn source(interface: &str, ipv4: bool, vips: &[IpAddr]) -> Result<IpAddr> {
     }
 }
 
+/// Removes `vips` from `interface` at once. lbd does this before its first data-plane
+/// batch: a lbd started again after a kill finds the VIPs it held as master still on the
+/// interface, and the batch takes them out of the data plane (a director starts as
+/// backup); in between, the kernel would answer the clients' packets for them itself,
+/// with resets.
+pub async fn release_vips(interface: &str, vips: &[IpAddr]) -> Result<()> {
+    let link = LinkInfo::read(interface)?;
+    let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let running = tokio::spawn(connection);
+    let removed = addresses::remove(&netlink, link.ifindex, vips).await;
+    running.abort();
+    removed
+}
+
 /// Runs the virtual router until told to stop.
 pub async fn run(
     setup: Setup,
@@ -110,6 +127,7 @@ async fn serve(
     tokio::spawn(connection);
     let notify = hooks::in_order("notify");
     let mut fence = setup.fence.take();
+    let mut ready = setup.ready.take();
     if let Some(fence) = &mut fence {
         fence.guard(src.is_ipv4(), &setup.settings.vips).context("writing the fence's VIPs")?;
     }
@@ -126,6 +144,9 @@ async fn serve(
         serving: None,
     };
     let mut ha = Ha::new(setup.settings.clone(), now());
+    if let Some(r) = &ready {
+        ha.set_ready(*r.borrow());
+    }
     let fx = ha.start(now());
     act.carry_out(fx).await;
     // An interface without carrier or taken down is FAULT: no VIPs, no adverts, so the
@@ -163,6 +184,20 @@ async fn serve(
                     let fx = ha.set_fault(now(), !up);
                     act.carry_out(fx).await;
                 }
+            }
+            Ok(()) = async {
+                match ready.as_mut() {
+                    Some(r) => r.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now_ready = ready.as_ref().is_some_and(|r| *r.borrow());
+                if now_ready {
+                    info!("every service has a real in service: ready to preempt");
+                } else {
+                    info!("a service has no real in service: not preempting a lower master");
+                }
+                ha.set_ready(now_ready);
             }
             command = commands.recv() => match command {
                 Some(Command::Priority(p)) => {
@@ -292,7 +327,18 @@ impl Actions<'_> {
                     let serving = lease.is_some();
                     if self.serving != Some(serving) {
                         self.serving = Some(serving);
-                        let _ = self.driver.send(super::Event::Serving(serving)).await;
+                        let (done, written) = oneshot::channel();
+                        if self.driver.send(super::Event::Serving(serving, done)).await.is_ok() {
+                            // Bounded: a driver that does not answer is a bug to log,
+                            // not a reason to hold the election up.
+                            let waited = tokio::time::timeout(Duration::from_secs(1), written);
+                            if !matches!(waited.await, Ok(Ok(()))) {
+                                warn!(
+                                    serving,
+                                    "the data plane did not confirm the VIPs' change within 1 s"
+                                );
+                            }
+                        }
                     }
                 }
                 Effect::Notify { from, to } => {

@@ -18,7 +18,7 @@ pub mod neighbor;
 pub mod pmtu;
 pub mod vrrp;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -42,8 +42,9 @@ pub enum Event {
     Resolved(Resolved),
     /// A control API request (SIGHUP arrives as `Request::Reload` too).
     Control(Request, oneshot::Sender<Response>),
-    /// From a failover task: this director is master (true) or not (false).
-    Serving(bool),
+    /// From a failover task: this director is master (true) or not (false); answered
+    /// once the data plane's VIPS says so, so the VIPs go on the interface only after.
+    Serving(bool, oneshot::Sender<()>),
 }
 
 impl From<control::Call> for Event {
@@ -100,6 +101,9 @@ pub struct Driver<D: DataplaneOps> {
     ha_priority: Option<u8>,
     /// The listing thread, when there is one; without, listings are finished here.
     listings: Option<mpsc::Sender<ListingJob>>,
+    /// Whether every service has a real in service ([`Core::ready`]), for the failover
+    /// tasks: a backup preempts only when it is.
+    ready: watch::Sender<bool>,
 }
 
 impl<D: DataplaneOps> Driver<D> {
@@ -124,6 +128,7 @@ impl<D: DataplaneOps> Driver<D> {
             listings: None,
             ha: Vec::new(),
             ha_priority: None,
+            ready: watch::Sender::new(false),
         };
         (driver, resolve)
     }
@@ -140,6 +145,11 @@ impl<D: DataplaneOps> Driver<D> {
             .context("starting the listing thread")?;
         self.listings = Some(tx);
         Ok(())
+    }
+
+    /// Whether every service has a real in service, as it changes.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// Hands the driver the failover tasks lbd started, with the priority they run with.
@@ -188,7 +198,11 @@ impl<D: DataplaneOps> Driver<D> {
             match event {
                 Event::Observation(o) => self.feed(Input::Observation(o)),
                 Event::Resolved(r) => self.feed(Input::Resolved(r)),
-                Event::Serving(on) => self.feed(Input::Serving(on)),
+                Event::Serving(on, done) => {
+                    // A batch is applied within feed, before it returns.
+                    self.feed(Input::Serving(on));
+                    let _ = done.send(());
+                }
                 Event::Control(Request::Reload, reply) => self.reload(reply),
                 Event::Control(request, reply) => {
                     let token = self.token(reply);
@@ -274,6 +288,8 @@ impl<D: DataplaneOps> Driver<D> {
                 }
             }
         }
+        let ready = self.core.ready();
+        self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }
 
     /// Answers, or hands a listing to the listing thread.
@@ -312,16 +328,19 @@ impl<D: DataplaneOps> Driver<D> {
                     d.master = view.master;
                     d.since_secs = Some(now().since(view.since).as_secs());
                 }
-                let mut dropped: std::collections::BTreeMap<&str, u64> = Default::default();
-                for (_, v) in &self.ha {
-                    for (reason, n) in v.borrow().iter().flat_map(|v| v.dropped.clone()) {
-                        *dropped.entry(reason).or_default() += n;
+                let summed = |of: fn(&crate::core::ha::View) -> &BTreeMap<&'static str, u64>| {
+                    let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
+                    for (_, v) in &self.ha {
+                        for (name, n) in v.borrow().iter().flat_map(|v| of(v).clone()) {
+                            *sum.entry(name).or_default() += n;
+                        }
                     }
-                }
-                status.director.adverts_dropped = dropped
-                    .into_iter()
-                    .map(|(reason, packets)| ReasonCount { reason: reason.into(), packets })
-                    .collect();
+                    sum.into_iter()
+                        .map(|(reason, packets)| ReasonCount { reason: reason.into(), packets })
+                        .collect()
+                };
+                status.director.adverts_dropped = summed(|v| &v.dropped);
+                status.director.transitions = summed(|v| &v.transitions);
                 status.packets = match self.dp.reasons() {
                     Ok(counts) => counts
                         .into_iter()

@@ -74,6 +74,9 @@ pub struct Vrrp {
     since: Time,
     /// The current master's address, when known (ours while master).
     master: Option<IpAddr>,
+    /// Whether this director could serve as well as a live master: until it can, it does
+    /// not preempt one (it still takes over from a master that is gone or leaving).
+    ready: bool,
 }
 
 impl Vrrp {
@@ -87,7 +90,16 @@ impl Vrrp {
             started: now,
             since: now,
             master: None,
+            ready: true,
         }
+    }
+
+    /// Whether this director is ready to preempt a lower master: a director whose checks
+    /// have not yet seen a real of every service answer (just started, or back from a
+    /// FAULT that took its checks down too) would take the VIPs only to reset every
+    /// connection, where the master it preempts was serving them.
+    pub fn set_ready(&mut self, ready: bool) {
+        self.ready = ready;
     }
 
     pub fn state(&self) -> State {
@@ -242,7 +254,9 @@ impl Vrrp {
     }
 
     fn may_preempt(&self, now: Time) -> bool {
-        self.settings.preempt && now.since(self.started) >= self.settings.preempt_delay
+        self.settings.preempt
+            && self.ready
+            && now.since(self.started) >= self.settings.preempt_delay
     }
 
     fn become_backup(&mut self, now: Time, master: Option<IpAddr>) -> Vec<Effect> {
@@ -505,6 +519,25 @@ mod tests {
                 assert_eq!(link.nodes[1].master(), Some(addr(0)));
             }
         }
+    }
+
+    #[test]
+    fn a_director_not_ready_does_not_preempt_but_takes_over_a_dead_master() {
+        let mut link = Link::new(vec![settings(0, 100, true), settings(1, 200, true)]);
+        link.nodes[1].set_ready(false);
+        link.start(0);
+        link.run_for(Duration::from_secs(10));
+        link.start(1);
+        link.run_for(Duration::from_secs(20));
+        assert_eq!(link.masters(), [0], "not ready: the lower master keeps serving");
+        link.nodes[1].set_ready(true);
+        link.run_for(Duration::from_secs(5));
+        assert_eq!(link.masters(), [1], "ready: it preempts");
+        // Not ready, a backup still takes over from a master that is gone.
+        link.nodes[0].set_ready(false);
+        link.crash(1);
+        link.run_for(Duration::from_secs(5));
+        assert_eq!(link.masters(), [0], "the dead master's backup took over");
     }
 
     #[test]
