@@ -220,6 +220,7 @@ fn lab(keep: bool, clean: bool) -> Result<()> {
     require_root("the lab")?;
     let mut cmd = Command::new(workspace().join("target/release/lb-lab"));
     cmd.arg("--config").arg(workspace().join("examples/lab.yaml"));
+    cmd.arg("--config2").arg(workspace().join("examples/lab-director2.yaml"));
     if keep {
         cmd.arg("--keep");
     }

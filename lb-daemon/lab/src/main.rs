@@ -1,6 +1,9 @@
 //! The lab behind `cargo xtask lab`: builds the namespace lab, starts nginx and dnsmasq on
-//! three reals and lbd on the director with examples/lab.yaml, sends HTTP and DNS through
-//! the VIP, and shows what an operator would look at: lbadm's listing and status.
+//! three reals and lbd on two directors (examples/lab.yaml, priority 200, and
+//! examples/lab-director2.yaml, priority 100), sends HTTP and DNS through the VIP, shows
+//! what an operator would look at (lbadm's listing and status), then cuts the master's
+//! cable while 50 long-lived connections and new requests flow, and shows the takeover,
+//! the unbroken connections, and the fail-back when the cable is back.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,16 +16,23 @@ use clap::Parser;
 use lb_daemon::config;
 use lb_daemon::control::{self, Request, Response};
 use lb_daemon::health::Health;
-use lb_lab::{Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
+use lb_lab::failover::{Traffic, Watch};
+use lb_lab::{DIRECTOR2, DIRECTOR2_6, Lab, REALS, REALS6, ROLE_CLIENT, ROLE_DIRECTOR, VIP, VIP6};
+
+/// The second director's namespace role.
+const ROLE_DIRECTOR2: &str = "director2";
 
 const PREFIX: &str = "lblab";
 
 #[derive(Parser)]
 #[command(name = "lb-lab", about = "Run the load balancer in a lab of network namespaces")]
 struct Args {
-    /// lbd's config (the lab's addresses are those of examples/lab.yaml).
+    /// The first director's config (the lab's addresses are those of examples/lab.yaml).
     #[arg(long, default_value = "examples/lab.yaml")]
     config: PathBuf,
+    /// The second director's config: the same services, a lower priority.
+    #[arg(long, default_value = "examples/lab-director2.yaml")]
+    config2: PathBuf,
     /// Leave the lab running.
     #[arg(long)]
     keep: bool,
@@ -33,7 +43,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = if args.clean { clean() } else { run(&args) };
+    let result = if args.clean { clean(&args) } else { run(&args) };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -54,14 +64,20 @@ fn step(what: &str) {
 
 fn run(args: &Args) -> Result<()> {
     let cfg = config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let socket = cfg.director.socket.clone();
+    let cfg2 = config::load(&args.config2).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sockets = [cfg.director.socket.clone(), cfg2.director.socket.clone()];
     if Path::new("/run/netns").join(format!("{PREFIX}-director")).exists() {
         bail!("a lab is already running (from --keep): remove it with `cargo xtask lab --clean`");
     }
     step(
-        "building the lab: client, director, real1-3 on one bridge (198.51.100.0/24, 2001:db8:100::/64)",
+        "building the lab: client, two directors, real1-3 on one bridge (198.51.100.0/24, 2001:db8:100::/64)",
     );
     let mut lab = Lab::new(PREFIX)?;
+    // The VIPs are the master's to add (ha), not the lab's.
+    lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])?;
+    lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP6}/128"), "dev", "eth0"])?;
+    lab.add_director(ROLE_DIRECTOR2, DIRECTOR2, DIRECTOR2_6)?;
+    println!("director   198.51.100.2  priority 200   director2  {DIRECTOR2}  priority 100");
     for i in 0..REALS.len() {
         lab.start_nginx(i)?;
         lab.start_dns(i)?;
@@ -72,27 +88,37 @@ fn run(args: &Args) -> Result<()> {
             REALS6[i]
         );
     }
-    step(&format!("starting lbd --config {} in the director namespace", args.config.display()));
     let lbd = sibling("lbd")?;
-    let config_path = std::fs::canonicalize(&args.config)?;
-    lab.spawn(
-        ROLE_DIRECTOR,
-        "lbd",
-        &[lbd.to_str().context("path")?, "--config", config_path.to_str().context("path")?],
-    )?;
+    let lbd = lbd.to_str().context("path")?;
+    let configs = [std::fs::canonicalize(&args.config)?, std::fs::canonicalize(&args.config2)?];
+    for (role, path) in [ROLE_DIRECTOR, ROLE_DIRECTOR2].iter().zip(&configs) {
+        step(&format!(
+            "starting lbd --config {} on {role} (its own network namespace, the host's mounts: the data plane is pinned)",
+            path.display()
+        ));
+        lab.spawn_net(role, "lbd", &[lbd, "--config", path.to_str().context("path")?])?;
+    }
     let start = Instant::now();
-    loop {
-        if let Ok(Response::Status(s)) = control::call(&socket, &Request::Status)
-            && s.reals.iter().all(|r| r.health == Health::Up && r.mac.is_some())
-        {
-            println!("every real server is up and resolved after {:.1?}", start.elapsed());
-            break;
-        }
+    let ready = |i: usize, state: &str| {
+        matches!(control::call(&sockets[i], &Request::Status), Ok(Response::Status(s))
+            if s.director.ha_state == state
+                && s.reals.iter().all(|r| r.health == Health::Up && r.mac.is_some()))
+    };
+    while !(ready(0, "MASTER") && ready(1, "BACKUP")) {
         if start.elapsed() > Duration::from_secs(30) {
-            bail!("reals not up after 30 s; lbd's log:\n{}", lab.log(ROLE_DIRECTOR, "lbd"));
+            unpin(args);
+            bail!(
+                "no master with every real up after 30 s; lbd's logs:\n{}\n{}",
+                lab.log(ROLE_DIRECTOR, "lbd"),
+                lab.log(ROLE_DIRECTOR2, "lbd")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    println!(
+        "director is MASTER, director2 BACKUP, every real up and resolved after {:.1?}",
+        start.elapsed()
+    );
     print!("{}", indent(&lab.log(ROLE_DIRECTOR, "lbd")));
 
     for vip in [SocketAddr::new(VIP.into(), 80), SocketAddr::new(VIP6.into(), 80)] {
@@ -121,33 +147,122 @@ fn run(args: &Args) -> Result<()> {
     }
 
     let lbadm = sibling("lbadm")?;
-    for cmd in [vec!["-L", "-n", "--stats"], vec!["-L", "-n"], vec!["status"]] {
-        step(&format!("lbadm {}", cmd.join(" ")));
-        let out = Command::new(&lbadm).arg("--socket").arg(&socket).args(&cmd).output()?;
+    let show = |socket: &Path, cmd: &[&str]| -> Result<()> {
+        step(&format!("lbadm --socket {} {}", socket.display(), cmd.join(" ")));
+        let out = Command::new(&lbadm).arg("--socket").arg(socket).args(cmd).output()?;
         print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
+        Ok(())
+    };
+    show(&sockets[0], &["-L", "-n", "--stats"])?;
+    show(&sockets[0], &["-L", "-n"])?;
+    show(&sockets[0], &["status"])?;
+    show(&sockets[1], &["status"])?;
+
+    failover(&mut lab, &sockets)?;
+    show(&sockets[0], &["status"])?;
+    show(&sockets[1], &["status"])?;
 
     if args.keep {
         lab.keep();
         step("the lab keeps running");
         println!(
-            "  enter a host:   ip netns exec {PREFIX}-client bash   (also {PREFIX}-director, {PREFIX}-real1..3)"
+            "  enter a host:   ip netns exec {PREFIX}-client bash   (also {PREFIX}-director, {PREFIX}-director2, {PREFIX}-real1..3)"
         );
         println!("  try it:         ip netns exec {PREFIX}-client curl -s http://198.51.100.10/");
         println!(
             "  look:           {} --socket {} -L -n --stats",
             lbadm.display(),
-            socket.display()
+            sockets[0].display()
         );
         println!("  remove it:      cargo xtask lab --clean");
     } else {
         step("removing the lab (use --keep to leave it running)");
+        lab.stop(ROLE_DIRECTOR, "lbd")?;
+        lab.stop(ROLE_DIRECTOR2, "lbd")?;
+        unpin(args);
     }
     Ok(())
 }
 
-/// Removes what a `--keep` lab left: its processes, namespaces and directories.
-fn clean() -> Result<()> {
+/// Cuts the master's cable while traffic flows; shows the takeover and the connections;
+/// plugs it back and shows the fail-back.
+fn failover(lab: &mut Lab, sockets: &[PathBuf; 2]) -> Result<()> {
+    let state = |i: usize| match control::call(&sockets[i], &Request::Status) {
+        Ok(Response::Status(s)) => s.director.ha_state,
+        _ => String::new(),
+    };
+    let wait = |i: usize, want: &str| -> Result<Duration> {
+        let start = Instant::now();
+        while state(i) != want {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("director{} not {want} within 20 s", i + 1);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(start.elapsed())
+    };
+    let vip = SocketAddr::new(VIP.into(), 80);
+    step("client: 50 long-lived connections (a request every 50 ms each), 4 loops of new requests");
+    let watch = Watch::start(lab, &[ROLE_DIRECTOR, ROLE_DIRECTOR2], VIP)?;
+    let traffic = Traffic::start(lab, vip, 50, 4)?;
+    if !traffic.wait_answered_since(Instant::now(), Duration::from_secs(10)) {
+        bail!("the traffic does not come through: {:?}", traffic.errors());
+    }
+    let port = lab.switch_port(ROLE_DIRECTOR).context("no switch port")?;
+    for (what, up, from, to) in
+        [("cutting the master's cable", "down", 0, 1), ("plugging it back", "up", 1, 0)]
+    {
+        step(&format!("{what} (ip link set {port} {up}, in the switch)"));
+        let before = traffic.counts();
+        let since = Instant::now();
+        lab.exec_ok("switch", &["ip", "link", "set", &port, up])?;
+        let took = wait(to, "MASTER")?;
+        let crossed = Instant::now();
+        while !watch.forwarded_since(since, to) && crossed.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        traffic.wait_answered_since(Instant::now(), Duration::from_secs(30));
+        let d = traffic.counts() - before;
+        println!("  director{} MASTER after {took:.0?} (lbadm status polled)", to + 1);
+        match watch.takeover(since, from, to) {
+            Some(t) => println!(
+                "  takeover: {t:.0?} from the last frame through director{} to the first through director{}",
+                from + 1,
+                to + 1
+            ),
+            None => println!("  takeover: director{} forwarded nothing yet", to + 1),
+        }
+        println!(
+            "  long-lived connections broken: {} of 50 ({} exchanges meanwhile); new requests: {} answered, {} failed",
+            d.broken, d.exchanges, d.new_ok, d.new_failed
+        );
+    }
+    let total = traffic.stop();
+    println!(
+        "  in all: {} long-lived exchanges, {} broken connections, {} new requests answered, {} failed",
+        total.exchanges, total.broken, total.new_ok, total.new_failed
+    );
+    Ok(())
+}
+
+/// Removes the directors' pinned data planes (lbd --unpin), saying what it did.
+fn unpin(args: &Args) {
+    let Ok(lbd) = sibling("lbd") else { return };
+    for config in [&args.config, &args.config2] {
+        match Command::new(&lbd).arg("--config").arg(config).arg("--unpin").output() {
+            Ok(out) => print!(
+                "{}{}",
+                indent(&String::from_utf8_lossy(&out.stdout)),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("lbd --unpin: {e}"),
+        }
+    }
+}
+
+/// Removes what a `--keep` lab left: its processes, namespaces, pinned data planes and
+/// directories.
+fn clean(args: &Args) -> Result<()> {
     let list = Command::new("ip").args(["netns", "list"]).output()?;
     let mut removed = 0;
     for ns in
@@ -182,6 +297,7 @@ fn clean() -> Result<()> {
         }
     }
     println!("removed {removed} namespaces of the lab");
+    unpin(args);
     Ok(())
 }
 

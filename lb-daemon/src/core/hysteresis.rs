@@ -38,6 +38,17 @@ impl Hysteresis {
         self.state = state;
     }
 
+    /// Whether the state stands on a full count of results: up after at least `rise`
+    /// successes in a row, down after at least `fall` failures. A first result decides at
+    /// once but is not settled, nor is a state that the last results argue against.
+    pub fn settled(&self) -> bool {
+        match self.state {
+            Health::Up => self.successes >= self.rise,
+            Health::Down => self.failures >= self.fall,
+            Health::Unknown => false,
+        }
+    }
+
     pub fn state(&self) -> Health {
         self.state
     }
@@ -114,5 +125,25 @@ mod tests {
             assert_eq!(h.observe(true), None);
         }
         assert_eq!(h.state(), Health::Up);
+    }
+
+    #[test]
+    fn a_state_is_settled_on_a_full_count_only() {
+        let mut h = Hysteresis::new(2, 3);
+        assert!(!h.settled(), "no result yet");
+        h.observe(true);
+        assert!(!h.settled(), "up on a first result");
+        h.observe(true);
+        assert!(h.settled());
+        h.observe(false);
+        assert!(!h.settled(), "up, but the last result says otherwise");
+        h.observe(false);
+        h.observe(false);
+        assert_eq!((h.state(), h.settled()), (Health::Down, true));
+        h.observe(true);
+        assert!(!h.settled(), "down, and rising");
+        let mut adopted = Hysteresis::new(2, 3);
+        adopted.assume(Health::Up);
+        assert!(!adopted.settled(), "assumed, not seen");
     }
 }

@@ -725,14 +725,23 @@ impl Core {
         }
     }
 
-    /// Whether every service has a real in its Maglev table: what a backup needs before it
-    /// preempts a lower master (see `vrrp::Vrrp::set_ready`). False before any config.
+    /// Whether this director's view of the reals has settled, so its Maglev tables are the
+    /// ones any director with the same config computes: what a backup needs before it
+    /// preempts a lower master (see `vrrp::Vrrp::set_ready`). Settled: every check of
+    /// every real stands on a full count of results (rise successes, fall failures), every
+    /// real that is up has its next hop, and every service has a real in its table. A
+    /// director back from a FAULT (its checks failed with its link) or just started is
+    /// not: preempting then would send a master's flows to other reals, or to none.
     pub fn ready(&self) -> bool {
+        let settled = |r: &RealState| {
+            r.checks.iter().all(|c| c.hysteresis.settled())
+                && (r.health != Health::Up || r.hop.is_some_and(|h| h.mac.is_some()))
+        };
         !self.services.is_empty()
-            && self
-                .services
-                .iter()
-                .all(|s| self.published.maglev.get(&s.index).is_some_and(|m| m.serving() > 0))
+            && self.services.iter().all(|s| {
+                s.reals.iter().all(settled)
+                    && self.published.maglev.get(&s.index).is_some_and(|m| m.serving() > 0)
+            })
     }
 
     /// Logs a service that lost its last real able to take new connections.

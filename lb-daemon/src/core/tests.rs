@@ -871,3 +871,25 @@ fn adoption_serves_only_the_first_config() {
     second.config(&yaml(&[DNS, WEB])).expect("applied");
     assert_eq!(second.health("192.0.2.10:80", "10.0.0.11"), Health::Unknown);
 }
+
+#[test]
+fn ready_to_preempt_once_every_check_stands_on_a_full_count() {
+    let mut h = Harness::new(capacity());
+    h.config(&yaml(&[WEB])).unwrap();
+    assert!(!h.core.ready(), "nothing checked yet");
+    h.resolve_all();
+    h.observe_all(true);
+    assert!(!h.core.ready(), "up on first results (rise 2)");
+    h.observe_all(true);
+    assert!(h.core.ready());
+    // One failure: a view in motion, not ready.
+    h.observe("10.0.0.11", false);
+    assert!(!h.core.ready());
+    // Down on a full count (fall 2), the other real serving: settled again.
+    h.observe("10.0.0.11", false);
+    assert!(h.core.ready());
+    // Every real down: no service to offer, not ready.
+    h.observe("10.0.0.12", false);
+    h.observe("10.0.0.12", false);
+    assert!(!h.core.ready());
+}
