@@ -40,7 +40,8 @@ enum Cmd {
         /// Extra arguments for `cargo test` (a test name filter, for example).
         args: Vec<String>,
     },
-    /// Set up, then measure ns per packet of each data plane path (see docs/BENCHMARKS.md).
+    /// Set up, then measure ns per packet of each data plane path, and failover between
+    /// directors (see docs/BENCHMARKS.md).
     Bench,
     /// Set up, build, and run the lab: namespaces, real servers, lbd, traffic, lbadm.
     Lab {
@@ -69,6 +70,13 @@ fn main() -> Result<()> {
             require_root("the benchmark")?;
             run(Command::new("cargo")
                 .args(["bench", "-p", "lb-daemon", "--bench", "xdp"])
+                .current_dir(workspace()))?;
+            // Failover: takeover times, broken connections and failed requests per event,
+            // two directors at 100 ms and 1 s, and three (tests/e2e_failover.rs prints the
+            // tables docs/BENCHMARKS.md records).
+            run(Command::new("cargo")
+                .args(["test", "--release", "-p", "lb-daemon", "--test", "e2e_failover", "--"])
+                .args(["--test-threads=1", "--nocapture"])
                 .current_dir(workspace()))
         }
         Cmd::Lab { keep, clean } => {
