@@ -180,8 +180,9 @@ pub struct Ha {
     /// Unicast peers; none: the multicast group.
     #[serde(default)]
     pub peers: Vec<IpAddr>,
-    #[serde(default, deserialize_with = "track_ping")]
-    pub track_ping: Option<NotBuilt>,
+    /// Ping nodes (a gateway, a core switch): losing every one of them means FAULT.
+    #[serde(default)]
+    pub track_ping: Vec<IpAddr>,
     #[serde(default)]
     pub notify: Option<PathBuf>,
     #[serde(default, deserialize_with = "sync")]
@@ -255,11 +256,7 @@ fn preempt_delay<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
     duration(d, "preempt_delay", Some((Duration::from_secs(3600), "preempt_delay may be")))
 }
 
-/// `track_ping` and `sync`, refused under their own keys (not built yet).
-fn track_ping<'de, D: Deserializer<'de>>(_: D) -> Result<Option<NotBuilt>, D::Error> {
-    Err(D::Error::custom("track_ping: is not built yet in this version of lbd"))
-}
-
+/// `sync`, refused under its own key (not built yet).
 fn sync<'de, D: Deserializer<'de>>(_: D) -> Result<Option<NotBuilt>, D::Error> {
     Err(D::Error::custom("sync: connection sync is not built yet in this version of lbd"))
 }
@@ -1102,6 +1099,14 @@ fn validate_ha(ha: &Ha, config: &Config, problems: &mut Vec<(String, String)>) {
             problems.push((
                 format!("ha.peers[{i}]"),
                 format!("ha.peers[{i}]: {p} is not a peer's address"),
+            ));
+        }
+    }
+    for (i, p) in ha.track_ping.iter().enumerate() {
+        if p.is_unspecified() || p.is_multicast() || *p == IpAddr::from([255, 255, 255, 255]) {
+            problems.push((
+                format!("ha.track_ping[{i}]"),
+                format!("ha.track_ping[{i}]: {p} is not a node's address"),
             ));
         }
     }
@@ -2140,8 +2145,8 @@ services:
         assert!(p[0].contains("a VIP is one address: write /32"), "{p:?}");
         let p = at("[192.0.2.10/32]", "[192.0.2.99/32]");
         assert!(p[0].contains("services[0].vip: 192.0.2.10 is not in ha.vips"), "{p:?}");
-        let p = at("  notify:", "  track_ping: [192.0.2.1]\n  notify:");
-        assert!(p[0].contains("ha.track_ping: is not built yet"), "{p:?}");
+        let p = at("  notify:", "  track_ping: [0.0.0.0]\n  notify:");
+        assert!(p[0].contains("ha.track_ping[0]: 0.0.0.0 is not a node's address"), "{p:?}");
         let p = at("  notify:", "  sync: {port: 8849}\n  notify:");
         assert!(p[0].contains("ha.sync: connection sync is not built yet"), "{p:?}");
     }

@@ -20,7 +20,7 @@ use lb_daemon::control::{self, Request, Response, StatusView};
 use lb_daemon::health::Health;
 use lb_lab::failover::{Counts, Traffic, Watch, arp_answerers};
 use lb_lab::{
-    DIRECTOR2, DIRECTOR2_6, DIRECTOR3, DIRECTOR3_6, Lab, REALS, ROLE_DIRECTOR, VIP, VIP6,
+    CLIENT, DIRECTOR2, DIRECTOR2_6, DIRECTOR3, DIRECTOR3_6, Lab, REALS, ROLE_DIRECTOR, VIP, VIP6,
 };
 
 /// Slack on every bound, for a busy machine.
@@ -35,11 +35,11 @@ struct Cluster {
     interval: Duration,
 }
 
-fn config(socket: &Path, pin_root: &Path, priority: u8, interval: Duration) -> String {
+fn config(socket: &Path, pin_root: &Path, priority: u8, interval: Duration, ha: &str) -> String {
     let reals: String = REALS.iter().map(|r| format!("      - address: {r}\n")).collect();
     format!(
         "director:\n  interfaces: [eth0]\n  socket: {}\n  pin_root: {}\nha:\n  interface: eth0\n  \
-         vrid: 51\n  priority: {priority}\n  advert_interval: {}ms\n  vips: [{VIP}/32]\nservices:\n  \
+         vrid: 51\n  priority: {priority}\n  advert_interval: {}ms\n  vips: [{VIP}/32]\n{ha}services:\n  \
          - name: web\n    vip: {VIP}:80\n    protocol: tcp\n    forwarding: dr\n    \
          check: {{ type: http, path: /healthz, interval: 1s, timeout: 500ms }}\n    reals:\n{reals}",
         socket.display(),
@@ -50,6 +50,11 @@ fn config(socket: &Path, pin_root: &Path, priority: u8, interval: Duration) -> S
 
 impl Cluster {
     fn start(prefix: &str, directors: usize, interval: Duration) -> Cluster {
+        Self::start_with(prefix, directors, interval, "")
+    }
+
+    /// With `ha` lines added to every director's `ha` section.
+    fn start_with(prefix: &str, directors: usize, interval: Duration, ha: &str) -> Cluster {
         let mut lab = Lab::new(prefix).expect("lab");
         // The VIP is lbd's to add on the master, not the lab's on the director.
         lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])
@@ -69,7 +74,7 @@ impl Cluster {
             let socket = c.lab.dir().join(format!("lbd-{role}.sock"));
             let path = c.lab.dir().join(format!("lb-{role}.yaml"));
             let pins = bpffs.join(role);
-            std::fs::write(&path, config(&socket, &pins, PRIORITIES[i], interval)).unwrap();
+            std::fs::write(&path, config(&socket, &pins, PRIORITIES[i], interval, ha)).unwrap();
             c.configs.push(path);
             c.sockets.push(socket);
             c.start_lbd(i, "lbd");
@@ -372,4 +377,38 @@ fn of_three_directors_the_highest_backup_takes_over_and_the_third_stays_backup()
     traffic.stop();
     print(interval, std::slice::from_ref(&row));
     check(std::slice::from_ref(&row));
+}
+
+#[test]
+fn losing_every_track_ping_node_is_fault_and_the_backup_takes_over() {
+    lb_lab::needs_root!();
+    let interval = Duration::from_millis(100);
+    let track = format!("  track_ping: [{CLIENT}]\n");
+    let mut c = Cluster::start_with("fot", 2, interval, &track);
+    let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
+    let watch = Watch::start(&c.lab, &ROLES[..2], VIP).unwrap();
+    let traffic = Traffic::start(&c.lab, vip, 50, 4).unwrap();
+    assert!(
+        traffic.wait_answered_since(Instant::now(), Duration::from_secs(10)),
+        "{:?}",
+        traffic.errors()
+    );
+    // The master can no longer reach its ping node (a route to nowhere): FAULT after three
+    // missed echoes a second apart, and the backup takes the VIP.
+    let blackhole = ["ip", "route", "add", "blackhole", &format!("{CLIENT}/32")];
+    let lost = Duration::from_secs(3) + c.master_down(100);
+    let row = measure(&mut c, &traffic, &watch, "every track_ping node lost", (0, 1), lost, |c| {
+        c.lab.exec_ok(ROLE_DIRECTOR, &blackhole).unwrap();
+    });
+    assert_eq!(c.state(0), "FAULT");
+    let log = std::fs::read_to_string(c.lab.dir().join("director-lbd.log")).unwrap();
+    assert!(log.contains("every track_ping node is lost: FAULT"), "{log}");
+    // Reachable again: out of FAULT, and back as master once its view has settled.
+    let back = measure(&mut c, &traffic, &watch, "a track_ping node back", (1, 0), lost, |c| {
+        c.lab
+            .exec_ok(ROLE_DIRECTOR, &["ip", "route", "del", "blackhole", &format!("{CLIENT}/32")])
+            .unwrap();
+    });
+    traffic.stop();
+    print(interval, &[row, back]);
 }

@@ -269,6 +269,12 @@ fn start_ha(
 ) -> Result<Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<core_ha::View>>)>> {
     let vips = ha.vips(&config.services);
     let mut tasks = Vec::new();
+    // One tracker for both families' virtual routers: every node lost is FAULT for both.
+    let track = (!ha.track_ping.is_empty()).then(|| {
+        let (lost, track) = watch::channel(false);
+        tokio::spawn(lb_daemon::drivers::track::run(ha.track_ping.clone(), lost));
+        track
+    });
     for ipv4 in [true, false] {
         let family: Vec<IpAddr> = vips.iter().copied().filter(|v| v.is_ipv4() == ipv4).collect();
         if family.is_empty() {
@@ -293,6 +299,7 @@ fn start_ha(
             notify: ha.notify.clone(),
             fence: Some(fence.try_clone()?),
             ready: Some(ready.clone()),
+            track: track.clone(),
         };
         let (commands, inbox) = mpsc::channel(8);
         let (view, state) = watch::channel(None);

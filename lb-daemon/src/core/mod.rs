@@ -8,6 +8,7 @@
 pub mod ha;
 mod hysteresis;
 pub mod tables;
+pub mod track;
 mod view;
 pub mod vrrp;
 

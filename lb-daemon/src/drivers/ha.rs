@@ -34,6 +34,8 @@ pub struct Setup {
     /// Whether every service has a real in service: until then this director does not
     /// preempt a lower master. None: always ready.
     pub ready: Option<watch::Receiver<bool>>,
+    /// Whether every `track_ping` node is lost (FAULT). None: no nodes to track.
+    pub track: Option<watch::Receiver<bool>>,
 }
 
 /// What lbd tells a running HA task.
@@ -128,6 +130,7 @@ async fn serve(
     let notify = hooks::in_order("notify");
     let mut fence = setup.fence.take();
     let mut ready = setup.ready.take();
+    let mut track = setup.track.take();
     if let Some(fence) = &mut fence {
         fence.guard(src.is_ipv4(), &setup.settings.vips).context("writing the fence's VIPs")?;
     }
@@ -152,8 +155,11 @@ async fn serve(
     // An interface without carrier or taken down is FAULT: no VIPs, no adverts, so the
     // other director takes over instead of both thinking the other dead.
     let mut up = link_is_up(&setup.interface);
+    let mut lost = track.as_ref().is_some_and(|t| *t.borrow());
     if !up {
         warn!(interface = %setup.interface, "the HA interface is down: FAULT");
+    }
+    if !up || lost {
         let fx = ha.set_fault(now(), true);
         act.carry_out(fx).await;
     }
@@ -181,9 +187,20 @@ async fn serve(
                     } else {
                         warn!(interface = %setup.interface, "the HA interface went down: FAULT");
                     }
-                    let fx = ha.set_fault(now(), !up);
+                    let fx = ha.set_fault(now(), !up || lost);
                     act.carry_out(fx).await;
                 }
+            }
+            // track_ping: every node lost is FAULT, one back ends it (with the link up).
+            Ok(()) = async {
+                match track.as_mut() {
+                    Some(t) => t.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                lost = track.as_ref().is_some_and(|t| *t.borrow());
+                let fx = ha.set_fault(now(), !up || lost);
+                act.carry_out(fx).await;
             }
             Ok(()) = async {
                 match ready.as_mut() {

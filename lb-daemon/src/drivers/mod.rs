@@ -16,6 +16,7 @@ pub mod ha;
 pub mod hooks;
 pub mod neighbor;
 pub mod pmtu;
+pub mod track;
 pub mod vrrp;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
