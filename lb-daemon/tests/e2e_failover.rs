@@ -13,7 +13,6 @@ mod e2e;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lb_daemon::control::{self, Request, Response, StatusView};
@@ -130,16 +129,7 @@ impl Cluster {
     }
 
     fn kill_lbd(&mut self, i: usize, what: &str) {
-        let out =
-            Command::new("ip").args(["netns", "pids", &self.lab.ns(ROLES[i])]).output().unwrap();
-        for pid in String::from_utf8(out.stdout).unwrap().split_whitespace() {
-            let pid: i32 = pid.parse().unwrap();
-            if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "lbd")
-            {
-                // SAFETY: kill(2) of an lbd this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        assert_eq!(self.lab.signal_named(ROLES[i], "lbd", libc::SIGKILL), 1);
         self.lab.stop(ROLES[i], what).unwrap();
     }
 

@@ -10,7 +10,6 @@ mod e2e;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::Director;
@@ -75,14 +74,7 @@ fn a_master_killed_with_9_fences_itself_and_only_the_new_master_answers_arp() {
     assert_eq!(arp_answerers(&d.lab, 3, window), BTreeSet::from([director]), "lbd master");
 
     // kill -9: the VIP stays on the dead director's eth0, its data plane runs on.
-    let out = Command::new("ip").args(["netns", "pids", &d.lab.ns(ROLE_DIRECTOR)]).output();
-    let pids = String::from_utf8(out.unwrap().stdout).unwrap();
-    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "lbd") {
-            // SAFETY: kill(2) of the lbd this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
+    assert_eq!(d.lab.signal_named(ROLE_DIRECTOR, "lbd", libc::SIGKILL), 1);
     d.lab.stop(ROLE_DIRECTOR, "lbd").unwrap();
     wait_log(&d.lab, ROLE_CLIENT, "keepalived", "Entering MASTER STATE");
     let shown = d.lab.exec_ok(ROLE_DIRECTOR, &["ip", "-o", "addr", "show", "dev", "eth0"]).unwrap();

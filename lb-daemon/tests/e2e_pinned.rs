@@ -84,18 +84,6 @@ fn xdp_attached(lab: &Lab) -> bool {
     lab.exec_ok(ROLE_DIRECTOR, &["ip", "link", "show", "eth0"]).unwrap().contains("xdp")
 }
 
-fn lbd_pid(lab: &Lab) -> i32 {
-    let out = Command::new("ip").args(["netns", "pids", &lab.ns(ROLE_DIRECTOR)]).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "lbd")
-        })
-        .expect("lbd running")
-}
-
 #[test]
 fn the_pinned_data_plane_outlives_lbd_and_a_new_lbd_takes_it_over() {
     lb_lab::needs_root!();
@@ -128,8 +116,7 @@ fn the_pinned_data_plane_outlives_lbd_and_a_new_lbd_takes_it_over() {
     let conns_before = conns(&d);
 
     // lbd killed: the data plane goes on, the held connection keeps its real.
-    // SAFETY: kill(2) of the lbd this test started.
-    unsafe { libc::kill(lbd_pid(&d.lab), libc::SIGKILL) };
+    assert_eq!(d.lab.signal_named(ROLE_DIRECTOR, "lbd", libc::SIGKILL), 1);
     d.lab.stop(ROLE_DIRECTOR, "lbd").unwrap();
     assert!(d.status().is_none(), "lbd is gone");
     let answered = d.lab.http_gets(ROLE_CLIENT, vip, 20).unwrap();

@@ -1080,7 +1080,11 @@ fn director_can_apply(c: &Config) -> Result<(), String> {
 fn core_accepts(config: &Config) -> Result<(), String> {
     let capacity = Capacity { vips: config.director.max_vips, reals: config.director.max_reals };
     let mut core = Core::new(capacity, Vec::new(), Vec::new(), 1);
-    let input = Input::Config { config: config.clone(), source: "lb.yaml".into(), reply: Some(1) };
+    let input = Input::Config {
+        config: Box::new(config.clone()),
+        source: "lb.yaml".into(),
+        reply: Some(1),
+    };
     for effect in core.handle(Time::from_secs(1), input) {
         if let Effect::Answer(_, Answer::Done(Response::Error { message })) = effect {
             return Err(format!("--check accepted what the core refuses: {message}"));

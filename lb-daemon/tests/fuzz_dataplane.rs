@@ -1163,7 +1163,7 @@ fn generate(rng: &mut fastrand::Rng) -> Made {
 const MACS_IN: ([u8; 6], [u8; 6]) = (CLIENT_MAC, DIRECTOR_MAC);
 
 /// The checksums of a packet to be quoted, made right (it left its sender whole).
-fn fix_quoted(q: &mut Vec<u8>, v6: bool) {
+fn fix_quoted(q: &mut [u8], v6: bool) {
     q[12..14].copy_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
     fix_checksums(q);
 }

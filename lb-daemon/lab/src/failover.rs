@@ -4,7 +4,6 @@
 //! to the VIP's reals. The takeover is the time from the last frame through the old master
 //! to the first through the new one. Used by tests/e2e_failover.rs and the lab.
 
-use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
@@ -191,28 +190,7 @@ impl Drop for Traffic {
 
 /// One GET on a keep-alive connection, its whole answer read.
 fn exchange(s: &mut TcpStream) -> Result<()> {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse())
-                })
-                .context("no Content-Length")??;
-            if body.len() >= len {
-                return Ok(());
-            }
-        }
-    }
+    crate::request_on(s).map(|_| ())
 }
 
 fn enter(netns: &std::path::Path) -> Result<()> {

@@ -515,6 +515,24 @@ impl Lab {
         Ok(())
     }
 
+    /// Sends `signal` to every process named `comm` in `role`'s network namespace (a
+    /// process `nsenter` or a shell started, whose pid the lab does not hold); how many.
+    pub fn signal_named(&self, role: &str, comm: &str, signal: i32) -> usize {
+        let Ok(out) = Command::new("ip").args(["netns", "pids", &self.ns(role)]).output() else {
+            return 0;
+        };
+        let mut sent = 0;
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let Ok(pid) = pid.parse::<i32>() else { continue };
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            // SAFETY: kill(2) of a process inside a namespace this lab created.
+            if name.trim() == comm && unsafe { libc::kill(pid, signal) } == 0 {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// Sends a signal to a process started by [`Lab::spawn`].
     pub fn signal(&self, role: &str, what: &str, signal: i32) -> Result<()> {
         let (_, _, child) = self
@@ -658,9 +676,14 @@ pub fn http_get(addr: SocketAddr) -> Result<String, String> {
     Ok(body.trim().to_string())
 }
 
-/// One GET on an open keep-alive connection; the body, trimmed.
+/// One GET on an open keep-alive connection, waiting 3 s at most; the body, trimmed.
 pub fn http_get_on(s: &mut TcpStream) -> Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    request_on(s)
+}
+
+/// One GET on an open keep-alive connection, within its read timeout; the body, trimmed.
+pub fn request_on(s: &mut TcpStream) -> Result<String> {
     s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];

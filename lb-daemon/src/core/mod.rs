@@ -131,7 +131,7 @@ pub struct Resolved {
 pub enum Input {
     /// A config to apply: at start, and on each reload (`source` names it in answers).
     Config {
-        config: Config,
+        config: Box<Config>,
         source: String,
         reply: Option<Token>,
     },
@@ -384,7 +384,7 @@ impl Core {
         }
         match input {
             Input::Config { config, source, reply } => {
-                self.on_config(now, config, source, reply, &mut fx)
+                self.on_config(now, *config, source, reply, &mut fx)
             }
             Input::Observation(o) => self.on_observation(now, o, &mut fx),
             Input::Resolved(r) => self.on_resolved(now, r, &mut fx),

@@ -80,7 +80,11 @@ impl Harness {
     fn config(&mut self, yaml: &str) -> Result<String, String> {
         let config = config::parse(Path::new("lb.yaml"), yaml).expect("a valid config");
         let token = self.token();
-        self.feed(Input::Config { config, source: "lb.yaml".into(), reply: Some(token) });
+        self.feed(Input::Config {
+            config: Box::new(config),
+            source: "lb.yaml".into(),
+            reply: Some(token),
+        });
         self.done(token)
     }
 
@@ -604,7 +608,11 @@ fn unchecked(h: &mut Harness, services: Vec<config::Service>) -> Result<String, 
     let mut config = config::parse(Path::new("lb.yaml"), &yaml(&[WEB])).unwrap();
     config.services = services;
     let token = h.token();
-    h.feed(Input::Config { config, source: "lb.yaml".into(), reply: Some(token) });
+    h.feed(Input::Config {
+        config: Box::new(config),
+        source: "lb.yaml".into(),
+        reply: Some(token),
+    });
     h.done(token)
 }
 

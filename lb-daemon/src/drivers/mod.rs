@@ -174,7 +174,7 @@ impl<D: DataplaneOps> Driver<D> {
         let (tx, mut rx) = oneshot::channel();
         let token = self.token(tx);
         let source = self.config_path.display().to_string();
-        self.feed(Input::Config { config, source, reply: Some(token) });
+        self.feed(Input::Config { config: Box::new(config), source, reply: Some(token) });
         match rx.try_recv() {
             Ok(Response::Error { message }) => bail!("{message}"),
             Ok(_) => Ok(()),
@@ -224,7 +224,7 @@ impl<D: DataplaneOps> Driver<D> {
                 let (tx, mut rx) = oneshot::channel();
                 let token = self.token(tx);
                 let source = path.display().to_string();
-                self.feed(Input::Config { config, source, reply: Some(token) });
+                self.feed(Input::Config { config: Box::new(config), source, reply: Some(token) });
                 // The core answered within feed. A reload that applied gives the failover
                 // tasks a changed priority, through the election: never a drop to backup,
                 // and nothing else of HA moves on a reload.
