@@ -1103,11 +1103,22 @@ fn validate_ha(ha: &Ha, config: &Config, problems: &mut Vec<(String, String)>) {
         }
     }
     for (i, p) in ha.track_ping.iter().enumerate() {
-        if p.is_unspecified() || p.is_multicast() || *p == IpAddr::from([255, 255, 255, 255]) {
-            problems.push((
-                format!("ha.track_ping[{i}]"),
-                format!("ha.track_ping[{i}]: {p} is not a node's address"),
-            ));
+        let why = match p {
+            _ if p.is_unspecified() || p.is_multicast() => Some("is not a node's address"),
+            IpAddr::V4(a) if a.is_broadcast() => Some("is not a node's address"),
+            // A link-local node needs a scope the list cannot give, and a mapped IPv4
+            // address is an IPv4 node: write it as one.
+            IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+                Some("is link-local: give the node's global or unique-local address")
+            }
+            IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+                Some("is an IPv4-mapped address: write the IPv4 address")
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            problems
+                .push((format!("ha.track_ping[{i}]"), format!("ha.track_ping[{i}]: {p} {why}")));
         }
     }
 }
@@ -2147,6 +2158,8 @@ services:
         assert!(p[0].contains("services[0].vip: 192.0.2.10 is not in ha.vips"), "{p:?}");
         let p = at("  notify:", "  track_ping: [0.0.0.0]\n  notify:");
         assert!(p[0].contains("ha.track_ping[0]: 0.0.0.0 is not a node's address"), "{p:?}");
+        let p = at("  notify:", "  track_ping: [192.0.2.1, \"fe80::1\"]\n  notify:");
+        assert!(p[0].contains("ha.track_ping[1]: fe80::1 is link-local"), "{p:?}");
         let p = at("  notify:", "  sync: {port: 8849}\n  notify:");
         assert!(p[0].contains("ha.sync: connection sync is not built yet"), "{p:?}");
     }

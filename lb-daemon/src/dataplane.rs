@@ -215,6 +215,7 @@ impl Dataplane {
         let mut kept = Kept::default();
         if let Some(pins) = &pins {
             let object = aya_obj::Object::parse(OBJECT).context("reading the eBPF object")?;
+            let mut renew = Vec::new();
             for name in MAP_NAMES {
                 let path = pins.map(name);
                 if path.exists() {
@@ -228,16 +229,28 @@ impl Dataplane {
                     }
                     match pins::same_layout(&path, &wanted) {
                         Ok(()) => kept.maps.push(name),
-                        Err(why) => {
-                            // The old program keeps its own map until its link moves to
-                            // the new program; the pin goes to the new map.
-                            std::fs::remove_file(&path)
-                                .with_context(|| format!("unpinning {}", path.display()))?;
-                            kept.renewed.push((name, why));
-                        }
+                        Err(why) => renew.push((name, why)),
                     }
                 }
-                loader.map_pin_path(name, path);
+            }
+            // Flows name their reals by id: without the tables that give ids their
+            // meaning, a kept flow could find its id given to another real of its VIP.
+            if !kept.tables() && kept.maps.contains(&map_names::FLOWS) {
+                kept.maps.retain(|m| *m != map_names::FLOWS);
+                let why =
+                    "kept only with VIPS, REALS, MAGLEV and SETTINGS, whose ids its flows name";
+                renew.push((map_names::FLOWS, why.into()));
+            }
+            for (name, why) in renew {
+                // The old program keeps its own map until its link moves to the new
+                // program; the pin goes to the new map.
+                let path = pins.map(name);
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                kept.renewed.push((name, why));
+            }
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, pins.map(name));
             }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
@@ -280,7 +293,9 @@ impl Dataplane {
             capacity,
             pins,
         };
-        if kept.tables() {
+        let vips_kept =
+            [map_names::VIPS, map_names::SETTINGS].iter().all(|m| kept.maps.contains(m));
+        if vips_kept {
             // VIPS as the earlier lbd left it: the next change writes the idle generation.
             let live = dp.settings.get(&lb_common::SETTING_VIP_GENERATION, 0).unwrap_or(0) & 1;
             dp.vip_generation = live;
@@ -628,6 +643,12 @@ impl Fence {
         let index = if ipv4 { FENCE_V4 } else { FENCE_V6 };
         let lease = Lease { until_ns: until_ns.unwrap_or(0), armed: 1, _pad: 0 };
         self.leases.set(index, lease, 0).context("writing FENCE")
+    }
+
+    /// One family unfenced.
+    pub fn disarm_family(&mut self, ipv4: bool) -> Result<()> {
+        let index = if ipv4 { FENCE_V4 } else { FENCE_V6 };
+        self.leases.set(index, Lease::default(), 0).context("writing FENCE")
     }
 
     /// Both families unfenced.

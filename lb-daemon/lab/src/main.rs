@@ -72,6 +72,8 @@ fn run(args: &Args) -> Result<()> {
     step(
         "building the lab: client, two directors, real1-3 on one bridge (198.51.100.0/24, 2001:db8:100::/64)",
     );
+    // Dropped after the lab (which stops lbd first): the pins go also when a step fails.
+    let mut unpinning = UnpinAtEnd { args, keep: false };
     let mut lab = Lab::new(PREFIX)?;
     // The VIPs are the master's to add (ha), not the lab's.
     lab.exec_ok(ROLE_DIRECTOR, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])?;
@@ -106,7 +108,6 @@ fn run(args: &Args) -> Result<()> {
     };
     while !(ready(0, "MASTER") && ready(1, "BACKUP")) {
         if start.elapsed() > Duration::from_secs(30) {
-            unpin(args);
             bail!(
                 "no master with every real up after 30 s; lbd's logs:\n{}\n{}",
                 lab.log(ROLE_DIRECTOR, "lbd"),
@@ -164,6 +165,7 @@ fn run(args: &Args) -> Result<()> {
 
     if args.keep {
         lab.keep();
+        unpinning.keep = true;
         step("the lab keeps running");
         println!(
             "  enter a host:   ip netns exec {PREFIX}-client bash   (also {PREFIX}-director, {PREFIX}-director2, {PREFIX}-real1..3)"
@@ -177,11 +179,22 @@ fn run(args: &Args) -> Result<()> {
         println!("  remove it:      cargo xtask lab --clean");
     } else {
         step("removing the lab (use --keep to leave it running)");
-        lab.stop(ROLE_DIRECTOR, "lbd")?;
-        lab.stop(ROLE_DIRECTOR2, "lbd")?;
-        unpin(args);
     }
     Ok(())
+}
+
+/// Removes the directors' pins when dropped, unless the lab is kept.
+struct UnpinAtEnd<'a> {
+    args: &'a Args,
+    keep: bool,
+}
+
+impl Drop for UnpinAtEnd<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            unpin(self.args);
+        }
+    }
 }
 
 /// Cuts the master's cable while traffic flows; shows the takeover and the connections;

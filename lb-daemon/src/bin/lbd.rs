@@ -278,6 +278,11 @@ fn start_ha(
     for ipv4 in [true, false] {
         let family: Vec<IpAddr> = vips.iter().copied().filter(|v| v.is_ipv4() == ipv4).collect();
         if family.is_empty() {
+            // No virtual router for this family: nothing of an earlier config's fence
+            // (pinned) may keep its addresses quiet.
+            let mut unused = fence.try_clone()?;
+            unused.guard(ipv4, &[])?;
+            unused.disarm_family(ipv4)?;
             continue;
         }
         let primary = ha::source(&ha.interface, ipv4, &vips)?;

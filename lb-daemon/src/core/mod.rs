@@ -532,18 +532,16 @@ impl Core {
                 Some(s)
             })
             .collect();
+        // Every id the pinned data plane holds stays taken for this first plan, also those
+        // of reals the config no longer lists: one batch never hands a real's id, and the
+        // flows that name it, to another (their REALS entries are cleared by this batch).
+        used_reals.extend(adopted_owners.values().copied());
         for (spec, kept) in config.services.iter().zip(&kept) {
             if kept.is_some() {
                 continue;
             }
             if let Some(index) = adopted_vip(spec).filter(|i| !used_vips.used.contains(i)) {
                 used_vips.insert(index);
-            }
-            let key = vip_key(spec);
-            for real in &spec.reals {
-                if let Some(&id) = adopted_owners.get(&(key, real.socket_addr(&spec.vip))) {
-                    used_reals.insert(id);
-                }
             }
         }
         let mut next_checker = self.next_checker;

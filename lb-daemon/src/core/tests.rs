@@ -901,3 +901,17 @@ fn ready_to_preempt_once_every_check_stands_on_a_full_count() {
     h.observe("10.0.0.12", false);
     assert!(!h.core.ready());
 }
+
+#[test]
+fn an_adopted_id_is_not_handed_to_another_real_by_the_first_config() {
+    let first = running(&[WEB]);
+    let gone = first.id("192.0.2.10:80", "10.0.0.12");
+    let mut second = Harness::new(capacity());
+    second.dp = first.dp.state();
+    second.core.adopt(adopted(&first.dp));
+    // 10.0.0.12 left the config while lbd was down, 10.0.0.13 came: the flows that name
+    // 10.0.0.12's id must not find it given to 10.0.0.13 in the same batch.
+    second.config(&yaml(&[&WEB.replace("10.0.0.12", "10.0.0.13")])).expect("applied");
+    assert_ne!(second.id("192.0.2.10:80", "10.0.0.13"), gone);
+    assert_eq!(second.dp.reals.get(&gone).copied().unwrap_or_default(), RealInfo::default());
+}

@@ -11,10 +11,29 @@ use aya_obj::Map as MapDef;
 
 use crate::realserver::{Bpffs, bpffs_for, mount_bpffs};
 
-/// A pin root on a bpffs, ready for pins.
+/// A pin root on a bpffs, ready for pins, and held: one lbd at a time.
 #[derive(Debug, Clone)]
 pub struct Pins {
     root: PathBuf,
+    /// The root directory, flock'ed while this lbd runs: a second lbd on the same pin
+    /// root would take the first one's links and maps over from under it.
+    _lock: std::sync::Arc<std::fs::File>,
+}
+
+/// Takes `root`'s lock, or says who holds it.
+fn lock(root: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another lbd holds the data plane pinned at {} (each director, each network \
+             namespace, needs a pin_root of its own): {}",
+            root.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(dir)
 }
 
 impl Pins {
@@ -44,7 +63,8 @@ impl Pins {
         for dir in [root.join("maps"), root.join("links")] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        Ok(Ok(Pins { root: root.to_path_buf() }))
+        let lock = lock(root)?;
+        Ok(Ok(Pins { root: root.to_path_buf(), _lock: std::sync::Arc::new(lock) }))
     }
 
     pub fn root(&self) -> &Path {
@@ -96,6 +116,7 @@ pub fn remove(root: &Path) -> Result<Vec<String>> {
     if !root.exists() {
         return Ok(vec![format!("nothing pinned at {}", root.display())]);
     }
+    let _held = lock(root)?;
     let mut done = Vec::new();
     for (dir, what) in [("links", "XDP link"), ("maps", "map")] {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };

@@ -346,13 +346,18 @@ impl Actions<'_> {
                         self.serving = Some(serving);
                         let (done, written) = oneshot::channel();
                         if self.driver.send(super::Event::Serving(serving, done)).await.is_ok() {
-                            // Bounded: a driver that does not answer is a bug to log,
-                            // not a reason to hold the election up.
-                            let waited = tokio::time::timeout(Duration::from_secs(1), written);
+                            // Bounded by one advert interval: adverts wait meanwhile, and the
+                            // lease runs two; a slow driver is logged, not let fence a live
+                            // master.
+                            let within = Duration::from_millis(
+                                u64::from(self.setup.settings.vrrp.interval_cs) * 10,
+                            );
+                            let waited = tokio::time::timeout(within, written);
                             if !matches!(waited.await, Ok(Ok(()))) {
                                 warn!(
                                     serving,
-                                    "the data plane did not confirm the VIPs' change within 1 s"
+                                    ?within,
+                                    "the data plane did not confirm the VIPs' change in time"
                                 );
                             }
                         }
