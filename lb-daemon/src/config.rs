@@ -484,16 +484,23 @@ fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CheckType {
     Tcp,
+    Udp,
     Http,
+    Dns,
+    Ping,
     None,
 }
 
 impl<'de> Deserialize<'de> for CheckType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let planned = ["udp", "https", "dns", "ldap", "ping", "exec"];
-        match keyword(d, &["tcp", "http", "none"], &planned, "type")?.as_str() {
+        let planned = ["https", "ldap", "exec"];
+        let built = ["tcp", "udp", "http", "dns", "ping", "none"];
+        match keyword(d, &built, &planned, "type")?.as_str() {
             "tcp" => Ok(CheckType::Tcp),
+            "udp" => Ok(CheckType::Udp),
             "http" => Ok(CheckType::Http),
+            "dns" => Ok(CheckType::Dns),
+            "ping" => Ok(CheckType::Ping),
             _ => Ok(CheckType::None),
         }
     }
@@ -517,7 +524,13 @@ pub struct Check {
 pub enum Probe {
     /// Up when a connection to the port completes.
     Tcp,
+    /// Up when `send` gets an answer (holding `expect`, if given).
+    Udp(UdpCheck),
     Http(HttpCheck),
+    /// Up when `query` is answered NOERROR (with `expect` among the answers, if given).
+    Dns(DnsCheck),
+    /// Up when an ICMP or ICMPv6 echo is answered.
+    Ping,
     /// Always up.
     None,
 }
@@ -527,10 +540,38 @@ impl Probe {
     pub fn name(&self) -> &'static str {
         match self {
             Probe::Tcp => "tcp",
+            Probe::Udp(_) => "udp",
             Probe::Http(_) => "http",
+            Probe::Dns(_) => "dns",
+            Probe::Ping => "ping",
             Probe::None => "none",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UdpCheck {
+    /// The datagram's payload, as written (UTF-8).
+    pub send: String,
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsCheck {
+    /// The name asked for, checked as a domain name when read.
+    pub query: String,
+    /// The record type asked for (`A`, `AAAA`, `TXT`, `SOA`, ...), checked when read.
+    pub qtype: String,
+    /// An answer that must be among the records, as it prints (`192.0.2.1`, a TXT's text).
+    pub expect: Option<String>,
+    pub transport: DnsTransport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTransport {
+    Udp,
+    Tcp,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -559,6 +600,11 @@ struct RawCheck {
     host: Option<String>,
     expect_status: Option<u16>,
     expect_body: Option<String>,
+    send: Option<String>,
+    expect: Option<String>,
+    query: Option<String>,
+    qtype: Option<String>,
+    transport: Option<DnsTransport>,
 }
 
 /// A check is read as its [`RawCheck`] and then sorted by type, inside the check's own
@@ -642,7 +688,44 @@ impl TryFrom<RawCheck> for Check {
                     format!("{other:?}").to_lowercase()
                 ));
             }
+            CheckType::Udp => {
+                if r.query.is_some() || r.qtype.is_some() || r.transport.is_some() {
+                    return Err("query, qtype and transport apply to dns checks, not to udp".into());
+                }
+                let send = r.send.ok_or("send: a udp check needs the datagram to send")?;
+                if send.is_empty() {
+                    return Err("send: an empty datagram draws no answer: give it content".into());
+                }
+                Probe::Udp(UdpCheck { send, expect: r.expect })
+            }
+            CheckType::Dns => {
+                if r.send.is_some() {
+                    return Err("send applies to udp checks: a dns check sends its query".into());
+                }
+                let query = r.query.ok_or("query: a dns check needs the name to ask for")?;
+                hickory_proto::rr::Name::from_ascii(&query)
+                    .map_err(|e| format!("query: `{query}` is not a domain name: {e}"))?;
+                let qtype = r.qtype.unwrap_or_else(|| "A".into()).to_ascii_uppercase();
+                qtype.parse::<hickory_proto::rr::RecordType>().map_err(|_| {
+                    format!("qtype: `{qtype}` is not a DNS record type (A, AAAA, TXT, SOA, ...)")
+                })?;
+                let transport = r.transport.unwrap_or(DnsTransport::Udp);
+                Probe::Dns(DnsCheck { query, qtype, expect: r.expect, transport })
+            }
+            other
+                if r.send.is_some()
+                    || r.expect.is_some()
+                    || r.query.is_some()
+                    || r.qtype.is_some()
+                    || r.transport.is_some() =>
+            {
+                return Err(format!(
+                    "send, expect, query, qtype and transport apply to udp and dns checks, not to {}",
+                    format!("{other:?}").to_lowercase()
+                ));
+            }
             CheckType::Tcp => Probe::Tcp,
+            CheckType::Ping => Probe::Ping,
             CheckType::None => Probe::None,
         };
         Ok(Check { probe, port: r.port, interval, timeout, rise, fall })
@@ -1418,6 +1501,65 @@ services:
         assert_eq!(c.director.socket, default_socket());
     }
 
+    /// GOOD with its check's type line and keys replaced by `check`'s lines.
+    fn with_check(check: &str) -> String {
+        let start = GOOD.find("      type: http\n").unwrap();
+        let end = GOOD.find("      interval: 2s\n").unwrap();
+        format!("{}{check}{}", &GOOD[..start], &GOOD[end..])
+    }
+
+    #[test]
+    fn udp_dns_and_ping_checks_read_their_own_keys() {
+        let c = parse(Path::new("lb.yaml"), &with_check("      type: dns\n      query: whoami.lab\n      qtype: txt\n      expect: real1\n      transport: tcp\n")).unwrap();
+        let Some(Probe::Dns(dns)) = c.services[0].check.as_ref().map(|c| &c.probe) else {
+            panic!()
+        };
+        assert_eq!(
+            (dns.query.as_str(), dns.qtype.as_str(), dns.expect.as_deref()),
+            ("whoami.lab", "TXT", Some("real1"))
+        );
+        assert_eq!(dns.transport, DnsTransport::Tcp);
+        let c =
+            parse(Path::new("lb.yaml"), &with_check("      type: dns\n      query: example.org\n"))
+                .unwrap();
+        let Some(Probe::Dns(dns)) = c.services[0].check.as_ref().map(|c| &c.probe) else {
+            panic!()
+        };
+        assert_eq!((dns.qtype.as_str(), dns.transport), ("A", DnsTransport::Udp), "the defaults");
+        let c = parse(
+            Path::new("lb.yaml"),
+            &with_check("      type: udp\n      send: PING\n      expect: PONG\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.services[0].check.as_ref().unwrap().probe,
+            Probe::Udp(UdpCheck { send: "PING".into(), expect: Some("PONG".into()) })
+        );
+        let c = parse(Path::new("lb.yaml"), &with_check("      type: ping\n")).unwrap();
+        assert_eq!(c.services[0].check.as_ref().unwrap().probe, Probe::Ping);
+        for (check, says) in [
+            (
+                "      type: dns\n      query: whoami.lab\n      qtype: BOGUS\n",
+                "qtype: `BOGUS` is not a DNS record type",
+            ),
+            ("      type: dns\n      query: \"a..b\"\n", "query: `a..b` is not a domain name"),
+            (
+                "      type: dns\n      query: x.lab\n      transport: sctp\n",
+                "unknown variant `sctp`",
+            ),
+            ("      type: udp\n", "send: a udp check needs the datagram to send"),
+            (
+                "      type: udp\n      send: x\n      qtype: A\n",
+                "query, qtype and transport apply to dns checks",
+            ),
+            ("      type: ping\n      expect: x\n", "apply to udp and dns checks, not to ping"),
+            ("      type: tcp\n      query: x.lab\n", "apply to udp and dns checks, not to tcp"),
+        ] {
+            let p = problems(&with_check(check));
+            assert!(p.len() == 1 && p[0].contains(says), "{check:?}: {p:?}");
+        }
+    }
+
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = GOOD.replace("    forwarding: dr\n", "    forwarding: dr\n    colour: blue\n");
@@ -1928,12 +2070,17 @@ services:
             problems(&text),
             ["lb.yaml:14:9: services[0].checks[2].interval: `5` has no unit: write 5s or 5ms"]
         );
-        let text = text.replace("        interval: 5\n", "").replace("type: none", "type: dns");
+        let text = text.replace("        interval: 5\n", "").replace("type: none", "type: ldap");
         assert_eq!(
             problems(&text),
             [
-                "lb.yaml:13:9: services[0].checks[2].type: `dns` is not built yet in this version of lbd (built: tcp, http, none)"
+                "lb.yaml:13:9: services[0].checks[2].type: `ldap` is not built yet in this version of lbd (built: tcp, udp, http, dns, ping, none)"
             ]
+        );
+        let text = text.replace("type: ldap", "type: dns");
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:13:9: services[0].checks[2]: query: a dns check needs the name to ask for"]
         );
         let text = text.replace("type: dns", "type: none");
         assert!(problems(&text).is_empty(), "{:?}", problems(&text));

@@ -974,15 +974,32 @@ fn serialise(config: &Config) -> Node {
         e.push(("timeout", duration_exact(c.timeout)));
         e.push(("rise", raw(c.rise)));
         e.push(("fall", raw(c.fall)));
-        if let config::Probe::Http(h) = &c.probe {
-            e.push(("path", s(&h.path)));
-            if let Some(host) = &h.host {
-                e.push(("host", s(host)));
+        match &c.probe {
+            config::Probe::Http(h) => {
+                e.push(("path", s(&h.path)));
+                if let Some(host) = &h.host {
+                    e.push(("host", s(host)));
+                }
+                e.push(("expect_status", raw(h.expect_status)));
+                if let Some(body) = &h.expect_body {
+                    e.push(("expect_body", s(body)));
+                }
             }
-            e.push(("expect_status", raw(h.expect_status)));
-            if let Some(body) = &h.expect_body {
-                e.push(("expect_body", s(body)));
+            config::Probe::Udp(u) => {
+                e.push(("send", s(&u.send)));
+                if let Some(x) = &u.expect {
+                    e.push(("expect", s(x)));
+                }
             }
+            config::Probe::Dns(d) => {
+                e.push(("query", s(&d.query)));
+                e.push(("qtype", s(&d.qtype)));
+                if let Some(x) = &d.expect {
+                    e.push(("expect", s(x)));
+                }
+                e.push(("transport", s(&lower(&d.transport))));
+            }
+            config::Probe::Tcp | config::Probe::Ping | config::Probe::None => {}
         }
         map(e)
     };

@@ -3,9 +3,12 @@
 //! `timeout`, and reporting each raw result. Judging a run of results (rise, fall) is the
 //! core's; nothing here touches the data plane. One probe module per check type.
 
+pub mod dns;
 pub mod http;
+pub mod ping;
 pub mod schedule;
 pub mod tcp;
+pub mod udp;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -50,7 +53,10 @@ async fn run<E: From<Observation>>(id: CheckerId, target: CheckTarget, tx: mpsc:
 async fn probe(target: &CheckTarget) -> Result<String, String> {
     match &target.check.probe {
         Probe::Tcp => tcp::check(target.addr).await,
+        Probe::Udp(spec) => udp::check(target.addr, spec).await,
         Probe::Http(spec) => http::check(target.addr, spec).await,
+        Probe::Dns(spec) => dns::check(target.addr, spec).await,
+        Probe::Ping => ping::check(target.addr.ip()).await,
         Probe::None => Ok("no check".into()),
     }
 }
