@@ -1,0 +1,159 @@
+//! The check types against real servers in namespaces: dns over UDP and over TCP against
+//! dnsmasq, ping against the reals' kernels, udp against a responder this test runs on
+//! each real. For each: the server stopped takes its real out within interval x fall +
+//! timeout, started again brings it back within interval x rise + timeout (with slack
+//! for a busy machine), and requests through the VIP keep being answered meanwhile.
+
+mod e2e;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{Director, dig};
+use lb_daemon::health::Health;
+use lb_lab::{Lab, REALS, VIP, real_role};
+
+const INTERVAL: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_millis(150);
+const RISE: u32 = 2;
+const FALL: u32 = 2;
+const SLACK: Duration = Duration::from_secs(2);
+const ECHO_PORT: u16 = 7000;
+
+fn config(socket: &std::path::Path) -> String {
+    let reals: String = REALS.iter().map(|r| format!("      - address: {r}\n")).collect();
+    let timing = format!(
+        "interval: {}ms, timeout: {}ms, rise: {RISE}, fall: {FALL}",
+        INTERVAL.as_millis(),
+        TIMEOUT.as_millis()
+    );
+    format!(
+        "director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n\
+         - name: dns\n    vip: {VIP}:53\n    protocol: udp\n    \
+         check: {{ type: dns, query: whoami.lab, qtype: TXT, {timing} }}\n    reals:\n{reals}\
+         - name: dns-tcp\n    vip: {VIP}:53\n    protocol: tcp\n    \
+         check: {{ type: dns, transport: tcp, query: whoami.lab, qtype: TXT, {timing} }}\n    reals:\n{reals}\
+         - name: web\n    vip: {VIP}:80\n    protocol: tcp\n    \
+         check: {{ type: ping, {timing} }}\n    reals:\n{reals}\
+         - name: echo\n    vip: {VIP}:{ECHO_PORT}\n    protocol: udp\n    \
+         check: {{ type: udp, send: PING, expect: PONG, {timing} }}\n    reals:\n{reals}",
+        socket.display()
+    )
+    .replace("\n- name", "\n  - name")
+    .replace("services:\n- name", "services:\n  - name")
+}
+
+/// A UDP responder on real `i`'s address: "PONG" to every datagram, until `stop`.
+fn responder(lab: &Lab, i: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let netns = PathBuf::from("/run/netns").join(lab.ns(&real_role(i)));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we hold open.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(REALS[i]), ECHO_PORT)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(b"PONG", from);
+            }
+        }
+    });
+    ready.recv().unwrap();
+    handle
+}
+
+fn health(d: &Director, service: &str, i: usize) -> Option<Health> {
+    let s = d.status()?;
+    let r =
+        s.reals.iter().find(|r| r.service == service && r.address.ip() == IpAddr::V4(REALS[i]))?;
+    Some(r.health)
+}
+
+/// Waits until `service`'s real `i` is `want`; returns how long it took.
+fn wait_health(d: &Director, service: &str, i: usize, want: Health, bound: Duration) -> Duration {
+    let start = Instant::now();
+    while health(d, service, i) != Some(want) {
+        assert!(
+            start.elapsed() < bound + SLACK,
+            "{service} real{}: not {want:?} within {bound:?} + {SLACK:?}: {:#?}",
+            i + 1,
+            d.status().map(|s| s.reals)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
+    lb_lab::needs_root!();
+    let lab = Lab::new("chk").expect("lab");
+    let stops: Vec<Arc<AtomicBool>> = (0..REALS.len()).map(|_| Arc::default()).collect();
+    let mut responders: Vec<_> =
+        (0..REALS.len()).map(|i| Some(responder(&lab, i, stops[i].clone()))).collect();
+    // Director::start runs nginx and dnsmasq on every real and waits for all to be up.
+    let d = Director::start(lab, config);
+    let down_within = INTERVAL * FALL + TIMEOUT;
+    let up_within = INTERVAL * RISE + TIMEOUT;
+    let vip = IpAddr::V4(VIP);
+
+    // dns, both transports: dnsmasq on real 1 stopped and started again.
+    let mut d = d;
+    d.lab.stop(&real_role(0), "dnsmasq").unwrap();
+    for service in ["dns", "dns-tcp"] {
+        let took = wait_health(&d, service, 0, Health::Down, down_within);
+        eprintln!("{service}: real1 down after {took:?} (bound {down_within:?})");
+    }
+    let answers = dig(&d.lab, vip, 20);
+    assert_eq!(answers.len(), 20, "DNS through the VIP meanwhile: {answers:?}");
+    assert!(answers.iter().all(|a| a != "real1"), "{answers:?}");
+    let status = d.lbadm(&["status"]);
+    assert!(status.contains("dns          198.51.100.11:53"), "{status}");
+    d.lab.start_dns(0).unwrap();
+    for service in ["dns", "dns-tcp"] {
+        let took = wait_health(&d, service, 0, Health::Up, up_within);
+        eprintln!("{service}: real1 up after {took:?} (bound {up_within:?})");
+    }
+
+    // ping: real 2's kernel stops answering echoes, then answers again.
+    let ignore = |on: &str| {
+        let key = format!("net.ipv4.icmp_echo_ignore_all={on}");
+        d.lab.exec_ok(&real_role(1), &["sysctl", "-q", "-w", &key]).unwrap();
+    };
+    ignore("1");
+    let took = wait_health(&d, "web", 1, Health::Down, down_within);
+    eprintln!("ping: real2 down after {took:?}");
+    let answered = d.lab.http_gets(lb_lab::ROLE_CLIENT, SocketAddr::new(vip, 80), 20).unwrap();
+    assert!(answered.iter().all(|a| a.as_ref().is_ok_and(|r| r != "real2")), "{answered:?}");
+    ignore("0");
+    let took = wait_health(&d, "web", 1, Health::Up, up_within);
+    eprintln!("ping: real2 up after {took:?}");
+
+    // udp: real 3's responder stopped and started again; the others stay up.
+    stops[2].store(true, Ordering::Relaxed);
+    responders[2].take().unwrap().join().unwrap();
+    let took = wait_health(&d, "echo", 2, Health::Down, down_within);
+    eprintln!("udp: real3 down after {took:?}");
+    assert_eq!(
+        (health(&d, "echo", 0), health(&d, "echo", 1)),
+        (Some(Health::Up), Some(Health::Up))
+    );
+    let again = Arc::new(AtomicBool::new(false));
+    responders[2] = Some(responder(&d.lab, 2, again.clone()));
+    let took = wait_health(&d, "echo", 2, Health::Up, up_within);
+    eprintln!("udp: real3 up after {took:?}");
+    again.store(true, Ordering::Relaxed);
+    for s in &stops {
+        s.store(true, Ordering::Relaxed);
+    }
+    for r in responders.into_iter().flatten() {
+        r.join().unwrap();
+    }
+}
