@@ -985,6 +985,81 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
     ))
 }
 
+/// What `lbd --check` warns of in a valid config: a check that cannot see the service it
+/// guards (a TCP connect to a UDP DNS service: the wrong-monitoring mistake of classic
+/// LVS sites), a timeout that leaves no pause between probes. Warnings change nothing: the
+/// config is valid. Each is located at its check, as `FILE:LINE:COLUMN: warning: ...`.
+pub fn warnings(path: &Path, text: &str, config: &Config) -> Vec<Problem> {
+    let found = lint(config);
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let spans = Spans::of(text);
+    let lines: Vec<usize> = text.split('\n').map(|l| l.chars().count()).collect();
+    found
+        .into_iter()
+        .map(|(node, message)| {
+            let (line, column) = within(&lines, spans.key(&node));
+            Problem { file: path.into(), line, column, message: format!("warning: {message}") }
+        })
+        .collect()
+}
+
+/// The warnings of [`warnings`], each with the path of the check it is about.
+pub fn lint(config: &Config) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let checks: Vec<(String, &Check)> = match (&s.check, &s.checks) {
+            (Some(c), _) => vec![(format!("services[{i}].check"), c)],
+            (None, Some(cs)) => cs
+                .iter()
+                .enumerate()
+                .map(|(j, c)| (format!("services[{i}].checks[{j}]"), c))
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        let udp = s.protocol == Protocol::Udp;
+        let service = if udp { "UDP" } else { "TCP" };
+        for (path, c) in checks {
+            let sees = match &c.probe {
+                Probe::Tcp | Probe::Http(_) => !udp,
+                Probe::Udp(_) => udp,
+                Probe::Dns(d) => (d.transport == DnsTransport::Udp) == udp,
+                Probe::Ping | Probe::None => true,
+            };
+            // A check on another port looks at another service, on purpose.
+            if !sees && c.port.is_none_or(|p| p == s.vip.port()) {
+                let kind = match &c.probe {
+                    Probe::Dns(d) => format!("a dns check over {:?}", d.transport)
+                        .to_lowercase()
+                        .replace("over udp", "over UDP")
+                        .replace("over tcp", "over TCP"),
+                    other => format!("a {} check", other.name()),
+                };
+                let better = if udp {
+                    "dns (transport: udp) or udp"
+                } else {
+                    "tcp, http or dns (transport: tcp)"
+                };
+                found.push((
+                    path.clone(),
+                    format!("{path}: {kind} cannot see the {service} service {} it guards: check it with {better}", s.vip),
+                ));
+            }
+            if c.timeout >= c.interval {
+                found.push((
+                    path.clone(),
+                    format!(
+                        "{path}: the timeout ({:?}) is not below the interval ({:?}): a real that hangs is probed again at once, back to back",
+                        c.timeout, c.interval
+                    ),
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// The location and message of an error of the parser. Its message starts with the path of
 /// the node it concerns (`services[0].vip: ...`), and its location is that node's. Where the
 /// message names a key inside that node (`services[0].check: interval: ...`, as [`keyword`]
@@ -1558,6 +1633,50 @@ services:
             let p = problems(&with_check(check));
             assert!(p.len() == 1 && p[0].contains(says), "{check:?}: {p:?}");
         }
+    }
+
+    #[test]
+    fn check_warns_of_checks_that_cannot_see_their_service() {
+        let udp_dns = GOOD
+            .replace(
+                "vip: 192.0.2.10:80\n    protocol: tcp",
+                "vip: 192.0.2.10:53\n    protocol: udp",
+            )
+            .replace("      type: http\n      path: /healthz\n", "      type: tcp\n");
+        let c = parse(Path::new("lb.yaml"), &udp_dns).expect("valid: warnings do not fail");
+        let w: Vec<String> =
+            warnings(Path::new("lb.yaml"), &udp_dns, &c).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            [
+                "lb.yaml:8:5: warning: services[0].check: a tcp check cannot see the UDP service 192.0.2.10:53 it guards: check it with dns (transport: udp) or udp"
+            ]
+        );
+        let fixed =
+            udp_dns.replace("      type: tcp\n", "      type: dns\n      query: example.org\n");
+        let c = parse(Path::new("lb.yaml"), &fixed).unwrap();
+        assert!(warnings(Path::new("lb.yaml"), &fixed, &c).is_empty());
+        let over_tcp =
+            fixed.replace("query: example.org\n", "query: example.org\n      transport: tcp\n");
+        let c = parse(Path::new("lb.yaml"), &over_tcp).unwrap();
+        assert!(
+            warnings(Path::new("lb.yaml"), &over_tcp, &c)[0]
+                .message
+                .contains("a dns check over TCP cannot see the UDP service")
+        );
+        // Another port is another service, looked at on purpose.
+        let other_port =
+            udp_dns.replace("      type: tcp\n", "      type: tcp\n      port: 8080\n");
+        let c = parse(Path::new("lb.yaml"), &other_port).unwrap();
+        assert!(warnings(Path::new("lb.yaml"), &other_port, &c).is_empty());
+        let back_to_back = GOOD.replace("timeout: 1s", "timeout: 2s");
+        let c = parse(Path::new("lb.yaml"), &back_to_back).unwrap();
+        let w = warnings(Path::new("lb.yaml"), &back_to_back, &c);
+        assert!(w.len() == 1 && w[0].message.contains("is not below the interval"), "{w:?}");
+        assert!(
+            warnings(Path::new("lb.yaml"), GOOD, &parse(Path::new("lb.yaml"), GOOD).unwrap())
+                .is_empty()
+        );
     }
 
     #[test]

@@ -55,6 +55,15 @@ fn main() -> ExitCode {
     if args.unpin {
         return unpin(&config);
     }
+    // Warnings change nothing: the config is valid, and lbd runs with it.
+    let text = std::fs::read_to_string(&args.config).unwrap_or_default();
+    for warning in config::warnings(&args.config, &text, &config) {
+        if args.check {
+            eprintln!("{warning}");
+        } else {
+            warn!("{warning}");
+        }
+    }
     if args.check {
         eprintln!(
             "{}: configuration is valid ({} services)",
