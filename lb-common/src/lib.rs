@@ -137,6 +137,11 @@ pub fn vip_home(key: &VipKey) -> u32 {
 
 /// `RealInfo::flags`: the daemon has written this slot and the real belongs to a service.
 pub const REAL_PRESENT: u8 = 1;
+/// `RealInfo::flags`: the real's health checks say it is down (not an operator's weight 0,
+/// which drains). Its TCP flows stay (a quiesced real finishes what it has); a UDP flow's
+/// next packet is scheduled again, so a DNS client that reuses its source port is not
+/// held on a dead real until the flow times out (keepalived issue 1781).
+pub const REAL_DOWN: u8 = 2;
 
 /// Value of `REALS`, indexed by the daemon's real id (one per service and real).
 #[repr(C)]

@@ -1256,3 +1256,51 @@ fn the_fence_silences_arp_and_new_flows_for_its_vips_once_the_lease_lapses() {
     fence.lease(true, None).unwrap();
     assert_eq!(run(&mut dp, &arp(1, VIP4)).0, XDP_PASS);
 }
+
+#[test]
+fn a_udp_flow_leaves_a_real_its_checks_found_down_and_a_tcp_flow_stays() {
+    lb_lab::needs_root!();
+    let mut dp = dataplane();
+    // VIP index 3 (IPv6 UDP, port 53) and index 0 (IPv4 TCP, port 80), each with a
+    // second real that the Maglev tables name from now on.
+    let second6 = RealInfo { family: lb_common::FAMILY_V6, vip: 3, ..second_dr_real() };
+    dp.set_real(20, second6).unwrap();
+    dp.set_real(21, second_dr_real()).unwrap();
+    let query = udp6(VIP6, 53);
+    let syn = tcp4(VIP4, 80, true);
+    assert_eq!(&run(&mut dp, &query).1[..6], &REAL_MAC);
+    assert_eq!(&run(&mut dp, &syn).1[..6], &REAL_MAC);
+    dp.set_maglev(3, &vec![20; MAGLEV_SIZE as usize]).unwrap();
+    dp.set_maglev(0, &vec![21; MAGLEV_SIZE as usize]).unwrap();
+    // Weight 0 (out of the tables, still present): both flows drain on their real.
+    assert_eq!(&run(&mut dp, &query).1[..6], &REAL_MAC, "a drained UDP flow stays");
+    assert_eq!(&run(&mut dp, &tcp4(VIP4, 80, false)).1[..6], &REAL_MAC);
+    // Down by its checks: the UDP flow's next datagram goes to the table's real, and
+    // stays there; the TCP flow stays on its quiesced real.
+    for (id, vip) in [(3, 3), (0, 0)] {
+        let mut down = dp_real(id, vip);
+        down.flags |= lb_common::REAL_DOWN;
+        dp.set_real(id, down).unwrap();
+    }
+    assert_eq!(&run(&mut dp, &query).1[..6], &second6.mac, "rescheduled");
+    assert_eq!(&run(&mut dp, &query).1[..6], &second6.mac, "and recorded");
+    assert_eq!(&run(&mut dp, &tcp4(VIP4, 80, false)).1[..6], &REAL_MAC, "TCP stays");
+}
+
+/// Real `id` of the test data plane as `dataplane()` wrote it, serving VIP index `vip`.
+fn dp_real(id: u32, vip: u32) -> RealInfo {
+    let s = services()[id as usize];
+    RealInfo {
+        addr: s.real,
+        mac: REAL_MAC,
+        family: s.family,
+        flags: REAL_PRESENT,
+        src_mac: DIRECTOR_MAC,
+        port_be: s.real_port.to_be(),
+        tunnel_src: TUNNEL_SRC[s.family as usize / 6],
+        mtu: s.mtu,
+        _pad: [0; 2],
+        ifindex: 0,
+        vip,
+    }
+}

@@ -27,8 +27,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     FAMILY_V4, FLOW_CLOSING, FLOW_NAT, Forwarding, MAGLEV_EMPTY, MAGLEV_LINE_SLOTS, MAGLEV_LINES,
-    REAL_PRESENT, RealInfo, Reason, SETTING_CLOCK, SETTING_VIP_GENERATION, VIP_PROBES, VIP_SLOTS,
-    VipInfo, VipKey,
+    PROTO_UDP, REAL_DOWN, REAL_PRESENT, RealInfo, Reason, SETTING_CLOCK, SETTING_VIP_GENERATION,
+    VIP_PROBES, VIP_SLOTS, VipInfo, VipKey,
     flow_table::{FlowSet, set_of_hash},
     hash::{flow_client_hash, maglev_slot},
     vip_home,
@@ -179,7 +179,9 @@ fn find_real(packet: &Packet, vip: &VipInfo) -> Result<Flow, Reason> {
         // A SYN on a tuple whose connection closed is a new connection (the client reused
         // its port): schedule it afresh, as IPVS does with conn_reuse_mode.
         let reused = found.flags & FLOW_CLOSING != 0 && packet.opens_connection();
-        if let Some(real) = serving_real(found.real, vip).filter(|_| !reused) {
+        // A UDP flow leaves a real its checks found down; a TCP flow stays (quiesced).
+        let dead = |r: &&RealInfo| packet.key.proto == PROTO_UDP && r.flags & REAL_DOWN != 0;
+        if let Some(real) = serving_real(found.real, vip).filter(|r| !reused && !dead(r)) {
             flows::touch(&mut set.ways, &found, now, closes);
             let (real_id, way) = (found.real, found.way);
             return Ok(Flow {

@@ -21,7 +21,9 @@ use std::ops::{Add, Sub};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lb_common::{FAMILY_V4, FAMILY_V6, Forwarding as DpForwarding, REAL_PRESENT, RealInfo};
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, Forwarding as DpForwarding, REAL_DOWN, REAL_PRESENT, RealInfo,
+};
 use lb_common::{VipInfo, VipKey};
 use tracing::{debug, info, info_span, warn};
 
@@ -593,9 +595,15 @@ impl Core {
                         };
                         let mut checks =
                             self.new_checks(&mut next_checker, addr, &checks, &mut start);
-                        if adopted_id.is_some_and(|id| self.adopted_serving(spec, id)) {
+                        // As the data plane had it: sent to (up), or marked down.
+                        let assumed = match adopted_id {
+                            Some(id) if self.adopted_serving(spec, id) => Some(Health::Up),
+                            Some(id) if self.adopted_down(id) => Some(Health::Down),
+                            _ => None,
+                        };
+                        if let Some(health) = assumed {
                             for c in &mut checks {
-                                c.hysteresis.assume(Health::Up);
+                                c.hysteresis.assume(health);
                             }
                         }
                         let mut r = RealState {
@@ -632,6 +640,14 @@ impl Core {
         let Some(adopted) = &self.adopted else { return false };
         let Some(vip) = adopted.vips.get(&vip_key(spec)) else { return false };
         adopted.maglev.get(&vip.index).is_some_and(|t| t.contains(&id))
+    }
+
+    /// Whether the pinned data plane has real `id` marked down by its checks.
+    fn adopted_down(&self, id: u32) -> bool {
+        self.adopted
+            .as_ref()
+            .and_then(|a| a.reals.get(&id))
+            .is_some_and(|r| r.flags & REAL_DOWN != 0)
     }
 
     fn new_checks(
@@ -794,7 +810,8 @@ impl Core {
             addr,
             mac: r.hop.and_then(|h| h.mac).unwrap_or_default(),
             family,
-            flags: if r.present(s.spec.on_failure) { REAL_PRESENT } else { 0 },
+            flags: if r.present(s.spec.on_failure) { REAL_PRESENT } else { 0 }
+                | if r.health == Health::Down { REAL_DOWN } else { 0 },
             src_mac: link.map(|l| l.mac).unwrap_or_default(),
             port_be: r.addr.port().to_be(),
             ifindex: link.map_or(0, |l| l.ifindex),

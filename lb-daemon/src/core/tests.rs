@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use lb_common::{NO_REAL, REAL_PRESENT};
+use lb_common::{NO_REAL, REAL_DOWN, REAL_PRESENT};
 
 use super::*;
 use crate::config;
@@ -270,21 +270,29 @@ fn health_transitions_become_exactly_the_expected_writes() {
     h.batches.clear();
     h.observe("10.0.0.11", false);
     assert!(h.batches.is_empty(), "{:?}", h.batches);
-    // The second takes it out of the Maglev table, and does nothing else: quiesced, it
-    // keeps its REALS entry, so its established flows stay.
+    // The second marks it down in REALS (its UDP flows are scheduled again) and takes it
+    // out of the Maglev table, and does nothing else: quiesced, it stays present, so its
+    // established TCP flows stay.
     h.observe("10.0.0.11", false);
     assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Down);
     assert_eq!(h.batches.len(), 1);
-    assert!(matches!(&h.batches[0][..], [Op::SetMaglev { index: i, .. }] if *i == index));
+    assert!(
+        matches!(&h.batches[0][..], [Op::SetReal { id, .. }, Op::SetMaglev { index: i, .. }] if *id == a && *i == index),
+        "{:?}",
+        h.batches
+    );
     assert_eq!(h.serving("192.0.2.10:80"), [b]);
-    assert_eq!(h.dp.reals[&a].flags, REAL_PRESENT);
+    assert_eq!(h.dp.reals[&a].flags, REAL_PRESENT | REAL_DOWN);
     // rise 2: back after two successes, in one write of the table.
     h.batches.clear();
     h.observe("10.0.0.11", true);
     assert!(h.batches.is_empty());
     h.observe("10.0.0.11", true);
-    assert!(matches!(&h.batches[..], [ops] if matches!(&ops[..], [Op::SetMaglev { .. }])));
+    assert!(
+        matches!(&h.batches[..], [ops] if matches!(&ops[..], [Op::SetReal { .. }, Op::SetMaglev { .. }]))
+    );
     assert_eq!(h.serving("192.0.2.10:80"), [a, b]);
+    assert_eq!(h.dp.reals[&a].flags, REAL_PRESENT, "up again: no longer marked down");
 }
 
 #[test]
@@ -297,7 +305,7 @@ fn on_failure_remove_also_takes_the_real_out_of_reals() {
     h.observe("10.0.0.11", false);
     let kinds: Vec<&str> = h.batches.iter().flatten().map(op_kind).collect();
     assert_eq!(kinds, ["set_real", "set_maglev"]);
-    assert_eq!(h.dp.reals[&a].flags, 0, "its flows are scheduled again");
+    assert_eq!(h.dp.reals[&a].flags, REAL_DOWN, "its flows are scheduled again");
     let Answer::List(list) = h.control(Request::List) else { panic!() };
     assert_eq!(list[0].view.reals.len(), 1, "a removed real is not listed");
 }
@@ -857,7 +865,7 @@ fn a_restarted_core_adopts_a_pinned_data_plane_and_writes_nothing_that_holds() {
     // What the data plane sent to starts up; what it did not waits for its first check.
     assert_eq!(second.health("192.0.2.10:80", "10.0.0.11"), Health::Up);
     assert_eq!(second.health("192.0.2.53:53", "10.0.0.21"), Health::Up);
-    assert_eq!(second.health("192.0.2.53:53", "10.0.0.22"), Health::Unknown);
+    assert_eq!(second.health("192.0.2.53:53", "10.0.0.22"), Health::Down, "marked down");
     assert_eq!(second.health("192.0.2.10:80", "10.0.0.13"), Health::Unknown);
     // Adopted up means up until `fall` failures, as if lbd had never stopped.
     second.observe("10.0.0.11", false);
