@@ -516,6 +516,16 @@ pub struct Check {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// The state before the first result (`initial`); None: the first result decides.
+    pub initial: Option<Initial>,
+}
+
+/// A check's state before its first result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Initial {
+    Up,
+    Down,
 }
 
 /// What a check sends and what counts as up: one variant per `type`, each holding its
@@ -596,6 +606,7 @@ struct RawCheck {
     timeout: Option<Duration>,
     rise: Option<u32>,
     fall: Option<u32>,
+    initial: Option<Initial>,
     path: Option<String>,
     host: Option<String>,
     expect_status: Option<u16>,
@@ -728,7 +739,7 @@ impl TryFrom<RawCheck> for Check {
             CheckType::Ping => Probe::Ping,
             CheckType::None => Probe::None,
         };
-        Ok(Check { probe, port: r.port, interval, timeout, rise, fall })
+        Ok(Check { probe, port: r.port, interval, timeout, rise, fall, initial: r.initial })
     }
 }
 

@@ -974,6 +974,9 @@ fn serialise(config: &Config) -> Node {
         e.push(("timeout", duration_exact(c.timeout)));
         e.push(("rise", raw(c.rise)));
         e.push(("fall", raw(c.fall)));
+        if let Some(initial) = c.initial {
+            e.push(("initial", s(&lower(&initial))));
+        }
         match &c.probe {
             config::Probe::Http(h) => {
                 e.push(("path", s(&h.path)));

@@ -139,6 +139,9 @@ pub struct RealStatus {
     pub last_check: Option<(bool, String)>,
     /// Seconds since the health state last changed (or since the real was added).
     pub since_secs: u64,
+    /// Health transitions (up to down and back) since the real was added.
+    #[serde(default)]
+    pub transitions: u64,
 }
 
 /// A request on its way to the driver, with where its answer goes.

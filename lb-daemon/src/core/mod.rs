@@ -199,6 +199,8 @@ struct RealState {
     hop: Option<Resolved>,
     health: Health,
     since: Time,
+    /// Health transitions (up to down and back) since the real was added.
+    transitions: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -614,6 +616,7 @@ impl Core {
                             hop: self.hops.get(&addr.ip()).copied(),
                             health: Health::Unknown,
                             since: now,
+                            transitions: 0,
                         };
                         r.health = r.combined_health();
                         r
@@ -668,12 +671,15 @@ impl Core {
                     seed: splitmix64(self.seed ^ id),
                 };
                 start.push((id, target));
-                CheckState {
-                    spec: c.clone(),
-                    checker: id,
-                    hysteresis: Hysteresis::new(c.rise, c.fall),
-                    last: None,
+                let mut hysteresis = Hysteresis::new(c.rise, c.fall);
+                // `initial`: the state until results say otherwise (rise successes from
+                // down, fall failures from up); without it the first result decides.
+                match c.initial {
+                    Some(config::Initial::Up) => hysteresis.assume(Health::Up),
+                    Some(config::Initial::Down) => hysteresis.assume(Health::Down),
+                    None => {}
                 }
+                CheckState { spec: c.clone(), checker: id, hysteresis, last: None }
             })
             .collect()
     }
@@ -854,7 +860,12 @@ impl Core {
         if health == r.health {
             return;
         }
-        info!(from = ?r.health, to = ?health, "real health changed");
+        let failing = r.checks.iter().filter_map(|c| c.last.as_ref()).find(|(ok, _)| !ok);
+        let why = failing.map(|(_, detail)| detail.as_str()).unwrap_or("every check passes");
+        info!(from = ?r.health, to = ?health, why, "real health changed");
+        if r.health != Health::Unknown {
+            r.transitions += 1;
+        }
         r.health = health;
         r.since = now;
         self.sync(now, fx);

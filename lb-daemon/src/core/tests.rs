@@ -293,6 +293,7 @@ fn health_transitions_become_exactly_the_expected_writes() {
     );
     assert_eq!(h.serving("192.0.2.10:80"), [a, b]);
     assert_eq!(h.dp.reals[&a].flags, REAL_PRESENT, "up again: no longer marked down");
+    assert_eq!(h.real("192.0.2.10:80", "10.0.0.11").transitions, 2, "down and up, counted");
 }
 
 #[test]
@@ -922,4 +923,24 @@ fn an_adopted_id_is_not_handed_to_another_real_by_the_first_config() {
     second.config(&yaml(&[&WEB.replace("10.0.0.12", "10.0.0.13")])).expect("applied");
     assert_ne!(second.id("192.0.2.10:80", "10.0.0.13"), gone);
     assert_eq!(second.dp.reals.get(&gone).copied().unwrap_or_default(), RealInfo::default());
+}
+
+#[test]
+fn initial_up_serves_before_any_result_and_initial_down_waits_for_rise() {
+    let up = WEB.replace("rise: 2, fall: 2 }", "rise: 2, fall: 2, initial: up }");
+    let mut h = Harness::new(capacity());
+    h.config(&yaml(&[&up])).unwrap();
+    h.resolve_all();
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Up, "before any result");
+    assert_eq!(h.serving("192.0.2.10:80").len(), 2);
+    h.observe("10.0.0.11", false);
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Up, "one failure of fall 2");
+    let down = WEB.replace("rise: 2, fall: 2 }", "rise: 2, fall: 2, initial: down }");
+    let mut h = Harness::new(capacity());
+    h.config(&yaml(&[&down])).unwrap();
+    h.resolve_all();
+    h.observe_all(true);
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Down, "one success of rise 2");
+    h.observe_all(true);
+    assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Up);
 }

@@ -75,6 +75,7 @@ impl Core {
                         .find(|(ok, _)| !ok)
                         .or_else(|| r.checks.first().and_then(|c| c.last.clone())),
                     since_secs: now.since(r.since).as_secs(),
+                    transitions: r.transitions,
                 })
             })
             .collect();
