@@ -488,19 +488,21 @@ enum CheckType {
     Http,
     Dns,
     Ping,
+    Exec,
     None,
 }
 
 impl<'de> Deserialize<'de> for CheckType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let planned = ["https", "ldap", "exec"];
-        let built = ["tcp", "udp", "http", "dns", "ping", "none"];
+        let planned = ["https", "ldap"];
+        let built = ["tcp", "udp", "http", "dns", "ping", "exec", "none"];
         match keyword(d, &built, &planned, "type")?.as_str() {
             "tcp" => Ok(CheckType::Tcp),
             "udp" => Ok(CheckType::Udp),
             "http" => Ok(CheckType::Http),
             "dns" => Ok(CheckType::Dns),
             "ping" => Ok(CheckType::Ping),
+            "exec" => Ok(CheckType::Exec),
             _ => Ok(CheckType::None),
         }
     }
@@ -541,6 +543,8 @@ pub enum Probe {
     Dns(DnsCheck),
     /// Up when an ICMP or ICMPv6 echo is answered.
     Ping,
+    /// Up when the command exits 0; an integer on its stdout becomes the real's weight.
+    Exec(ExecCheck),
     /// Always up.
     None,
 }
@@ -554,9 +558,16 @@ impl Probe {
             Probe::Http(_) => "http",
             Probe::Dns(_) => "dns",
             Probe::Ping => "ping",
+            Probe::Exec(_) => "exec",
             Probe::None => "none",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecCheck {
+    /// A command line, run by `/bin/sh -c` as keepalived runs a MISC_CHECK's.
+    pub command: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -616,6 +627,7 @@ struct RawCheck {
     query: Option<String>,
     qtype: Option<String>,
     transport: Option<DnsTransport>,
+    command: Option<String>,
 }
 
 /// A check is read as its [`RawCheck`] and then sorted by type, inside the check's own
@@ -734,6 +746,16 @@ impl TryFrom<RawCheck> for Check {
                     "send, expect, query, qtype and transport apply to udp and dns checks, not to {}",
                     format!("{other:?}").to_lowercase()
                 ));
+            }
+            CheckType::Exec => {
+                let command = r.command.ok_or("command: an exec check needs the command to run")?;
+                if command.trim().is_empty() || command.contains('\0') {
+                    return Err("command: give a command line to run".into());
+                }
+                Probe::Exec(ExecCheck { command })
+            }
+            _ if r.command.is_some() => {
+                return Err("command applies to exec checks".into());
             }
             CheckType::Tcp => Probe::Tcp,
             CheckType::Ping => Probe::Ping,
@@ -1036,7 +1058,7 @@ pub fn lint(config: &Config) -> Vec<(String, String)> {
                 Probe::Tcp | Probe::Http(_) => !udp,
                 Probe::Udp(_) => udp,
                 Probe::Dns(d) => (d.transport == DnsTransport::Udp) == udp,
-                Probe::Ping | Probe::None => true,
+                Probe::Ping | Probe::Exec(_) | Probe::None => true,
             };
             // A check on another port looks at another service, on purpose.
             if !sees && c.port.is_none_or(|p| p == s.vip.port()) {
@@ -2204,7 +2226,7 @@ services:
         assert_eq!(
             problems(&text),
             [
-                "lb.yaml:13:9: services[0].checks[2].type: `ldap` is not built yet in this version of lbd (built: tcp, udp, http, dns, ping, none)"
+                "lb.yaml:13:9: services[0].checks[2].type: `ldap` is not built yet in this version of lbd (built: tcp, udp, http, dns, ping, exec, none)"
             ]
         );
         let text = text.replace("type: ldap", "type: dns");

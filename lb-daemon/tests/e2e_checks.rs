@@ -40,8 +40,11 @@ fn config(socket: &std::path::Path) -> String {
          - name: web\n    vip: {VIP}:80\n    protocol: tcp\n    \
          check: {{ type: ping, {timing} }}\n    reals:\n{reals}\
          - name: echo\n    vip: {VIP}:{ECHO_PORT}\n    protocol: udp\n    \
-         check: {{ type: udp, send: PING, expect: PONG, {timing} }}\n    reals:\n{reals}",
-        socket.display()
+         check: {{ type: udp, send: PING, expect: PONG, {timing} }}\n    reals:\n{reals}\
+         - name: web-exec\n    vip: {VIP}:8080\n    protocol: tcp\n    \
+         check: {{ type: exec, command: \"cat {}/weight-$LBD_SERVICE-$LBD_REAL\", {timing} }}\n    reals:\n{reals}",
+        socket.display(),
+        socket.parent().unwrap().display()
     )
     .replace("\n- name", "\n  - name")
     .replace("services:\n- name", "services:\n  - name")
@@ -95,6 +98,12 @@ fn wait_health(d: &Director, service: &str, i: usize, want: Health, bound: Durat
 fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
     lb_lab::needs_root!();
     let lab = Lab::new("chk").expect("lab");
+    // The exec check's verdict and weight, per real: what a site's own script would say.
+    let weight_file =
+        |dir: &std::path::Path, i: usize| dir.join(format!("weight-web-exec-{}:8080", REALS[i]));
+    for i in 0..REALS.len() {
+        std::fs::write(weight_file(lab.dir(), i), "1\n").unwrap();
+    }
     let stops: Vec<Arc<AtomicBool>> = (0..REALS.len()).map(|_| Arc::default()).collect();
     let mut responders: Vec<_> =
         (0..REALS.len()).map(|i| Some(responder(&lab, i, stops[i].clone()))).collect();
@@ -150,6 +159,37 @@ fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
     let took = wait_health(&d, "echo", 2, Health::Up, up_within);
     eprintln!("udp: real3 up after {took:?}");
     again.store(true, Ordering::Relaxed);
+
+    // exec: real 1's script prints weight 3, then fails (no file), then passes again.
+    let weight = |i: usize| {
+        let s = d.status().unwrap();
+        s.reals
+            .iter()
+            .find(|r| r.service == "web-exec" && r.address.ip() == IpAddr::V4(REALS[i]))
+            .map(|r| r.weight)
+    };
+    std::fs::write(weight_file(d.lab.dir(), 0), "3\n").unwrap();
+    let start = Instant::now();
+    while weight(0) != Some(3) {
+        assert!(
+            start.elapsed() < INTERVAL * 2 + TIMEOUT + SLACK,
+            "weight 3 not applied: {:?}",
+            d.status().map(|s| s.reals)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.lbadm(&["-L", "-n"]).contains(&format!("{}:8080", REALS[0])));
+    std::fs::remove_file(weight_file(d.lab.dir(), 0)).unwrap();
+    let took = wait_health(&d, "web-exec", 0, Health::Down, down_within);
+    eprintln!("exec: real1 down after {took:?}");
+    std::fs::write(weight_file(d.lab.dir(), 0), "2\n").unwrap();
+    let took = wait_health(&d, "web-exec", 0, Health::Up, up_within);
+    eprintln!("exec: real1 up after {took:?}");
+    let start = Instant::now();
+    while weight(0) != Some(2) {
+        assert!(start.elapsed() < INTERVAL * 2 + TIMEOUT + SLACK, "weight 2 not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for s in &stops {
         s.store(true, Ordering::Relaxed);
     }

@@ -1002,6 +1002,7 @@ fn serialise(config: &Config) -> Node {
                 }
                 e.push(("transport", s(&lower(&d.transport))));
             }
+            config::Probe::Exec(x) => e.push(("command", s(&x.command))),
             config::Probe::Tcp | config::Probe::Ping | config::Probe::None => {}
         }
         map(e)

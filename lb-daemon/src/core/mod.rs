@@ -101,6 +101,9 @@ pub struct CheckTarget {
     pub check: Check,
     /// Seeds the checker's jitter, so the spacing of checks is reproducible.
     pub seed: u64,
+    /// The service's name and VIP, for an exec check's environment.
+    pub service: String,
+    pub vip: SocketAddr,
 }
 
 /// One raw check result: the core applies hysteresis.
@@ -109,6 +112,8 @@ pub struct Observation {
     pub checker: CheckerId,
     pub success: bool,
     pub detail: String,
+    /// A weight the real reported (an exec check's stdout), applied while it is up.
+    pub weight: Option<u32>,
 }
 
 /// How the data plane reaches a real, as the kernel knows it; `mac: None` when it is lost.
@@ -201,6 +206,10 @@ struct RealState {
     since: Time,
     /// Health transitions (up to down and back) since the real was added.
     transitions: u64,
+    /// The weight its exec check last printed (keepalived's dynamic MISC_CHECK): in
+    /// force over the config's and lbadm's until the check prints another, or a reload
+    /// checks the real anew.
+    reported: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -579,7 +588,8 @@ impl Core {
                         // Same real, other checks: keep its id (and its flows), check anew.
                         stop.extend(r.checkers());
                         let mut r = r.clone();
-                        r.checks = self.new_checks(&mut next_checker, addr, &checks, &mut start);
+                        r.checks =
+                            self.new_checks(&mut next_checker, spec, addr, &checks, &mut start);
                         r.health = r.combined_health();
                         r.since = now;
                         r
@@ -596,7 +606,7 @@ impl Core {
                             })?,
                         };
                         let mut checks =
-                            self.new_checks(&mut next_checker, addr, &checks, &mut start);
+                            self.new_checks(&mut next_checker, spec, addr, &checks, &mut start);
                         // As the data plane had it: sent to (up), or marked down.
                         let assumed = match adopted_id {
                             Some(id) if self.adopted_serving(spec, id) => Some(Health::Up),
@@ -617,6 +627,7 @@ impl Core {
                             health: Health::Unknown,
                             since: now,
                             transitions: 0,
+                            reported: None,
                         };
                         r.health = r.combined_health();
                         r
@@ -656,6 +667,7 @@ impl Core {
     fn new_checks(
         &self,
         next: &mut CheckerId,
+        spec: &Service,
         addr: SocketAddr,
         checks: &[Check],
         start: &mut Vec<(CheckerId, CheckTarget)>,
@@ -669,6 +681,8 @@ impl Core {
                     addr: SocketAddr::new(addr.ip(), c.port.unwrap_or(addr.port())),
                     check: c.clone(),
                     seed: splitmix64(self.seed ^ id),
+                    service: spec.name.clone(),
+                    vip: spec.vip,
                 };
                 start.push((id, target));
                 let mut hysteresis = Hysteresis::new(c.rise, c.fall);
@@ -797,7 +811,7 @@ impl Core {
                 .reals
                 .iter()
                 .filter(|r| r.schedulable(s.spec.forwarding, &self.links))
-                .map(|r| (r.addr.to_string(), r.weight, r.id))
+                .map(|r| (r.addr.to_string(), r.weight_now(), r.id))
                 .collect();
             let entry = match self.published.maglev.get(&s.index) {
                 Some(e) if e.owner == s.key && e.inputs == inputs => e.clone(),
@@ -856,8 +870,19 @@ impl Core {
             _ => debug!(success = o.success, detail = %o.detail, "check"),
         }
         c.last = Some((o.success, o.detail));
+        let reweighted = match o.weight.filter(|_| o.success) {
+            Some(w) if r.reported != Some(w) => {
+                info!(from = r.weight_now(), to = w, "weight reported by the check");
+                r.reported = Some(w);
+                true
+            }
+            _ => false,
+        };
         let health = r.combined_health();
         if health == r.health {
+            if reweighted {
+                self.sync(now, fx);
+            }
             return;
         }
         let failing = r.checks.iter().filter_map(|c| c.last.as_ref()).find(|(ok, _)| !ok);
@@ -973,7 +998,7 @@ impl RealState {
     /// Receives new connections: up, weighted, and reachable as `forwarding` needs.
     fn schedulable(&self, forwarding: config::Forwarding, links: &HashMap<u32, LinkInfo>) -> bool {
         self.health == Health::Up
-            && self.weight > 0
+            && self.weight_now() > 0
             && self.unreachable(forwarding, links).is_none()
     }
 
@@ -1022,7 +1047,12 @@ impl RealState {
     }
 
     fn effective_weight(&self) -> u32 {
-        if self.health == Health::Up { self.weight } else { 0 }
+        if self.health == Health::Up { self.weight_now() } else { 0 }
+    }
+
+    /// The weight in force: the last one its exec check reported, else its own.
+    fn weight_now(&self) -> u32 {
+        self.reported.unwrap_or(self.weight)
     }
 }
 

@@ -127,7 +127,7 @@ impl Harness {
         assert!(!ids.is_empty(), "no checker of {real}");
         for checker in ids {
             let detail = if success { "ok" } else { "refused" }.to_string();
-            self.feed(Input::Observation(Observation { checker, success, detail }));
+            self.feed(Input::Observation(Observation { checker, success, detail, weight: None }));
         }
     }
 
@@ -724,6 +724,7 @@ fn a_stopped_checkers_late_report_is_ignored() {
         checker: old[0],
         success: false,
         detail: "late".into(),
+        weight: None,
     }));
     assert!(h.batches.is_empty());
     assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Unknown);
@@ -943,4 +944,35 @@ fn initial_up_serves_before_any_result_and_initial_down_waits_for_rise() {
     assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Down, "one success of rise 2");
     h.observe_all(true);
     assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Up);
+}
+
+#[test]
+fn a_weight_an_exec_check_reports_rebuilds_the_table_and_a_failure_keeps_it() {
+    let mut h = running(&[WEB]);
+    let (a, b) = (h.id("192.0.2.10:80", "10.0.0.11"), h.id("192.0.2.10:80", "10.0.0.12"));
+    let checker = h.real("192.0.2.10:80", "10.0.0.11").checks[0].checker;
+    let report = |h: &mut Harness, success, weight| {
+        let detail = "exit 0".to_string();
+        h.feed(Input::Observation(Observation { checker, success, detail, weight }));
+    };
+    h.batches.clear();
+    report(&mut h, true, Some(3));
+    assert!(
+        matches!(&h.batches[..], [ops] if matches!(&ops[..], [Op::SetMaglev { .. }])),
+        "{:?}",
+        h.batches
+    );
+    let table = h.dp.table(h.index("192.0.2.10:80"));
+    let share = |id| table.iter().filter(|&&r| r == id).count() as f64 / table.len() as f64;
+    assert!((share(a) - 0.75).abs() < 0.01 && (share(b) - 0.25).abs() < 0.01, "3:1");
+    // The same weight again writes nothing; a failure reports none and keeps it.
+    h.batches.clear();
+    report(&mut h, true, Some(3));
+    report(&mut h, false, None);
+    assert!(h.batches.is_empty(), "{:?}", h.batches);
+    let Answer::Status(s) = h.control(Request::Status) else { panic!() };
+    assert_eq!(
+        s.reals.iter().find(|r| r.address.ip().to_string() == "10.0.0.11").unwrap().weight,
+        3
+    );
 }

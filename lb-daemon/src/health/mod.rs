@@ -4,6 +4,7 @@
 //! core's; nothing here touches the data plane. One probe module per check type.
 
 pub mod dns;
+pub mod exec;
 pub mod http;
 pub mod ping;
 pub mod schedule;
@@ -35,28 +36,32 @@ async fn run<E: From<Observation>>(id: CheckerId, target: CheckTarget, tx: mpsc:
     let mut schedule = Schedule::new(check.interval, target.seed);
     tokio::time::sleep(schedule.first()).await;
     loop {
-        let result = match tokio::time::timeout(check.timeout, probe(&target)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        let (result, weight) = match tokio::time::timeout(check.timeout, probe(&target)).await {
+            Ok(answer) => answer,
+            Err(_) => (Err(format!("no answer within {:?}", check.timeout)), None),
         };
         let success = result.is_ok();
         let detail = result.unwrap_or_else(|e| e);
-        debug!(success, %detail, "probed");
-        if tx.send(Observation { checker: id, success, detail }.into()).await.is_err() {
+        debug!(success, %detail, ?weight, "probed");
+        let observation = Observation { checker: id, success, detail, weight };
+        if tx.send(observation.into()).await.is_err() {
             return;
         }
         tokio::time::sleep(schedule.after_probe()).await;
     }
 }
 
-/// The one dispatch on the check type: each type's probe, and the judgement of its answer.
-async fn probe(target: &CheckTarget) -> Result<String, String> {
-    match &target.check.probe {
+/// The one dispatch on the check type: each type's probe, and the judgement of its answer;
+/// and the weight the real reported, where the type carries one (exec).
+async fn probe(target: &CheckTarget) -> (Result<String, String>, Option<u32>) {
+    let result = match &target.check.probe {
+        Probe::Exec(spec) => return exec::check(target, spec).await,
         Probe::Tcp => tcp::check(target.addr).await,
         Probe::Udp(spec) => udp::check(target.addr, spec).await,
         Probe::Http(spec) => http::check(target.addr, spec).await,
         Probe::Dns(spec) => dns::check(target.addr, spec).await,
         Probe::Ping => ping::check(target.addr.ip()).await,
         Probe::None => Ok("no check".into()),
-    }
+    };
+    (result, None)
 }
