@@ -73,6 +73,9 @@ pub struct Director {
     pub max_reals: u32,
 }
 
+/// The most `recover` steps a service may list.
+pub const MAX_RECOVER_STEPS: usize = 16;
+
 /// `director.max_vips` when the config does not say.
 pub const DEFAULT_MAX_VIPS: u32 = lb_common::MAX_VIPS;
 /// `director.max_reals` when the config does not say.
@@ -123,11 +126,31 @@ pub struct Service {
     pub on_failure: OnFailure,
     #[serde(default, deserialize_with = "fallback")]
     pub fallback: Option<NotBuilt>,
+    /// Run on every transition of a real, with UP or DOWN, and LBD_SERVICE, LBD_VIP,
+    /// LBD_REAL in its environment.
+    #[serde(default)]
+    pub notify: Option<PathBuf>,
+    /// Commands run while a real stays down, each once per outage (3RC's escalation).
+    #[serde(default)]
+    pub recover: Vec<RecoverStep>,
     #[serde(default)]
     pub check: Option<Check>,
     #[serde(default)]
     pub checks: Option<Vec<Check>>,
     pub reals: Vec<Real>,
+}
+
+/// One step of `recover`: `command` (by `/bin/sh -c`) once a real has been down `after`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverStep {
+    #[serde(deserialize_with = "after")]
+    pub after: Duration,
+    pub command: String,
+}
+
+fn after<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration(d, "after", Some((Duration::from_secs(7 * 24 * 3600), "a recover step may wait")))
 }
 
 impl Service {
@@ -1321,6 +1344,25 @@ fn validate(config: &Config) -> Vec<(String, String)> {
     let d = &config.director;
     if let Some(ha) = &config.ha {
         validate_ha(ha, config, &mut problems);
+    }
+    for (i, sv) in config.services.iter().enumerate() {
+        if sv.recover.len() > MAX_RECOVER_STEPS {
+            problems.push((
+                format!("services[{i}].recover"),
+                format!(
+                    "services[{i}].recover: {} steps, more than {MAX_RECOVER_STEPS}",
+                    sv.recover.len()
+                ),
+            ));
+        }
+        for (j, step) in sv.recover.iter().enumerate() {
+            if step.command.trim().is_empty() || step.command.contains('\0') {
+                problems.push((
+                    format!("services[{i}].recover[{j}].command"),
+                    format!("services[{i}].recover[{j}].command: give a command line to run"),
+                ));
+            }
+        }
     }
     if d.metrics.is_some() {
         problems.push((

@@ -172,6 +172,19 @@ pub enum Effect {
     /// The reals' addresses whose next hops the core needs (the whole set).
     Resolve(Vec<IpAddr>),
     Answer(Token, Answer),
+    /// Run an operator's script (a service's `notify` or a `recover` step); the driver
+    /// never waits for it.
+    Hook(HookRun),
+}
+
+/// A script to run: what it is for (`notify`, `recover`), the program, its arguments and
+/// environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRun {
+    pub what: &'static str,
+    pub program: std::path::PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 /// A control answer; listings and status still need the data plane's counters, which the
@@ -210,6 +223,8 @@ struct RealState {
     /// force over the config's and lbadm's until the check prints another, or a reload
     /// checks the real anew.
     reported: Option<u32>,
+    /// `recover` steps already run in this outage (since `since`, while down).
+    recovered: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -379,9 +394,38 @@ impl Core {
         self.adopted = Some(adopted);
     }
 
-    /// When the core next wants [`Input::Tick`].
+    /// When the core next wants [`Input::Tick`]: the data plane's clock, or a `recover`
+    /// step coming due.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.clock_due
+        let recover = self.services.iter().flat_map(|s| {
+            s.reals
+                .iter()
+                .filter(|r| r.health == Health::Down)
+                .filter_map(|r| s.spec.recover.get(r.recovered).map(|step| r.since + step.after))
+        });
+        self.clock_due.into_iter().chain(recover).min()
+    }
+
+    /// Runs the `recover` steps due: each once per outage, in order, while the real stays
+    /// down.
+    fn recover(&mut self, now: Time, fx: &mut Vec<Effect>) {
+        for s in &mut self.services {
+            for r in s.reals.iter_mut().filter(|r| r.health == Health::Down) {
+                while let Some(step) = s.spec.recover.get(r.recovered) {
+                    if now < r.since + step.after {
+                        break;
+                    }
+                    r.recovered += 1;
+                    warn!(service = %s.spec.name, real = %r.addr, step = r.recovered, command = %step.command, "real still down: recover step");
+                    fx.push(Effect::Hook(HookRun {
+                        what: "recover",
+                        program: "/bin/sh".into(),
+                        args: vec!["-c".into(), step.command.clone()],
+                        env: hook_env(&s.spec, r.addr),
+                    }));
+                }
+            }
+        }
     }
 
     /// Takes one input at `now`; returns what the driver must do, in order.
@@ -403,7 +447,7 @@ impl Core {
             Input::Resolved(r) => self.on_resolved(now, r, &mut fx),
             Input::Control(token, request) => self.on_control(now, token, request, &mut fx),
             Input::Applied { batch, result } => self.on_applied(now, batch, result, &mut fx),
-            Input::Tick => {}
+            Input::Tick => self.recover(now, &mut fx),
             Input::Serving(on) => {
                 if on != self.serving {
                     self.serving = on;
@@ -628,6 +672,7 @@ impl Core {
                             since: now,
                             transitions: 0,
                             reported: None,
+                            recovered: 0,
                         };
                         r.health = r.combined_health();
                         r
@@ -888,11 +933,24 @@ impl Core {
         let failing = r.checks.iter().filter_map(|c| c.last.as_ref()).find(|(ok, _)| !ok);
         let why = failing.map(|(_, detail)| detail.as_str()).unwrap_or("every check passes");
         info!(from = ?r.health, to = ?health, why, "real health changed");
+        // A first result that finds a real up is no news; down, or any later change, is.
+        let news = r.health != Health::Unknown || health == Health::Down;
         if r.health != Health::Unknown {
             r.transitions += 1;
         }
         r.health = health;
         r.since = now;
+        // A new outage escalates from its first step; a real back stops the escalation.
+        r.recovered = 0;
+        if let (true, Some(program)) = (news, &s.spec.notify) {
+            let state = if health == Health::Up { "UP" } else { "DOWN" };
+            fx.push(Effect::Hook(HookRun {
+                what: "notify",
+                program: program.clone(),
+                args: vec![state.into()],
+                env: hook_env(&s.spec, r.addr),
+            }));
+        }
         self.sync(now, fx);
     }
 
@@ -1089,6 +1147,15 @@ impl FreeIds {
         self.used.insert(self.next);
         Some(self.next)
     }
+}
+
+/// The environment of a service's scripts: LBD_SERVICE, LBD_VIP, LBD_REAL.
+fn hook_env(spec: &Service, real: SocketAddr) -> Vec<(String, String)> {
+    vec![
+        ("LBD_SERVICE".into(), spec.name.clone()),
+        ("LBD_VIP".into(), spec.vip.to_string()),
+        ("LBD_REAL".into(), real.to_string()),
+    ]
 }
 
 /// One step of SplitMix64: a seed per checker from the core's seed and the checker's id.

@@ -28,6 +28,8 @@ struct Harness {
     answers: Vec<(Token, Answer)>,
     /// The ops of every batch, applied or not.
     batches: Vec<Vec<Op>>,
+    /// Scripts run, with when.
+    hooks: Vec<(Time, HookRun)>,
     next_token: Token,
 }
 
@@ -47,6 +49,7 @@ impl Harness {
             resolving: Vec::new(),
             answers: Vec::new(),
             batches: Vec::new(),
+            hooks: Vec::new(),
             next_token: 0,
         }
     }
@@ -70,6 +73,7 @@ impl Harness {
                         self.checkers.remove(&id);
                     }
                     Effect::Resolve(targets) => self.resolving = targets,
+                    Effect::Hook(run) => self.hooks.push((self.now, run)),
                     Effect::Answer(token, answer) => self.answers.push((token, answer)),
                 }
             }
@@ -975,4 +979,77 @@ fn a_weight_an_exec_check_reports_rebuilds_the_table_and_a_failure_keeps_it() {
         s.reals.iter().find(|r| r.address.ip().to_string() == "10.0.0.11").unwrap().weight,
         3
     );
+}
+
+#[test]
+fn notify_runs_on_each_transition_and_recover_escalates_while_a_real_stays_down() {
+    let web = WEB.replace(
+        "    check:",
+        "    notify: /etc/lbd/real.sh\n    recover:\n      - { after: 30s, command: restart-service }\n      - { after: 5m, command: reboot-host }\n    check:",
+    );
+    let mut h = running(&[&web]);
+    assert!(h.hooks.is_empty(), "reals found up at start are no news");
+    h.observe("10.0.0.11", false);
+    h.observe("10.0.0.11", false);
+    let down_at = h.now;
+    let env = |real: &str| {
+        vec![
+            ("LBD_SERVICE".to_string(), "web".to_string()),
+            ("LBD_VIP".into(), "192.0.2.10:80".into()),
+            ("LBD_REAL".into(), real.to_string()),
+        ]
+    };
+    assert_eq!(
+        h.hooks,
+        [(
+            down_at,
+            HookRun {
+                what: "notify",
+                program: "/etc/lbd/real.sh".into(),
+                args: vec!["DOWN".into()],
+                env: env("10.0.0.11:80")
+            }
+        )]
+    );
+    // The first step 30 s into the outage, the second at 5 minutes, each once.
+    assert_eq!(h.core.poll_timeout(), Some(down_at + Duration::from_secs(1)), "the clock first");
+    for _ in 0..400 {
+        h.advance(Duration::from_secs(1));
+    }
+    let steps: Vec<(Duration, Vec<String>)> = h
+        .hooks
+        .iter()
+        .filter(|(_, r)| r.what == "recover")
+        .map(|(t, r)| (t.since(down_at), r.args.clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (Duration::from_secs(30), vec!["-c".to_string(), "restart-service".into()]),
+            (Duration::from_secs(300), vec!["-c".to_string(), "reboot-host".into()]),
+        ]
+    );
+    // Back up: notified, and a new outage starts over from the first step.
+    h.hooks.clear();
+    h.observe("10.0.0.11", true);
+    h.observe("10.0.0.11", true);
+    assert_eq!(h.hooks.len(), 1);
+    assert_eq!(h.hooks[0].1.args, ["UP"]);
+    h.observe("10.0.0.11", false);
+    h.observe("10.0.0.11", false);
+    let again = h.now;
+    for _ in 0..31 {
+        h.advance(Duration::from_secs(1));
+    }
+    let recovered: Vec<Duration> =
+        h.hooks.iter().filter(|(_, r)| r.what == "recover").map(|(t, _)| t.since(again)).collect();
+    assert_eq!(recovered, [Duration::from_secs(30)]);
+    // Up before a step is due: it never runs.
+    h.observe("10.0.0.11", true);
+    h.observe("10.0.0.11", true);
+    h.hooks.clear();
+    for _ in 0..400 {
+        h.advance(Duration::from_secs(1));
+    }
+    assert!(h.hooks.is_empty(), "{:?}", h.hooks);
 }

@@ -105,7 +105,14 @@ pub struct Driver<D: DataplaneOps> {
     /// Whether every service has a real in service ([`Core::ready`]), for the failover
     /// tasks: a backup preempts only when it is.
     ready: watch::Sender<bool>,
+    /// The services' notify scripts, run one after another in the order of the
+    /// transitions (made at the first).
+    notify: Option<mpsc::UnboundedSender<hooks::Hook>>,
 }
+
+/// How long a service's notify script may run, and a recover step.
+const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const RECOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl<D: DataplaneOps> Driver<D> {
     /// A driver for `core` over `dp`. Checkers report on `events`; the addresses to resolve
@@ -130,6 +137,7 @@ impl<D: DataplaneOps> Driver<D> {
             ha: Vec::new(),
             ha_priority: None,
             ready: watch::Sender::new(false),
+            notify: None,
         };
         (driver, resolve)
     }
@@ -284,6 +292,23 @@ impl<D: DataplaneOps> Driver<D> {
                     Effect::Answer(token, answer) => {
                         if let Some(reply) = self.replies.remove(&token) {
                             self.answer(answer, reply);
+                        }
+                    }
+                    Effect::Hook(run) => {
+                        let timeout =
+                            if run.what == "notify" { NOTIFY_TIMEOUT } else { RECOVER_TIMEOUT };
+                        let hook = hooks::Hook {
+                            program: run.program,
+                            args: run.args,
+                            env: run.env,
+                            timeout,
+                        };
+                        if run.what == "notify" {
+                            let queue =
+                                self.notify.get_or_insert_with(|| hooks::in_order("notify"));
+                            let _ = queue.send(hook);
+                        } else {
+                            hooks::spawn(run.what, hook);
                         }
                     }
                 }
