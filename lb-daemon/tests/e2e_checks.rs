@@ -34,6 +34,8 @@ fn config(socket: &std::path::Path) -> String {
     format!(
         "director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n\
          - name: dns\n    vip: {VIP}:53\n    protocol: udp\n    \
+         notify: {dir}/notify.sh\n    \
+         recover: [ {{ after: 500ms, command: \"echo recover $LBD_REAL >> {dir}/hooks\" }} ]\n    \
          check: {{ type: dns, query: whoami.lab, qtype: TXT, {timing} }}\n    reals:\n{reals}\
          - name: dns-tcp\n    vip: {VIP}:53\n    protocol: tcp\n    \
          check: {{ type: dns, transport: tcp, query: whoami.lab, qtype: TXT, {timing} }}\n    reals:\n{reals}\
@@ -44,7 +46,8 @@ fn config(socket: &std::path::Path) -> String {
          - name: web-exec\n    vip: {VIP}:8080\n    protocol: tcp\n    \
          check: {{ type: exec, command: \"cat {}/weight-$LBD_SERVICE-$LBD_REAL\", {timing} }}\n    reals:\n{reals}",
         socket.display(),
-        socket.parent().unwrap().display()
+        socket.parent().unwrap().display(),
+        dir = socket.parent().unwrap().display(),
     )
     .replace("\n- name", "\n  - name")
     .replace("services:\n- name", "services:\n  - name")
@@ -104,6 +107,15 @@ fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
     for i in 0..REALS.len() {
         std::fs::write(weight_file(lab.dir(), i), "1\n").unwrap();
     }
+    // The dns service's notify script writes down each transition it is told of.
+    let hooks = lab.dir().join("hooks");
+    let notify = lab.dir().join("notify.sh");
+    std::fs::write(
+        &notify,
+        format!("#!/bin/sh\necho \"$1 $LBD_SERVICE $LBD_VIP $LBD_REAL\" >> {}\n", hooks.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let stops: Vec<Arc<AtomicBool>> = (0..REALS.len()).map(|_| Arc::default()).collect();
     let mut responders: Vec<_> =
         (0..REALS.len()).map(|i| Some(responder(&lab, i, stops[i].clone()))).collect();
@@ -125,11 +137,33 @@ fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
     assert!(answers.iter().all(|a| a != "real1"), "{answers:?}");
     let status = d.lbadm(&["status"]);
     assert!(status.contains("dns          198.51.100.11:53"), "{status}");
+    // Kept down past 500 ms: the recover step ran, once, for real 1 alone.
+    let real1 = format!("{}:53", REALS[0]);
+    let recovered = format!("recover {real1}");
+    let read = || std::fs::read_to_string(&hooks).unwrap_or_default();
+    let start = Instant::now();
+    while !read().contains(&recovered) {
+        assert!(
+            start.elapsed() < Duration::from_millis(500) + SLACK,
+            "no recover step: {:?}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     d.lab.start_dns(0).unwrap();
     for service in ["dns", "dns-tcp"] {
         let took = wait_health(&d, service, 0, Health::Up, up_within);
         eprintln!("{service}: real1 up after {took:?} (bound {up_within:?})");
     }
+    // notify said DOWN then UP, with the service, VIP and real; recover ran once and no more.
+    let start = Instant::now();
+    let up = format!("UP dns {VIP}:53 {real1}");
+    while !read().contains(&up) {
+        assert!(start.elapsed() < SLACK, "no UP notified: {:?}", read());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines: Vec<String> = read().lines().map(String::from).collect();
+    assert_eq!(lines, [format!("DOWN dns {VIP}:53 {real1}"), recovered.clone(), up], "{lines:?}");
 
     // ping: real 2's kernel stops answering echoes, then answers again.
     let ignore = |on: &str| {
