@@ -124,8 +124,10 @@ pub struct Service {
     pub persistence: Persistence,
     #[serde(default)]
     pub on_failure: OnFailure,
-    #[serde(default, deserialize_with = "fallback")]
-    pub fallback: Option<NotBuilt>,
+    /// The sorry server: in the service's table only while none of its reals can take
+    /// new connections (ldirectord's `fallback`).
+    #[serde(default)]
+    pub fallback: Option<RealAddress>,
     /// Run on every transition of a real, with UP or DOWN, and LBD_SERVICE, LBD_VIP,
     /// LBD_REAL in its environment.
     #[serde(default)]
@@ -293,11 +295,6 @@ impl<'de> Deserialize<'de> for NotBuilt {
     fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
         Err(D::Error::custom("is not built yet in this version of lbd"))
     }
-}
-
-/// `fallback`, refused under its own key (see [`keyword`] for the `key: message` form).
-fn fallback<'de, D: Deserializer<'de>>(_: D) -> Result<Option<NotBuilt>, D::Error> {
-    Err(D::Error::custom("fallback: is not built yet in this version of lbd"))
 }
 
 /// Parses a lowercase keyword, telling apart the keywords of SPEC.md that are not built yet.
@@ -825,7 +822,14 @@ impl<'de> Deserialize<'de> for RealAddress {
 
 impl Real {
     pub fn socket_addr(&self, vip: &SocketAddr) -> SocketAddr {
-        SocketAddr::new(self.address.ip, self.address.port.unwrap_or(vip.port()))
+        self.address.socket_addr(vip)
+    }
+}
+
+impl RealAddress {
+    /// With the VIP's port when it names none.
+    pub fn socket_addr(&self, vip: &SocketAddr) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port.unwrap_or(vip.port()))
     }
 }
 
@@ -1447,7 +1451,8 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             ),
         ));
     }
-    let total_reals: usize = config.services.iter().map(|s| s.reals.len()).sum();
+    let total_reals: usize =
+        config.services.iter().map(|s| s.reals.len() + usize::from(s.fallback.is_some())).sum();
     if max_reals_ok && total_reals > d.max_reals as usize {
         let limit = d.max_reals as usize;
         let mut before = 0;
@@ -1513,47 +1518,59 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             ));
         }
         let mut reals = std::collections::HashSet::new();
-        for (j, r) in s.reals.iter().enumerate() {
-            let node = format!("services[{i}].reals[{j}]");
+        // The fallback is a real of the service's table too, held to the same rules.
+        let fallback = s
+            .fallback
+            .map(|address| (format!("services[{i}].fallback"), Real { address, weight: 1 }));
+        let listed = s
+            .reals
+            .iter()
+            .enumerate()
+            .map(|(j, r)| (format!("services[{i}].reals[{j}]"), r.clone()));
+        for (node, r) in listed.chain(fallback) {
+            let fallback = node.ends_with(".fallback");
+            // Problems of the fallback are at its key, not at an `.address` below it.
+            let at =
+                |node: &str| if fallback { node.to_string() } else { format!("{node}.address") };
             let addr = r.socket_addr(&s.vip);
             if !usable(r.address.ip) {
                 problems.push((
-                    format!("{node}.address"),
+                    at(&node),
                     format!(
-                        "{node}.address: {} is not an address a real server can have",
+                        "{}: {} is not an address a real server can have",
+                        at(&node),
                         r.address.ip
                     ),
                 ));
             }
             if r.address.port == Some(0) {
                 problems.push((
-                    format!("{node}.address"),
+                    at(&node),
                     format!(
-                        "{node}.address: port 0 is not a port a real server can have: write 1 to 65535, or leave it out for the VIP's"
+                        "{}: port 0 is not a port a real server can have: write 1 to 65535, or leave it out for the VIP's",
+                        at(&node)
                     ),
                 ));
             }
             if addr.is_ipv4() != s.vip.is_ipv4() {
                 problems.push((
-                    format!("{node}.address"),
-                    format!("{node}.address: {addr} is not of the VIP's address family"),
+                    at(&node),
+                    format!("{}: {addr} is not of the VIP's address family", at(&node)),
                 ));
             }
             if s.forwarding != Forwarding::Nat && r.address.port.is_some_and(|p| p != s.vip.port())
             {
                 problems.push((
-                    format!("{node}.address"),
+                    at(&node),
                     format!(
-                        "{node}.address: a port other than the VIP's ({}) needs forwarding: nat",
+                        "{}: a port other than the VIP's ({}) needs forwarding: nat",
+                        at(&node),
                         s.vip.port()
                     ),
                 ));
             }
             if !reals.insert(addr) {
-                problems.push((
-                    format!("{node}.address"),
-                    format!("{node}.address: {addr} is listed twice"),
-                ));
+                problems.push((at(&node), format!("{}: {addr} is listed twice", at(&node))));
             }
             if r.weight > 65535 {
                 problems.push((
@@ -2448,9 +2465,20 @@ services:
         );
         let text = GOOD
             .replace("    forwarding: dr\n", "    forwarding: dr\n    fallback: 10.0.0.99:80\n");
+        assert!(problems(&text).is_empty(), "the VIP's port: {:?}", problems(&text));
+        let text = GOOD
+            .replace("    forwarding: dr\n", "    forwarding: dr\n    fallback: 10.0.0.99:8080\n");
         assert_eq!(
             problems(&text),
-            ["lb.yaml:8:5: services[0].fallback: is not built yet in this version of lbd"]
+            [
+                "lb.yaml:8:5: services[0].fallback: a port other than the VIP's (80) needs forwarding: nat"
+            ]
+        );
+        let text =
+            GOOD.replace("    forwarding: dr\n", "    forwarding: dr\n    fallback: 10.0.0.12\n");
+        assert_eq!(
+            problems(&text),
+            ["lb.yaml:8:5: services[0].fallback: 10.0.0.12:80 is listed twice"]
         );
         let text =
             GOOD.replace("    forwarding: dr\n", "    forwarding: dr\n    persistence: 5m\n");

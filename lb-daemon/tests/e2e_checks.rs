@@ -231,3 +231,45 @@ fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
         r.join().unwrap();
     }
 }
+
+#[test]
+fn the_fallback_answers_while_every_real_is_down_and_leaves_when_one_is_back() {
+    lb_lab::needs_root!();
+    let lab = Lab::new("sry").expect("lab");
+    let d = Director::start(lab, |socket| {
+        format!(
+            "director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n  - name: web\n    vip: {VIP}:80\n    \
+             protocol: tcp\n    fallback: {}\n    \
+             check: {{ type: http, path: /healthz, interval: 200ms, timeout: 150ms, rise: {RISE}, fall: {FALL} }}\n    \
+             reals:\n      - address: {}\n      - address: {}\n",
+            socket.display(),
+            REALS[2],
+            REALS[0],
+            REALS[1]
+        )
+    });
+    let mut d = d;
+    let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
+    let fallback = format!("{}:80", REALS[2]);
+    assert!(!d.lbadm(&["-L", "-n"]).contains(&fallback), "not listed while the reals serve");
+    let served = |d: &Director| -> Vec<String> {
+        d.lab
+            .http_gets(lb_lab::ROLE_CLIENT, vip, 20)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|e| e))
+            .collect()
+    };
+    assert!(served(&d).iter().all(|r| r == "real1" || r == "real2"));
+    d.lab.stop(&real_role(0), "nginx").unwrap();
+    d.lab.stop(&real_role(1), "nginx").unwrap();
+    let down_within = INTERVAL * FALL + TIMEOUT;
+    wait_health(&d, "web", 0, Health::Down, down_within);
+    wait_health(&d, "web", 1, Health::Down, down_within);
+    assert_eq!(served(&d), vec!["real3".to_string(); 20], "the sorry server answers");
+    assert!(d.lbadm(&["-L", "-n"]).contains(&fallback), "listed while it serves");
+    d.lab.start_nginx(0).unwrap();
+    wait_health(&d, "web", 0, Health::Up, INTERVAL * RISE + TIMEOUT);
+    assert_eq!(served(&d), vec!["real1".to_string(); 20], "a real back: the fallback leaves");
+    assert!(!d.lbadm(&["-L", "-n"]).contains(&fallback));
+}

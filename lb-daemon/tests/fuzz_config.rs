@@ -1026,16 +1026,30 @@ fn serialise(config: &Config) -> Node {
             if let Some(cs) = &sv.checks {
                 e.push(("checks", Node::Seq(cs.iter().map(check).collect())));
             }
+            let written = |a: &config::RealAddress| match a.port {
+                Some(p) => std::net::SocketAddr::new(a.ip, p).to_string(),
+                None => a.ip.to_string(),
+            };
+            if let Some(f) = &sv.fallback {
+                e.push(("fallback", s(&written(f))));
+            }
+            if let Some(n) = &sv.notify {
+                e.push(("notify", s(&n.display().to_string())));
+            }
+            if !sv.recover.is_empty() {
+                let steps = sv
+                    .recover
+                    .iter()
+                    .map(|st| {
+                        map(vec![("after", duration_exact(st.after)), ("command", s(&st.command))])
+                    })
+                    .collect();
+                e.push(("recover", Node::Seq(steps)));
+            }
             let reals = sv
                 .reals
                 .iter()
-                .map(|r| {
-                    let address = match r.address.port {
-                        Some(p) => std::net::SocketAddr::new(r.address.ip, p).to_string(),
-                        None => r.address.ip.to_string(),
-                    };
-                    map(vec![("address", s(&address)), ("weight", raw(r.weight))])
-                })
+                .map(|r| map(vec![("address", s(&written(&r.address))), ("weight", raw(r.weight))]))
                 .collect();
             e.push(("reals", Node::Seq(reals)));
             map(e)

@@ -225,6 +225,8 @@ struct RealState {
     reported: Option<u32>,
     /// `recover` steps already run in this outage (since `since`, while down).
     recovered: usize,
+    /// The service's fallback (sorry server), not one of its reals.
+    sorry: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -622,9 +624,14 @@ impl Core {
                     (index, HashMap::new())
                 }
             };
-            let checks = spec.all_checks();
+            let all_checks = spec.all_checks();
             let mut reals = Vec::new();
-            for real in &spec.reals {
+            // The fallback is a real of the table too, never checked, and in it only while
+            // no other real can take new connections (tables_for).
+            let fallback = spec.fallback.map(|address| config::Real { address, weight: 1 });
+            let listed = spec.reals.iter().map(|r| (r, false));
+            for (real, sorry) in listed.chain(fallback.iter().map(|r| (r, true))) {
+                let checks = if sorry { Vec::new() } else { all_checks.clone() };
                 let addr = real.socket_addr(&spec.vip);
                 let mut r = match old_reals.remove(&addr) {
                     Some(r) if r.checks.iter().map(|c| &c.spec).eq(checks.iter()) => r.clone(),
@@ -673,12 +680,14 @@ impl Core {
                             transitions: 0,
                             reported: None,
                             recovered: 0,
+                            sorry: false,
                         };
                         r.health = r.combined_health();
                         r
                     }
                 };
                 r.weight = real.weight;
+                r.sorry = sorry;
                 reals.push(r);
             }
             stop.extend(old_reals.values().flat_map(|r| r.checkers()));
@@ -824,6 +833,14 @@ impl Core {
             })
     }
 
+    /// Whether `r` is in its service's table as published: a fallback is listed only then.
+    fn in_table(&self, s: &ServiceState, r: &RealState) -> bool {
+        self.published
+            .maglev
+            .get(&s.index)
+            .is_some_and(|m| m.inputs.iter().any(|(_, _, id)| *id == r.id))
+    }
+
     /// Logs a service that lost its last real able to take new connections.
     fn note_serving(&mut self) {
         for s in &mut self.services {
@@ -852,12 +869,18 @@ impl Core {
                 t.reals
                     .insert(r.id, RealEntry { owner: (s.key, r.addr), info: self.real_info(s, r) });
             }
-            let inputs: Vec<(String, u32, u32)> = s
-                .reals
-                .iter()
-                .filter(|r| r.schedulable(s.spec.forwarding, &self.links))
-                .map(|r| (r.addr.to_string(), r.weight_now(), r.id))
-                .collect();
+            let inputs_of = |sorry: bool| -> Vec<(String, u32, u32)> {
+                s.reals
+                    .iter()
+                    .filter(|r| r.sorry == sorry && r.schedulable(s.spec.forwarding, &self.links))
+                    .map(|r| (r.addr.to_string(), r.weight_now(), r.id))
+                    .collect()
+            };
+            // The fallback serves only while no real can take new connections.
+            let mut inputs = inputs_of(false);
+            if inputs.is_empty() {
+                inputs = inputs_of(true);
+            }
             let entry = match self.published.maglev.get(&s.index) {
                 Some(e) if e.owner == s.key && e.inputs == inputs => e.clone(),
                 _ => MaglevEntry::build(s.key, inputs),

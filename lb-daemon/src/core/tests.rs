@@ -1053,3 +1053,28 @@ fn notify_runs_on_each_transition_and_recover_escalates_while_a_real_stays_down(
     }
     assert!(h.hooks.is_empty(), "{:?}", h.hooks);
 }
+
+#[test]
+fn the_fallback_serves_only_while_no_real_can_and_shows_only_then() {
+    let web = WEB.replace("    check:", "    fallback: 10.0.0.99\n    check:");
+    let mut h = running(&[&web]);
+    let listed = |h: &mut Harness| -> Vec<String> {
+        let Answer::List(list) = h.control(Request::List) else { panic!() };
+        list[0].view.reals.iter().map(|r| r.address.ip().to_string()).collect()
+    };
+    let (a, b) = (h.id("192.0.2.10:80", "10.0.0.11"), h.id("192.0.2.10:80", "10.0.0.12"));
+    let sorry = h.id("192.0.2.10:80", "10.0.0.99");
+    assert_eq!(h.serving("192.0.2.10:80"), [a, b]);
+    assert_eq!(listed(&mut h), ["10.0.0.11", "10.0.0.12"], "not while the reals serve");
+    for real in ["10.0.0.11", "10.0.0.12"] {
+        h.observe(real, false);
+        h.observe(real, false);
+    }
+    assert_eq!(h.serving("192.0.2.10:80"), [sorry], "every real down: the fallback");
+    assert_eq!(h.dp.reals[&sorry].flags, REAL_PRESENT);
+    assert!(listed(&mut h).contains(&"10.0.0.99".to_string()));
+    h.observe("10.0.0.12", true);
+    h.observe("10.0.0.12", true);
+    assert_eq!(h.serving("192.0.2.10:80"), [b], "a real back: the fallback leaves");
+    assert!(!listed(&mut h).contains(&"10.0.0.99".to_string()));
+}

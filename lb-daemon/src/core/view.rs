@@ -25,8 +25,12 @@ impl Core {
         self.services
             .iter()
             .map(|s| {
-                let listed: Vec<_> =
-                    s.reals.iter().filter(|r| r.present(s.spec.on_failure)).collect();
+                // A fallback shows while it serves, as ldirectord adds it to IPVS.
+                let listed: Vec<_> = s
+                    .reals
+                    .iter()
+                    .filter(|r| r.present(s.spec.on_failure) && (!r.sorry || self.in_table(s, r)))
+                    .collect();
                 Listed {
                     view: ServiceView {
                         name: s.spec.name.clone(),
@@ -59,7 +63,8 @@ impl Core {
             .services
             .iter()
             .flat_map(|s| {
-                s.reals.iter().map(move |r| RealStatus {
+                let shown = move |r: &&super::RealState| !r.sorry || self.in_table(s, r);
+                s.reals.iter().filter(shown).map(move |r| RealStatus {
                     service: s.spec.name.clone(),
                     address: r.addr,
                     health: r.health,
