@@ -273,3 +273,40 @@ fn the_fallback_answers_while_every_real_is_down_and_leaves_when_one_is_back() {
     assert_eq!(served(&d), vec!["real1".to_string(); 20], "a real back: the fallback leaves");
     assert!(!d.lbadm(&["-L", "-n"]).contains(&fallback));
 }
+
+#[test]
+fn checks_never_leave_from_a_vip_even_when_the_kernel_would_pick_one() {
+    lb_lab::needs_root!();
+    let lab = Lab::new("src").expect("lab");
+    // The IPv6 VIP as operators add it, preferred: the kernel's source for the reals.
+    let vip6 = format!("{}/128", lb_lab::VIP6);
+    lab.exec_ok(
+        lb_lab::ROLE_DIRECTOR,
+        &["ip", "addr", "change", &vip6, "dev", "eth0", "nodad", "preferred_lft", "forever"],
+    )
+    .unwrap();
+    let route = lab
+        .exec_ok(
+            lb_lab::ROLE_DIRECTOR,
+            &["ip", "-6", "route", "get", &lb_lab::REALS6[0].to_string()],
+        )
+        .unwrap();
+    assert!(route.contains(&format!("src {}", lb_lab::VIP6)), "the trap is set: {route}");
+    // Every real up (Director::start waits for it): the checks left from the director's own
+    // address, or the reals would have answered their own copy of the VIP.
+    let reals: String =
+        lb_lab::REALS6.iter().map(|r| format!("      - address: \"{r}\"\n")).collect();
+    let d = Director::start(lab, |socket| {
+        format!(
+            "director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n  - name: web6\n    \
+             vip: \"[{}]:80\"\n    protocol: tcp\n    check: {{ type: http, path: /healthz, interval: 200ms, timeout: 150ms }}\n    \
+             reals:\n{reals}  - name: dns6\n    vip: \"[{}]:53\"\n    protocol: udp\n    \
+             check: {{ type: dns, query: whoami.lab, qtype: TXT, interval: 200ms, timeout: 150ms }}\n    reals:\n{reals}",
+            socket.display(),
+            lb_lab::VIP6,
+            lb_lab::VIP6
+        )
+    });
+    let status = d.status().unwrap();
+    assert!(status.reals.iter().all(|r| r.health == Health::Up), "{:#?}", status.reals);
+}

@@ -1277,30 +1277,12 @@ fn a_udp_flow_leaves_a_real_its_checks_found_down_and_a_tcp_flow_stays() {
     assert_eq!(&run(&mut dp, &tcp4(VIP4, 80, false)).1[..6], &REAL_MAC);
     // Down by its checks: the UDP flow's next datagram goes to the table's real, and
     // stays there; the TCP flow stays on its quiesced real.
-    for (id, vip) in [(3, 3), (0, 0)] {
-        let mut down = dp_real(id, vip);
+    for id in [3, 0] {
+        let mut down = real_of(id);
         down.flags |= lb_common::REAL_DOWN;
         dp.set_real(id, down).unwrap();
     }
     assert_eq!(&run(&mut dp, &query).1[..6], &second6.mac, "rescheduled");
     assert_eq!(&run(&mut dp, &query).1[..6], &second6.mac, "and recorded");
     assert_eq!(&run(&mut dp, &tcp4(VIP4, 80, false)).1[..6], &REAL_MAC, "TCP stays");
-}
-
-/// Real `id` of the test data plane as `dataplane()` wrote it, serving VIP index `vip`.
-fn dp_real(id: u32, vip: u32) -> RealInfo {
-    let s = services()[id as usize];
-    RealInfo {
-        addr: s.real,
-        mac: REAL_MAC,
-        family: s.family,
-        flags: REAL_PRESENT,
-        src_mac: DIRECTOR_MAC,
-        port_be: s.real_port.to_be(),
-        tunnel_src: TUNNEL_SRC[s.family as usize / 6],
-        mtu: s.mtu,
-        _pad: [0; 2],
-        ifindex: 0,
-        vip,
-    }
 }

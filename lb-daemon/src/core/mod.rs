@@ -104,6 +104,8 @@ pub struct CheckTarget {
     /// The service's name and VIP, for an exec check's environment.
     pub service: String,
     pub vip: SocketAddr,
+    /// Every VIP of the config: a check is never sent from one (health/source.rs).
+    pub vips: Arc<HashSet<IpAddr>>,
 }
 
 /// One raw check result: the core applies hysteresis.
@@ -605,6 +607,11 @@ impl Core {
         }
         let mut next_checker = self.next_checker;
         let mut start = Vec::new();
+        let mut all_vips: HashSet<IpAddr> = config.services.iter().map(|s| s.vip.ip()).collect();
+        if let Some(ha) = &config.ha {
+            all_vips.extend(ha.vips(&config.services));
+        }
+        let vips = Arc::new(all_vips);
         let mut stop: Vec<CheckerId> =
             old.values().flat_map(|s| s.reals.iter()).flat_map(|r| r.checkers()).collect();
         let mut services = Vec::new();
@@ -639,8 +646,14 @@ impl Core {
                         // Same real, other checks: keep its id (and its flows), check anew.
                         stop.extend(r.checkers());
                         let mut r = r.clone();
-                        r.checks =
-                            self.new_checks(&mut next_checker, spec, addr, &checks, &mut start);
+                        r.checks = self.new_checks(
+                            &mut next_checker,
+                            &vips,
+                            spec,
+                            addr,
+                            &checks,
+                            &mut start,
+                        );
                         r.health = r.combined_health();
                         r.since = now;
                         r
@@ -656,8 +669,14 @@ impl Core {
                                 )
                             })?,
                         };
-                        let mut checks =
-                            self.new_checks(&mut next_checker, spec, addr, &checks, &mut start);
+                        let mut checks = self.new_checks(
+                            &mut next_checker,
+                            &vips,
+                            spec,
+                            addr,
+                            &checks,
+                            &mut start,
+                        );
                         // As the data plane had it: sent to (up), or marked down.
                         let assumed = match adopted_id {
                             Some(id) if self.adopted_serving(spec, id) => Some(Health::Up),
@@ -718,9 +737,11 @@ impl Core {
             .is_some_and(|r| r.flags & REAL_DOWN != 0)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new_checks(
         &self,
         next: &mut CheckerId,
+        vips: &Arc<HashSet<IpAddr>>,
         spec: &Service,
         addr: SocketAddr,
         checks: &[Check],
@@ -737,6 +758,7 @@ impl Core {
                     seed: splitmix64(self.seed ^ id),
                     service: spec.name.clone(),
                     vip: spec.vip,
+                    vips: vips.clone(),
                 };
                 start.push((id, target));
                 let mut hysteresis = Hysteresis::new(c.rise, c.fall);

@@ -3,25 +3,28 @@
 //! record that prints as it. A DNS service is checked by asking it, not by a TCP connect
 //! to its port (the wrong-monitoring mistake of classic LVS sites).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr as _;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 use crate::config::{DnsCheck, DnsTransport};
 
 /// A UDP answer is read up to this size (EDNS's common buffer).
 const MAX_UDP_ANSWER: usize = 4096;
 
-pub async fn check(addr: SocketAddr, spec: &DnsCheck) -> Result<String, String> {
+pub async fn check(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    spec: &DnsCheck,
+) -> Result<String, String> {
     let query = question(spec)?;
     let request = query.to_vec().map_err(|e| format!("encoding the query: {e}"))?;
     let answer = match spec.transport {
-        DnsTransport::Udp => over_udp(addr, &request).await?,
-        DnsTransport::Tcp => over_tcp(addr, &request).await?,
+        DnsTransport::Udp => over_udp(addr, from, &request).await?,
+        DnsTransport::Tcp => over_tcp(addr, from, &request).await?,
     };
     let answer = Message::from_vec(&answer).map_err(|e| format!("bad DNS answer: {e}"))?;
     judge(&query, &answer, spec.expect.as_deref())
@@ -37,8 +40,12 @@ pub fn question(spec: &DnsCheck) -> Result<Message, String> {
     Ok(m)
 }
 
-async fn over_udp(addr: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
-    let socket = super::udp::connected(addr).await?;
+async fn over_udp(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    request: &[u8],
+) -> Result<Vec<u8>, String> {
+    let socket = super::udp::connected(addr, from).await?;
     socket.send(request).await.map_err(|e| format!("send to {addr}: {e}"))?;
     let mut answer = vec![0u8; MAX_UDP_ANSWER];
     let n = socket.recv(&mut answer).await.map_err(|e| format!("no answer from {addr}: {e}"))?;
@@ -47,8 +54,13 @@ async fn over_udp(addr: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// RFC 1035 4.2.2: each message prefixed by its length in two bytes.
-async fn over_tcp(addr: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+async fn over_tcp(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    request: &[u8],
+) -> Result<Vec<u8>, String> {
+    let mut stream =
+        super::connect(addr, from).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let len = u16::try_from(request.len()).map_err(|_| "query too long".to_string())?;
     let framed = [&len.to_be_bytes()[..], request].concat();
     stream.write_all(&framed).await.map_err(|e| format!("send to {addr}: {e}"))?;

@@ -2,18 +2,22 @@
 //! when the status matches and the body holds `expect_body`. HTTP/1.0 with
 //! `Connection: close`, so a check is one short connection, as a real's logs expect.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 use crate::config::HttpCheck;
 
 /// Responses are read up to this size: a health page is small, a check must stay cheap.
 const MAX_RESPONSE: u64 = 64 * 1024;
 
-pub async fn check(addr: SocketAddr, spec: &HttpCheck) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+pub async fn check(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    spec: &HttpCheck,
+) -> Result<String, String> {
+    let mut stream =
+        super::connect(addr, from).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let host = spec.host.clone().unwrap_or_else(|| match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),

@@ -8,12 +8,15 @@ pub mod exec;
 pub mod http;
 pub mod ping;
 pub mod schedule;
+pub mod source;
 pub mod tcp;
 pub mod udp;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument as _, debug, info_span};
+
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Probe;
 pub use crate::core::Health;
@@ -52,16 +55,40 @@ async fn run<E: From<Observation>>(id: CheckerId, target: CheckTarget, tx: mpsc:
 }
 
 /// The one dispatch on the check type: each type's probe, and the judgement of its answer;
-/// and the weight the real reported, where the type carries one (exec).
+/// and the weight the real reported, where the type carries one (exec). Network probes
+/// leave from a source that is not a VIP (source.rs).
 async fn probe(target: &CheckTarget) -> (Result<String, String>, Option<u32>) {
+    if let Probe::Exec(spec) = &target.check.probe {
+        return exec::check(target, spec).await;
+    }
+    let from = match source::for_real(target.addr.ip(), &target.vips) {
+        Ok(from) => from,
+        Err(why) => return (Err(why), None),
+    };
     let result = match &target.check.probe {
-        Probe::Exec(spec) => return exec::check(target, spec).await,
-        Probe::Tcp => tcp::check(target.addr).await,
-        Probe::Udp(spec) => udp::check(target.addr, spec).await,
-        Probe::Http(spec) => http::check(target.addr, spec).await,
-        Probe::Dns(spec) => dns::check(target.addr, spec).await,
-        Probe::Ping => ping::check(target.addr.ip()).await,
+        Probe::Exec(_) => unreachable!("run above"),
+        Probe::Tcp => tcp::check(target.addr, from).await,
+        Probe::Udp(spec) => udp::check(target.addr, from, spec).await,
+        Probe::Http(spec) => http::check(target.addr, from, spec).await,
+        Probe::Dns(spec) => dns::check(target.addr, from, spec).await,
+        Probe::Ping => ping::check(target.addr.ip(), from).await,
         Probe::None => Ok("no check".into()),
     };
     (result, None)
+}
+
+/// A TCP connection to `addr`, from `from` when a source must be chosen.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(from) = from {
+        socket.bind(SocketAddr::new(from, 0))?;
+    }
+    socket.connect(addr).await
 }

@@ -14,8 +14,12 @@ const ECHO_REPLY_V4: u8 = 0;
 const ECHO_REQUEST_V6: u8 = 128;
 const ECHO_REPLY_V6: u8 = 129;
 
-pub async fn check(addr: IpAddr) -> Result<String, String> {
+pub async fn check(addr: IpAddr, from: Option<IpAddr>) -> Result<String, String> {
     let socket = open(addr.is_ipv4()).map_err(|e| format!("{e:#}"))?;
+    if let Some(from) = from {
+        let at = SockAddr::from(SocketAddr::new(from, 0));
+        socket.get_ref().bind(&at).map_err(|e| format!("binding to {from}: {e}"))?;
+    }
     // An identifier of this probe's own: replies to other pings are not its answer.
     let id = fastrand::u16(..);
     let request = echo(addr.is_ipv4(), id, 1);

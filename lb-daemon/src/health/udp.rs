@@ -2,7 +2,7 @@
 //! if given). A port with nothing behind it answers ICMP port unreachable, which the
 //! connected socket turns into an error at once, not a timeout.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::UdpSocket;
 
@@ -11,8 +11,12 @@ use crate::config::UdpCheck;
 /// Answers are read up to this size.
 const MAX_ANSWER: usize = 4096;
 
-pub async fn check(addr: SocketAddr, spec: &UdpCheck) -> Result<String, String> {
-    let socket = connected(addr).await?;
+pub async fn check(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    spec: &UdpCheck,
+) -> Result<String, String> {
+    let socket = connected(addr, from).await?;
     socket.send(spec.send.as_bytes()).await.map_err(|e| format!("send to {addr}: {e}"))?;
     let mut answer = vec![0u8; MAX_ANSWER];
     let n = socket.recv(&mut answer).await.map_err(|e| format!("no answer from {addr}: {e}"))?;
@@ -20,9 +24,12 @@ pub async fn check(addr: SocketAddr, spec: &UdpCheck) -> Result<String, String> 
 }
 
 /// A UDP socket of the target's family connected to it: only its answers are read.
-pub(crate) async fn connected(addr: SocketAddr) -> Result<UdpSocket, String> {
-    let any: SocketAddr =
-        if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+pub(crate) async fn connected(addr: SocketAddr, from: Option<IpAddr>) -> Result<UdpSocket, String> {
+    let any: SocketAddr = match from {
+        Some(from) => SocketAddr::new(from, 0),
+        None if addr.is_ipv4() => ([0, 0, 0, 0], 0).into(),
+        None => ([0u16; 8], 0).into(),
+    };
     let socket = UdpSocket::bind(any).await.map_err(|e| format!("UDP socket: {e}"))?;
     socket.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     Ok(socket)

@@ -125,27 +125,29 @@ pub fn dataplane() -> Dataplane {
             VipInfo { index, forwarding: s.forwarding as u8, _pad: [0; 3] },
         )
         .unwrap();
-        dp.set_real(
-            index,
-            RealInfo {
-                addr: s.real,
-                mac: REAL_MAC,
-                family: s.family,
-                flags: REAL_PRESENT,
-                src_mac: DIRECTOR_MAC,
-                port_be: s.real_port.to_be(),
-                tunnel_src: TUNNEL_SRC[s.family as usize / 6],
-                mtu: s.mtu,
-                _pad: [0; 2],
-                // 0: leave by the ingress interface (XDP_TX), as BPF_PROG_TEST_RUN has no other.
-                ifindex: 0,
-                vip: index,
-            },
-        )
-        .unwrap();
+        dp.set_real(index, real_of(index)).unwrap();
         dp.set_maglev(index, &vec![index; MAGLEV_SIZE as usize]).unwrap();
     }
     dp
+}
+
+/// Real `index` as `dataplane()` writes it: service `index`'s one real, serving it.
+pub fn real_of(index: u32) -> RealInfo {
+    let s = services()[index as usize];
+    RealInfo {
+        addr: s.real,
+        mac: REAL_MAC,
+        family: s.family,
+        flags: REAL_PRESENT,
+        src_mac: DIRECTOR_MAC,
+        port_be: s.real_port.to_be(),
+        tunnel_src: TUNNEL_SRC[s.family as usize / 6],
+        mtu: s.mtu,
+        _pad: [0; 2],
+        // 0: leave by the ingress interface (XDP_TX), as BPF_PROG_TEST_RUN has no other.
+        ifindex: 0,
+        vip: index,
+    }
 }
 
 pub fn run(dp: &mut Dataplane, frame: &[u8]) -> (u32, Vec<u8>) {
