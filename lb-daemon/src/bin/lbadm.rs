@@ -222,6 +222,22 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
             r.since_secs,
             last
         );
+        // Several checks: each on a line of its own, with its own last result.
+        if r.checks.len() > 1 {
+            for c in &r.checks {
+                let last = match &c.last {
+                    Some((true, d)) => format!("ok: {d}"),
+                    Some((false, d)) => format!("failed: {d}"),
+                    None => "-".into(),
+                };
+                let since = c.since_secs.map_or("-".into(), |s| format!("{s}s"));
+                let health = format!("{:?}", c.health).to_lowercase();
+                println!(
+                    "{:<12} {:<26} check {:<5} {health:<8} {since:>6}  {last}",
+                    "", "", c.kind
+                );
+            }
+        }
         if let Some(router) = r.via {
             println!("{:<12} {:<26} reached via {router}", "", "");
         }

@@ -142,6 +142,21 @@ pub struct RealStatus {
     /// Health transitions (up to down and back) since the real was added.
     #[serde(default)]
     pub transitions: u64,
+    /// Each check of the real: its type, state, last result and since when.
+    #[serde(default)]
+    pub checks: Vec<CheckStatus>,
+}
+
+/// One check of a real, as `lbadm status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// The `type` keyword.
+    pub kind: String,
+    pub health: Health,
+    /// The last result: (success, detail).
+    pub last: Option<(bool, String)>,
+    /// Seconds since the result last changed between success and failure.
+    pub since_secs: Option<u64>,
 }
 
 /// A request on its way to the driver, with where its answer goes.

@@ -237,6 +237,8 @@ struct CheckState {
     checker: CheckerId,
     hysteresis: Hysteresis,
     last: Option<(bool, String)>,
+    /// When this check's result last changed between success and failure (its first).
+    since: Option<Time>,
 }
 
 /// A batch in flight, and what to do when it lands.
@@ -769,7 +771,7 @@ impl Core {
                     Some(config::Initial::Down) => hysteresis.assume(Health::Down),
                     None => {}
                 }
-                CheckState { spec: c.clone(), checker: id, hysteresis, last: None }
+                CheckState { spec: c.clone(), checker: id, hysteresis, last: None, since: None }
             })
             .collect()
     }
@@ -958,6 +960,9 @@ impl Core {
             Some(Health::Up) => info!(detail = %o.detail, "check up"),
             Some(Health::Down) => warn!(detail = %o.detail, "check down"),
             _ => debug!(success = o.success, detail = %o.detail, "check"),
+        }
+        if c.last.as_ref().map(|(ok, _)| *ok) != Some(o.success) {
+            c.since = Some(now);
         }
         c.last = Some((o.success, o.detail));
         let reweighted = match o.weight.filter(|_| o.success) {

@@ -1078,3 +1078,36 @@ fn the_fallback_serves_only_while_no_real_can_and_shows_only_then() {
     assert_eq!(h.serving("192.0.2.10:80"), [b], "a real back: the fallback leaves");
     assert!(!listed(&mut h).contains(&"10.0.0.99".to_string()));
 }
+
+#[test]
+fn status_shows_each_check_with_its_last_result_and_since_when() {
+    let two = WEB.replace(
+        "    check: { type: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 2 }",
+        "    checks:\n      - { type: tcp, interval: 1s, timeout: 500ms }\n      - { type: ping, interval: 1s, timeout: 500ms }",
+    );
+    let mut h = running(&[&two]);
+    let ids: Vec<CheckerId> =
+        h.real("192.0.2.10:80", "10.0.0.11").checks.iter().map(|c| c.checker).collect();
+    h.advance(Duration::from_secs(5));
+    let detail = "no answer".to_string();
+    h.feed(Input::Observation(Observation {
+        checker: ids[1],
+        success: false,
+        detail,
+        weight: None,
+    }));
+    h.advance(Duration::from_secs(2));
+    let Answer::Status(s) = h.control(Request::Status) else { panic!() };
+    let real = s.reals.iter().find(|r| r.address.ip().to_string() == "10.0.0.11").unwrap();
+    let shown: Vec<(String, Option<(bool, String)>, Option<u64>)> =
+        real.checks.iter().map(|c| (c.kind.clone(), c.last.clone(), c.since_secs)).collect();
+    assert_eq!(
+        shown,
+        [
+            ("tcp".to_string(), Some((true, "ok".to_string())), Some(7)),
+            ("ping".to_string(), Some((false, "no answer".to_string())), Some(2)),
+        ]
+    );
+    // The real's own last check is the failing one: it says why.
+    assert_eq!(real.last_check, Some((false, "no answer".into())));
+}

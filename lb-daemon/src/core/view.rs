@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use lb_common::{FLOW_CLOSING, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP};
 
 use super::{Core, Time};
-use crate::control::{DirectorView, RealStatus, RealView, ServiceView, StatusView};
+use crate::control::{CheckStatus, DirectorView, RealStatus, RealView, ServiceView, StatusView};
 
 /// One service of a listing, with where its counters are in the data plane.
 #[derive(Debug, Clone)]
@@ -81,6 +81,16 @@ impl Core {
                         .or_else(|| r.checks.first().and_then(|c| c.last.clone())),
                     since_secs: now.since(r.since).as_secs(),
                     transitions: r.transitions,
+                    checks: r
+                        .checks
+                        .iter()
+                        .map(|c| CheckStatus {
+                            kind: c.spec.probe.name().into(),
+                            health: c.hysteresis.state(),
+                            last: c.last.clone(),
+                            since_secs: c.since.map(|t| now.since(t).as_secs()),
+                        })
+                        .collect(),
                 })
             })
             .collect();
