@@ -71,6 +71,10 @@ fn main() -> Result<()> {
             run(Command::new("cargo")
                 .args(["bench", "-p", "lb-daemon", "--bench", "xdp"])
                 .current_dir(workspace()))?;
+            // Check load: 1,000 and 10,000 reals at 1 s, tcp and http, on loopback.
+            run(Command::new("cargo")
+                .args(["bench", "-p", "lb-daemon", "--bench", "checks"])
+                .current_dir(workspace()))?;
             // Failover: takeover times, broken connections and failed requests per event,
             // two directors at 100 ms and 1 s, and three (tests/e2e_failover.rs prints the
             // tables docs/BENCHMARKS.md records).
