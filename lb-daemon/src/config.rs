@@ -506,6 +506,7 @@ enum CheckType {
     Tcp,
     Udp,
     Http,
+    Https,
     Dns,
     Ping,
     Exec,
@@ -514,12 +515,13 @@ enum CheckType {
 
 impl<'de> Deserialize<'de> for CheckType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let planned = ["https", "ldap"];
-        let built = ["tcp", "udp", "http", "dns", "ping", "exec", "none"];
+        let planned = ["ldap"];
+        let built = ["tcp", "udp", "http", "https", "dns", "ping", "exec", "none"];
         match keyword(d, &built, &planned, "type")?.as_str() {
             "tcp" => Ok(CheckType::Tcp),
             "udp" => Ok(CheckType::Udp),
             "http" => Ok(CheckType::Http),
+            "https" => Ok(CheckType::Https),
             "dns" => Ok(CheckType::Dns),
             "ping" => Ok(CheckType::Ping),
             "exec" => Ok(CheckType::Exec),
@@ -559,6 +561,9 @@ pub enum Probe {
     /// Up when `send` gets an answer (holding `expect`, if given).
     Udp(UdpCheck),
     Http(HttpCheck),
+    /// HTTP over TLS: `host` also sent as SNI; the certificate taken as it comes unless
+    /// `tls_verify` (against `ca_file`), as ldirectord and keepalived take it.
+    Https(HttpsCheck),
     /// Up when `query` is answered NOERROR (with `expect` among the answers, if given).
     Dns(DnsCheck),
     /// Up when an ICMP or ICMPv6 echo is answered.
@@ -576,12 +581,22 @@ impl Probe {
             Probe::Tcp => "tcp",
             Probe::Udp(_) => "udp",
             Probe::Http(_) => "http",
+            Probe::Https(_) => "https",
             Probe::Dns(_) => "dns",
             Probe::Ping => "ping",
             Probe::Exec(_) => "exec",
             Probe::None => "none",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpsCheck {
+    pub http: HttpCheck,
+    /// Verify the real's certificate (against `ca_file`); default false: a real's
+    /// self-signed certificate still counts as up.
+    pub tls_verify: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -648,6 +663,8 @@ struct RawCheck {
     qtype: Option<String>,
     transport: Option<DnsTransport>,
     command: Option<String>,
+    tls_verify: Option<bool>,
+    ca_file: Option<PathBuf>,
 }
 
 /// A check is read as its [`RawCheck`] and then sorted by type, inside the check's own
@@ -697,8 +714,15 @@ impl TryFrom<RawCheck> for Check {
             || r.host.is_some()
             || r.expect_status.is_some()
             || r.expect_body.is_some();
+        let tls_keys = r.tls_verify.is_some() || r.ca_file.is_some();
+        if tls_keys && r.kind != CheckType::Https {
+            return Err("tls_verify and ca_file apply to https checks".into());
+        }
+        if r.tls_verify == Some(true) && r.ca_file.is_none() {
+            return Err("tls_verify: verifying needs ca_file, the CA to verify the real's certificate against".into());
+        }
         let probe = match r.kind {
-            CheckType::Http => {
+            CheckType::Http | CheckType::Https => {
                 let path = r.path.unwrap_or_else(|| "/".into());
                 // Written into the request line and its Host header as they are.
                 let clean = |s: &str| !s.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -718,12 +742,17 @@ impl TryFrom<RawCheck> for Check {
                         "expect_status: {expect_status} is not an HTTP status: write 100 to 599"
                     ));
                 }
-                Probe::Http(HttpCheck {
-                    path,
-                    host: r.host,
-                    expect_status,
-                    expect_body: r.expect_body,
-                })
+                let http =
+                    HttpCheck { path, host: r.host, expect_status, expect_body: r.expect_body };
+                if r.kind == CheckType::Https {
+                    Probe::Https(HttpsCheck {
+                        http,
+                        tls_verify: r.tls_verify.unwrap_or(false),
+                        ca_file: r.ca_file,
+                    })
+                } else {
+                    Probe::Http(http)
+                }
             }
             other if http_keys => {
                 return Err(format!(
@@ -1082,7 +1111,7 @@ pub fn lint(config: &Config) -> Vec<(String, String)> {
         let service = if udp { "UDP" } else { "TCP" };
         for (path, c) in checks {
             let sees = match &c.probe {
-                Probe::Tcp | Probe::Http(_) => !udp,
+                Probe::Tcp | Probe::Http(_) | Probe::Https(_) => !udp,
                 Probe::Udp(_) => udp,
                 Probe::Dns(d) => (d.transport == DnsTransport::Udp) == udp,
                 Probe::Ping | Probe::Exec(_) | Probe::None => true,
@@ -1704,7 +1733,25 @@ services:
         );
         let c = parse(Path::new("lb.yaml"), &with_check("      type: ping\n")).unwrap();
         assert_eq!(c.services[0].check.as_ref().unwrap().probe, Probe::Ping);
+        let c = parse(Path::new("lb.yaml"), &with_check("      type: https\n      host: www.example.org\n      tls_verify: true\n      ca_file: /etc/lbd/ca.pem\n")).unwrap();
+        let Some(Probe::Https(tls)) = c.services[0].check.as_ref().map(|c| &c.probe) else {
+            panic!()
+        };
+        assert_eq!(
+            (tls.http.host.as_deref(), tls.tls_verify, tls.ca_file.as_deref()),
+            (Some("www.example.org"), true, Some(Path::new("/etc/lbd/ca.pem")))
+        );
+        let c = parse(Path::new("lb.yaml"), &with_check("      type: https\n")).unwrap();
+        let Some(Probe::Https(tls)) = c.services[0].check.as_ref().map(|c| &c.probe) else {
+            panic!()
+        };
+        assert!(!tls.tls_verify, "a real's self-signed certificate counts as up by default");
         for (check, says) in [
+            ("      type: https\n      tls_verify: true\n", "verifying needs ca_file"),
+            (
+                "      type: http\n      ca_file: /ca.pem\n",
+                "tls_verify and ca_file apply to https checks",
+            ),
             (
                 "      type: dns\n      query: whoami.lab\n      qtype: BOGUS\n",
                 "qtype: `BOGUS` is not a DNS record type",
@@ -2285,7 +2332,7 @@ services:
         assert_eq!(
             problems(&text),
             [
-                "lb.yaml:13:9: services[0].checks[2].type: `ldap` is not built yet in this version of lbd (built: tcp, udp, http, dns, ping, exec, none)"
+                "lb.yaml:13:9: services[0].checks[2].type: `ldap` is not built yet in this version of lbd (built: tcp, udp, http, https, dns, ping, exec, none)"
             ]
         );
         let text = text.replace("type: ldap", "type: dns");

@@ -310,3 +310,37 @@ fn checks_never_leave_from_a_vip_even_when_the_kernel_would_pick_one() {
     let status = d.status().unwrap();
     assert!(status.reals.iter().all(|r| r.health == Health::Up), "{:#?}", status.reals);
 }
+
+#[test]
+fn https_checks_take_a_self_signed_real_as_up_and_verify_against_a_ca_when_asked() {
+    lb_lab::needs_root!();
+    let lab = Lab::new("tls").expect("lab");
+    let (ca, _) = lab.tls_certificate().unwrap();
+    let reals: String = REALS.iter().map(|r| format!("      - address: {r}\n")).collect();
+    let timing = format!(
+        "interval: {}ms, timeout: {}ms, rise: {RISE}, fall: {FALL}",
+        INTERVAL.as_millis(),
+        TIMEOUT.as_millis()
+    );
+    let d = Director::start(lab, |socket| {
+        format!(
+            "director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n  - name: tls\n    vip: {VIP}:8443\n    \
+             protocol: tcp\n    checks:\n      - {{ type: https, path: /healthz, expect_body: ok, {timing} }}\n      \
+             - {{ type: https, host: lab, tls_verify: true, ca_file: {}, {timing} }}\n    reals:\n{reals}",
+            socket.display(),
+            ca.display()
+        )
+    });
+    // Up with both checks (Director::start waited): the self-signed one taken as it
+    // comes, the verified one against the lab's CA with SNI `lab`.
+    let status = d.status().unwrap();
+    let kinds: Vec<&str> = status.reals[0].checks.iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(kinds, ["https", "https"]);
+    let mut d = d;
+    d.lab.stop(&real_role(0), "nginx").unwrap();
+    let took = wait_health(&d, "tls", 0, Health::Down, INTERVAL * FALL + TIMEOUT);
+    eprintln!("https: real1 down after {took:?}");
+    d.lab.start_nginx(0).unwrap();
+    let took = wait_health(&d, "tls", 0, Health::Up, INTERVAL * RISE + TIMEOUT);
+    eprintln!("https: real1 up after {took:?}");
+}

@@ -988,6 +988,20 @@ fn serialise(config: &Config) -> Node {
                     e.push(("expect_body", s(body)));
                 }
             }
+            config::Probe::Https(t) => {
+                e.push(("path", s(&t.http.path)));
+                if let Some(host) = &t.http.host {
+                    e.push(("host", s(host)));
+                }
+                e.push(("expect_status", raw(t.http.expect_status)));
+                if let Some(body) = &t.http.expect_body {
+                    e.push(("expect_body", s(body)));
+                }
+                e.push(("tls_verify", raw(t.tls_verify)));
+                if let Some(ca) = &t.ca_file {
+                    e.push(("ca_file", s(&ca.display().to_string())));
+                }
+            }
             config::Probe::Udp(u) => {
                 e.push(("send", s(&u.send)));
                 if let Some(x) = &u.expect {

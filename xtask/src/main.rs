@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "tshark",
     "util-linux",
     "keepalived",
+    "openssl",
 ];
 
 #[derive(Parser)]

@@ -551,12 +551,15 @@ impl Lab {
         std::fs::read_to_string(self.dir.join(format!("{role}-{what}.log"))).unwrap_or_default()
     }
 
-    /// nginx on real `i`, on ports 80 and 8080, answering `/` with its role name and
+    /// nginx on real `i`, on ports 80 and 8080, and 8443 with TLS (a self-signed
+    /// certificate for `lab`, made once per lab), answering `/` with its role name and
     /// `/healthz` with `ok`.
     pub fn start_nginx(&mut self, i: usize) -> Result<()> {
         let role = real_role(i);
         let tmp = self.dir.join(format!("{role}-nginx"));
         std::fs::create_dir_all(&tmp)?;
+        let (cert, key) = self.tls_certificate()?;
+        let (cert, key) = (cert.display(), key.display());
         let t = tmp.display();
         let conf = format!(
             "daemon off;\nuser root;\nworker_processes 1;\npid {t}/nginx.pid;\nerror_log {t}/error.log;\n\
@@ -564,7 +567,8 @@ impl Lab {
              http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n\
                fastcgi_temp_path {t}/fastcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n\
                keepalive_timeout 120s;\n  keepalive_requests 1000000;\n\
-               server {{\n    listen 80;\n    listen [::]:80;\n    listen 8080;\n    listen [::]:8080;\n    default_type text/plain;\n\
+               server {{\n    listen 80;\n    listen [::]:80;\n    listen 8080;\n    listen [::]:8080;\n    \
+                 listen 8443 ssl;\n    listen [::]:8443 ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    default_type text/plain;\n\
                  location = /healthz {{ return 200 \"ok\\n\"; }}\n\
                  location / {{ return 200 \"{role}\\n\"; }}\n  }}\n}}\n"
         );
@@ -576,6 +580,38 @@ impl Lab {
         self.spawn(&role, "nginx", &["nginx", "-p", &prefix, "-e", &err, "-c", &p])?;
         self.wait_port(&role, self.real(i).0, 80)?;
         self.wait_port(&role, self.real(i).0, 8080)
+    }
+
+    /// The lab's self-signed certificate and key for `lab` (openssl, made at the first call).
+    pub fn tls_certificate(&self) -> Result<(PathBuf, PathBuf)> {
+        let (cert, key) = (self.dir.join("tls.crt"), self.dir.join("tls.key"));
+        if !cert.exists() {
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+                .args([
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=lab",
+                    "-addext",
+                    "subjectAltName=DNS:lab",
+                ])
+                // A server's certificate, its own trust anchor: not a CA, which a
+                // verifier refuses as an end entity.
+                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+                .args(["-addext", "extendedKeyUsage=serverAuth"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .context("running openssl")?;
+            if !out.status.success() {
+                bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        Ok((cert, key))
     }
 
     /// dnsmasq on real `i`, answering TXT `whoami.lab` with its role name, UDP and TCP.

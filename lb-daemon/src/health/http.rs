@@ -16,8 +16,19 @@ pub async fn check(
     from: Option<IpAddr>,
     spec: &HttpCheck,
 ) -> Result<String, String> {
-    let mut stream =
-        super::connect(addr, from).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    let stream = super::connect(addr, from).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    exchange(stream, addr, spec).await
+}
+
+/// The GET on `stream` (plain, or TLS for https), its response read and judged.
+pub(crate) async fn exchange<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    spec: &HttpCheck,
+) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let host = spec.host.clone().unwrap_or_else(|| match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -28,11 +39,13 @@ pub async fn check(
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("send to {addr}: {e}"))?;
     let mut response = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("read from {addr}: {e}"))?;
+    // A TLS peer may close without close_notify once the response is whole: judged as read.
+    let read = (&mut stream).take(MAX_RESPONSE).read_to_end(&mut response).await;
+    if let Err(e) = read
+        && response.is_empty()
+    {
+        return Err(format!("read from {addr}: {e}"));
+    }
     judge(&response, spec)
 }
 

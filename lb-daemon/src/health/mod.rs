@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod exec;
 pub mod http;
+pub mod https;
 pub mod ping;
 pub mod schedule;
 pub mod source;
@@ -70,6 +71,7 @@ async fn probe(target: &CheckTarget) -> (Result<String, String>, Option<u32>) {
         Probe::Tcp => tcp::check(target.addr, from).await,
         Probe::Udp(spec) => udp::check(target.addr, from, spec).await,
         Probe::Http(spec) => http::check(target.addr, from, spec).await,
+        Probe::Https(spec) => https::check(target.addr, from, spec).await,
         Probe::Dns(spec) => dns::check(target.addr, from, spec).await,
         Probe::Ping => ping::check(target.addr.ip(), from).await,
         Probe::None => Ok("no check".into()),
