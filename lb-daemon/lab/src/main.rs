@@ -1,7 +1,8 @@
 //! The lab behind `cargo xtask lab`: builds the namespace lab, starts nginx and dnsmasq on
 //! three reals and lbd on two directors (examples/lab.yaml, priority 200, and
 //! examples/lab-director2.yaml, priority 100), sends HTTP and DNS through the VIP, shows
-//! what an operator would look at (lbadm's listing and status), then cuts the master's
+//! what an operator would look at (lbadm's listing and status), one real dying and coming
+//! back in `lbadm status`, then cuts the master's
 //! cable while 50 long-lived connections and new requests flow, and shows the takeover,
 //! the unbroken connections, and the fail-back when the cable is back.
 
@@ -158,6 +159,31 @@ fn run(args: &Args) -> Result<()> {
     show(&sockets[0], &["-L", "-n"])?;
     show(&sockets[0], &["status"])?;
     show(&sockets[1], &["status"])?;
+
+    // One real dies and comes back: its checks take it out of every service and back in.
+    let real1 = std::net::IpAddr::V4(REALS[0]);
+    let real1_state = |want: Health| {
+        matches!(control::call(&sockets[0], &Request::Status), Ok(Response::Status(s))
+            if s.reals.iter().filter(|r| r.address.ip() == real1 && r.service.starts_with("web")).all(|r| r.health == want))
+    };
+    let wait = |what: &str, want: Health| -> Result<Duration> {
+        let start = Instant::now();
+        while !real1_state(want) {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("real1 not {what} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(start.elapsed())
+    };
+    step("real1's nginx stopped (its http and https checks fail)");
+    lab.stop(&lb_lab::real_role(0), "nginx")?;
+    println!("  real1 down in web and web-tls after {:.1?}", wait("down", Health::Down)?);
+    show(&sockets[0], &["status"])?;
+    step("real1's nginx started again");
+    lab.start_nginx(0)?;
+    println!("  real1 up again after {:.1?}", wait("up", Health::Up)?);
+    show(&sockets[0], &["status"])?;
 
     failover(&mut lab, &sockets)?;
     show(&sockets[0], &["status"])?;
