@@ -354,7 +354,6 @@ fn two_directors_fail_over_at_1s_without_breaking_a_connection() {
 fn of_three_directors_the_highest_backup_takes_over_and_the_third_stays_backup() {
     lb_lab::needs_root!();
     let interval = Duration::from_millis(100);
-    let began = Instant::now();
     let mut c = Cluster::start("fo3", 3, interval);
     let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
     let watch = Watch::start(&c.lab, &ROLES, VIP).unwrap();
@@ -365,6 +364,14 @@ fn of_three_directors_the_highest_backup_takes_over_and_the_third_stays_backup()
         traffic.errors()
     );
     let mdi = c.master_down(100);
+    // At start the directors come up in any order, and the first to run may be master
+    // for a moment before the others preempt: what counts is from the event on.
+    let masters = |c: &Cluster| {
+        let d = c.status(2).unwrap().director;
+        d.transitions.iter().find(|t| t.reason == "MASTER").map_or(0, |t| t.packets)
+    };
+    let third_before = masters(&c);
+    let event = Instant::now();
     let row = measure(
         &mut c,
         &traffic,
@@ -376,12 +383,8 @@ fn of_three_directors_the_highest_backup_takes_over_and_the_third_stays_backup()
     );
     let third = c.status(2).unwrap().director;
     assert_eq!(third.ha_state, "BACKUP");
-    assert!(
-        third.transitions.iter().all(|t| t.reason != "MASTER"),
-        "the third director never took over: {:?}",
-        third.transitions
-    );
-    assert!(!watch.forwarded_since(began, 2), "the third forwarded nothing");
+    assert_eq!(masters(&c), third_before, "the third director took over: {:?}", third.transitions);
+    assert!(!watch.forwarded_since(event, 2), "the third forwarded nothing");
     traffic.stop();
     print(interval, std::slice::from_ref(&row));
     check(std::slice::from_ref(&row));
