@@ -262,9 +262,11 @@ fn run(prefix: &str, interval: Duration) -> Vec<Row> {
         bound: mdi,
         counts: traffic.counts() - before,
     });
+    // SIGTERM alone: the time lbd takes to exit is not the takeover's; reaped after.
     rows.push(measure(&mut c, &traffic, &watch, "graceful stop (SIGTERM)", (0, 1), skew, |c| {
-        c.lab.stop(ROLES[0], "lbd-3").unwrap()
+        c.lab.signal(ROLES[0], "lbd-3", libc::SIGTERM).unwrap()
     }));
+    c.lab.stop(ROLES[0], "lbd-3").unwrap();
     rows.push(measure(
         &mut c,
         &traffic,
