@@ -108,7 +108,12 @@ pub struct Driver<D: DataplaneOps> {
     /// The services' notify scripts, run one after another in the order of the
     /// transitions (made at the first).
     notify: Option<mpsc::UnboundedSender<hooks::Hook>>,
+    /// When readiness was last computed.
+    ready_at: Option<std::time::Instant>,
 }
+
+/// How often readiness is computed at most.
+const READINESS_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long a service's notify script may run, and a recover step.
 const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -138,6 +143,7 @@ impl<D: DataplaneOps> Driver<D> {
             ha_priority: None,
             ready: watch::Sender::new(false),
             notify: None,
+            ready_at: None,
         };
         (driver, resolve)
     }
@@ -314,6 +320,21 @@ impl<D: DataplaneOps> Driver<D> {
                 }
             }
         }
+        self.publish_readiness();
+    }
+
+    /// Publishes [`Core::ready`] for the failover tasks. It walks every real, so it is
+    /// not redone for each of thousands of check results a second: only where a failover
+    /// task listens, and at most every 100 ms (the clock's tick each second comes after
+    /// the last change, so none is missed for long; preempting waits on the election's
+    /// seconds anyway).
+    fn publish_readiness(&mut self) {
+        if self.ready.receiver_count() == 0
+            || self.ready_at.is_some_and(|at| at.elapsed() < READINESS_PERIOD)
+        {
+            return;
+        }
+        self.ready_at = Some(std::time::Instant::now());
         let ready = self.core.ready();
         self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }
