@@ -333,18 +333,9 @@ impl Dataplane {
                 continue;
             }
             let table: Vec<u32> = (0..MAGLEV_SIZE as usize)
-                .map(|slot| {
-                    let line = (index * MAGLEV_LINES) as usize + slot / MAGLEV_LINE_SLOTS as usize;
-                    let line = self.maglev.ptr(line);
-                    // SAFETY: in the mapping; read whole, as the data plane reads it.
-                    let cell = unsafe {
-                        &*(std::ptr::addr_of_mut!((*line).reals[slot % MAGLEV_LINE_SLOTS as usize])
-                            as *const AtomicU16)
-                    };
-                    match cell.load(Ordering::Relaxed) {
-                        MAGLEV_EMPTY => NO_REAL,
-                        id => u32::from(id),
-                    }
+                .map(|slot| match self.maglev_slot(index, slot).load(Ordering::Relaxed) {
+                    MAGLEV_EMPTY => NO_REAL,
+                    id => u32::from(id),
                 })
                 .collect();
             maglev.insert(index, table);
@@ -511,18 +502,23 @@ impl Dataplane {
                     .filter(|&id| id != MAGLEV_EMPTY)
                     .with_context(|| format!("real id {id} does not fit a Maglev slot"))?,
             };
-            let line = (index * MAGLEV_LINES) as usize + slot / MAGLEV_LINE_SLOTS as usize;
-            let line = self.maglev.ptr(line);
-            let at = slot % MAGLEV_LINE_SLOTS as usize;
-            // SAFETY: in the mapping (ptr checks the line), aligned, and only ever accessed
-            // whole, by us atomically and by the data plane as one 16-bit load.
-            let cell = unsafe { &*(std::ptr::addr_of_mut!((*line).reals[at]) as *const AtomicU16) };
+            let cell = self.maglev_slot(index, slot);
             if cell.load(Ordering::Relaxed) != real {
                 cell.store(real, Ordering::Relaxed);
                 changed += 1;
             }
         }
         Ok(changed)
+    }
+
+    /// Slot `slot` of VIP `index`'s Maglev table, in the mapping.
+    fn maglev_slot(&self, index: u32, slot: usize) -> &AtomicU16 {
+        let line = (index * MAGLEV_LINES) as usize + slot / MAGLEV_LINE_SLOTS as usize;
+        let line = self.maglev.ptr(line);
+        let at = slot % MAGLEV_LINE_SLOTS as usize;
+        // SAFETY: in the mapping (ptr checks the line), aligned, and only ever accessed
+        // whole, by us atomically and by the data plane as one 16-bit load.
+        unsafe { &*(std::ptr::addr_of_mut!((*line).reals[at]) as *const AtomicU16) }
     }
 
     pub fn vip_counters(&self, index: u32) -> Result<Counters> {
@@ -653,10 +649,8 @@ impl Fence {
 
     /// Both families unfenced.
     pub fn disarm(&mut self) -> Result<()> {
-        for index in [FENCE_V4, FENCE_V6] {
-            self.leases.set(index, Lease::default(), 0).context("writing FENCE")?;
-        }
-        Ok(())
+        self.disarm_family(true)?;
+        self.disarm_family(false)
     }
 }
 
