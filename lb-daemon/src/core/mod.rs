@@ -179,14 +179,30 @@ pub enum Effect {
     Hook(HookRun),
 }
 
-/// A script to run: what it is for (`notify`, `recover`), the program, its arguments and
-/// environment.
+/// A script to run: what it is for, the program, its arguments and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookRun {
-    pub what: &'static str,
+    pub what: HookKind,
     pub program: std::path::PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+}
+
+/// What a service's script is for: the driver runs `notify`s one after another in the
+/// order of the transitions, `recover` steps each on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    Notify,
+    Recover,
+}
+
+impl HookKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Notify => "notify",
+            HookKind::Recover => "recover",
+        }
+    }
 }
 
 /// A control answer; listings and status still need the data plane's counters, which the
@@ -424,7 +440,7 @@ impl Core {
                     r.recovered += 1;
                     warn!(service = %s.spec.name, real = %r.addr, step = r.recovered, command = %step.command, "real still down: recover step");
                     fx.push(Effect::Hook(HookRun {
-                        what: "recover",
+                        what: HookKind::Recover,
                         program: "/bin/sh".into(),
                         args: vec!["-c".into(), step.command.clone()],
                         env: hook_env(&s.spec, r.addr),
@@ -995,7 +1011,7 @@ impl Core {
         if let (true, Some(program)) = (news, &s.spec.notify) {
             let state = if health == Health::Up { "UP" } else { "DOWN" };
             fx.push(Effect::Hook(HookRun {
-                what: "notify",
+                what: HookKind::Notify,
                 program: program.clone(),
                 args: vec![state.into()],
                 env: hook_env(&s.spec, r.addr),

@@ -1004,7 +1004,7 @@ fn notify_runs_on_each_transition_and_recover_escalates_while_a_real_stays_down(
         [(
             down_at,
             HookRun {
-                what: "notify",
+                what: HookKind::Notify,
                 program: "/etc/lbd/real.sh".into(),
                 args: vec!["DOWN".into()],
                 env: env("10.0.0.11:80")
@@ -1019,7 +1019,7 @@ fn notify_runs_on_each_transition_and_recover_escalates_while_a_real_stays_down(
     let steps: Vec<(Duration, Vec<String>)> = h
         .hooks
         .iter()
-        .filter(|(_, r)| r.what == "recover")
+        .filter(|(_, r)| r.what == HookKind::Recover)
         .map(|(t, r)| (t.since(down_at), r.args.clone()))
         .collect();
     assert_eq!(
@@ -1041,8 +1041,12 @@ fn notify_runs_on_each_transition_and_recover_escalates_while_a_real_stays_down(
     for _ in 0..31 {
         h.advance(Duration::from_secs(1));
     }
-    let recovered: Vec<Duration> =
-        h.hooks.iter().filter(|(_, r)| r.what == "recover").map(|(t, _)| t.since(again)).collect();
+    let recovered: Vec<Duration> = h
+        .hooks
+        .iter()
+        .filter(|(_, r)| r.what == HookKind::Recover)
+        .map(|(t, _)| t.since(again))
+        .collect();
     assert_eq!(recovered, [Duration::from_secs(30)]);
     // Up before a step is due: it never runs.
     h.observe("10.0.0.11", true);

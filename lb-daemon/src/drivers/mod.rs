@@ -33,7 +33,9 @@ use tracing::{error, warn};
 use crate::config::{self, Config};
 use crate::control::{self, BUSY, ReasonCount, Request, Response, Stats};
 use crate::core::Listed;
-use crate::core::{Answer, CheckerId, Core, Effect, Input, Observation, Resolved, Time, Token};
+use crate::core::{
+    Answer, CheckerId, Core, Effect, HookKind, Input, Observation, Resolved, Time, Token,
+};
 use crate::health;
 use dataplane::DataplaneOps;
 
@@ -301,20 +303,23 @@ impl<D: DataplaneOps> Driver<D> {
                         }
                     }
                     Effect::Hook(run) => {
-                        let timeout =
-                            if run.what == "notify" { NOTIFY_TIMEOUT } else { RECOVER_TIMEOUT };
+                        let timeout = match run.what {
+                            HookKind::Notify => NOTIFY_TIMEOUT,
+                            HookKind::Recover => RECOVER_TIMEOUT,
+                        };
                         let hook = hooks::Hook {
                             program: run.program,
                             args: run.args,
                             env: run.env,
                             timeout,
                         };
-                        if run.what == "notify" {
-                            let queue =
-                                self.notify.get_or_insert_with(|| hooks::in_order("notify"));
-                            let _ = queue.send(hook);
-                        } else {
-                            hooks::spawn(run.what, hook);
+                        match run.what {
+                            HookKind::Notify => {
+                                let queue =
+                                    self.notify.get_or_insert_with(|| hooks::in_order("notify"));
+                                let _ = queue.send(hook);
+                            }
+                            HookKind::Recover => hooks::spawn(run.what.name(), hook),
                         }
                     }
                 }
