@@ -200,7 +200,7 @@ fn run(prefix: &str, interval: Duration) -> Vec<Row> {
     let mut c = Cluster::start(prefix, 2, interval);
     let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
     let watch = Watch::start(&c.lab, &ROLES[..2], VIP).unwrap();
-    let traffic = Traffic::start(&c.lab, vip, 50, 4).unwrap();
+    let traffic = Traffic::start(&c.lab, vip, 50, 4, true).unwrap();
     assert!(
         traffic.wait_answered_since(Instant::now(), Duration::from_secs(10)),
         "{:?}",
@@ -334,22 +334,24 @@ fn check(rows: &[Row]) {
     }
 }
 
-#[test]
-fn two_directors_fail_over_at_100ms_without_breaking_a_connection() {
-    lb_lab::needs_root!();
-    let interval = Duration::from_millis(100);
-    let rows = run("fo1", interval);
+/// The events at `interval`, printed as docs/BENCHMARKS.md keeps them, and held to the
+/// targets.
+fn two_directors(prefix: &str, interval: Duration) {
+    let rows = run(prefix, interval);
     print(interval, &rows);
     check(&rows);
 }
 
 #[test]
+fn two_directors_fail_over_at_100ms_without_breaking_a_connection() {
+    lb_lab::needs_root!();
+    two_directors("fo1", Duration::from_millis(100));
+}
+
+#[test]
 fn two_directors_fail_over_at_1s_without_breaking_a_connection() {
     lb_lab::needs_root!();
-    let interval = Duration::from_secs(1);
-    let rows = run("fo2", interval);
-    print(interval, &rows);
-    check(&rows);
+    two_directors("fo2", Duration::from_secs(1));
 }
 
 #[test]
@@ -359,7 +361,7 @@ fn of_three_directors_the_highest_backup_takes_over_and_the_third_stays_backup()
     let mut c = Cluster::start("fo3", 3, interval);
     let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
     let watch = Watch::start(&c.lab, &ROLES, VIP).unwrap();
-    let traffic = Traffic::start(&c.lab, vip, 50, 4).unwrap();
+    let traffic = Traffic::start(&c.lab, vip, 50, 4, true).unwrap();
     assert!(
         traffic.wait_answered_since(Instant::now(), Duration::from_secs(10)),
         "{:?}",
@@ -400,7 +402,7 @@ fn losing_every_track_ping_node_is_fault_and_the_backup_takes_over() {
     let mut c = Cluster::start_with("fot", 2, interval, &track);
     let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
     let watch = Watch::start(&c.lab, &ROLES[..2], VIP).unwrap();
-    let traffic = Traffic::start(&c.lab, vip, 50, 4).unwrap();
+    let traffic = Traffic::start(&c.lab, vip, 50, 4, true).unwrap();
     assert!(
         traffic.wait_answered_since(Instant::now(), Duration::from_secs(10)),
         "{:?}",

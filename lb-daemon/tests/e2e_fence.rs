@@ -39,19 +39,6 @@ fn mac_of(lab: &Lab, role: &str) -> [u8; 6] {
     lab.in_ns(role, || lb_daemon::link::LinkInfo::read("eth0").unwrap().mac).unwrap()
 }
 
-/// Waits until `name`'s log says `text` more than `seen` times; returns how many times.
-fn wait_log(lab: &Lab, role: &str, name: &str, text: &str, seen: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = lab.log(role, name).matches(text).count();
-        if n > seen {
-            return n;
-        }
-        assert!(Instant::now() < deadline, "{name} never said {text:?}:\n{}", lab.log(role, name));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_master_killed_with_9_fences_itself_and_only_the_new_master_answers_arp() {
     lb_lab::needs_root!();
@@ -73,7 +60,7 @@ fn a_master_killed_with_9_fences_itself_and_only_the_new_master_answers_arp() {
         s.director.ha_state == "MASTER" && s.reals.iter().all(|r| r.health == Health::Up)
     });
     d.lab.start_keepalived(ROLE_CLIENT, "keepalived", 100, VIP.into()).unwrap();
-    let backups = wait_log(&d.lab, ROLE_CLIENT, "keepalived", "Entering BACKUP STATE", 0);
+    let backups = d.lab.wait_log(ROLE_CLIENT, "keepalived", "Entering BACKUP STATE", 0).unwrap();
     let (director, other) = (mac_of(&d.lab, ROLE_DIRECTOR), mac_of(&d.lab, ROLE_CLIENT));
     let window = Duration::from_millis(300);
     assert_eq!(arp_answerers(&d.lab, 3, window), BTreeSet::from([director]), "lbd master");
@@ -81,7 +68,7 @@ fn a_master_killed_with_9_fences_itself_and_only_the_new_master_answers_arp() {
     // kill -9: the VIP stays on the dead director's eth0, its data plane runs on.
     assert_eq!(d.lab.signal_named(ROLE_DIRECTOR, "lbd", libc::SIGKILL), 1);
     d.lab.stop(ROLE_DIRECTOR, "lbd").unwrap();
-    wait_log(&d.lab, ROLE_CLIENT, "keepalived", "Entering MASTER STATE", 0);
+    d.lab.wait_log(ROLE_CLIENT, "keepalived", "Entering MASTER STATE", 0).unwrap();
     let shown = d.lab.exec_ok(ROLE_DIRECTOR, &["ip", "-o", "addr", "show", "dev", "eth0"]).unwrap();
     assert!(shown.contains(&format!("inet {VIP}/32")), "the dead master keeps its VIP: {shown}");
     assert!(d.lab.exec_ok(ROLE_DIRECTOR, &["ip", "link", "show", "eth0"]).unwrap().contains("xdp"));
@@ -92,7 +79,7 @@ fn a_master_killed_with_9_fences_itself_and_only_the_new_master_answers_arp() {
     // over 100) and answers alone again; the dead data plane's drops were counted.
     d.lab.spawn_net(ROLE_DIRECTOR, "lbd-again", &args).unwrap();
     d.wait_until("lbd master again", Duration::from_secs(20), |s| s.director.ha_state == "MASTER");
-    wait_log(&d.lab, ROLE_CLIENT, "keepalived", "Entering BACKUP STATE", backups);
+    d.lab.wait_log(ROLE_CLIENT, "keepalived", "Entering BACKUP STATE", backups).unwrap();
     let status = d.lbadm(&["status"]);
     assert!(status.contains("drop_fenced_neighbour"), "{status}");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -9,15 +9,14 @@
 mod e2e;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::Director;
 use lb_daemon::health::Health;
-use lb_lab::{Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP, http_get, http_get_on};
+use lb_lab::failover::Traffic;
+use lb_lab::{Lab, REALS, ROLE_CLIENT, ROLE_DIRECTOR, VIP, http_get_on};
 
 fn config(socket: &Path, pin_root: &Path, max_reals: u32) -> String {
     let reals: String = REALS.iter().map(|r| format!("      - address: {r}\n")).collect();
@@ -35,49 +34,6 @@ fn config(socket: &Path, pin_root: &Path, max_reals: u32) -> String {
 fn start_lbd(d: &mut Director, what: &str, path: &Path) {
     let lbd = env!("CARGO_BIN_EXE_lbd");
     d.lab.spawn_net(ROLE_DIRECTOR, what, &[lbd, "--config", path.to_str().unwrap()]).unwrap();
-}
-
-/// Waits for lbd `what`'s log to say `line`.
-fn wait_log(d: &Director, what: &str, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !d.lab.log(ROLE_DIRECTOR, what).contains(line) {
-        assert!(
-            Instant::now() < deadline,
-            "{what} never said {line:?}:\n{}",
-            d.lab.log(ROLE_DIRECTOR, what)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// New connections through the VIP from the client, one after another, until `stop`:
-/// (answers, failures with their errors).
-fn requests_until(
-    lab: &Lab,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, Vec<String>)> {
-    let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
-    let path = PathBuf::from("/run/netns").join(lab.ns(ROLE_CLIENT));
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on this thread only, with a namespace fd we hold open.
-        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let (mut ok, mut failed) = (0, Vec::new());
-        // Bounded: at most 20,000 requests, at most 120 s.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !stop.load(Ordering::Relaxed)
-            && ok + failed.len() < 20_000
-            && Instant::now() < deadline
-        {
-            match http_get(vip) {
-                Ok(_) => ok += 1,
-                Err(e) => failed.push(e),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (ok, failed)
-    })
 }
 
 fn xdp_attached(lab: &Lab) -> bool {
@@ -111,9 +67,8 @@ fn the_pinned_data_plane_outlives_lbd_and_a_new_lbd_takes_it_over() {
     let vip = SocketAddr::new(IpAddr::V4(VIP), 80);
     let mut held = d.lab.connect(ROLE_CLIENT, vip).unwrap();
     let real = http_get_on(&mut held).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = requests_until(&d.lab, stop.clone());
     let conns_before = conns(&d);
+    let load = Traffic::start(&d.lab, vip, 0, 1, false).unwrap();
 
     // lbd killed: the data plane goes on, the held connection keeps its real.
     assert_eq!(d.lab.signal_named(ROLE_DIRECTOR, "lbd", libc::SIGKILL), 1);
@@ -125,25 +80,36 @@ fn the_pinned_data_plane_outlives_lbd_and_a_new_lbd_takes_it_over() {
 
     // lbd again: it takes the pinned data plane over; flows, ids and counters go on.
     start_lbd(&mut d, "lbd-again", &path);
-    wait_log(&d, "lbd-again", "going on from the pinned data plane");
+    d.lab.wait_log(ROLE_DIRECTOR, "lbd-again", "going on from the pinned data plane", 0).unwrap();
     d.wait_until("every real up again", Duration::from_secs(20), all_up);
     assert_eq!(http_get_on(&mut held).unwrap(), real);
-    assert!(conns(&d) >= conns_before + 20, "counters kept: {} after {conns_before}", conns(&d));
     let log = d.lab.log(ROLE_DIRECTOR, "lbd-again");
     assert!(log.contains("data plane pinned by an earlier lbd taken over"), "{log}");
+    // Every connection since the snapshot is in the counters on top of what they held:
+    // none was zeroed by the restart.
+    let early_failures = load.errors();
+    let sent = load.stop();
+    let conns_after = conns(&d);
+    assert!(
+        conns_after >= conns_before + sent.new_ok + 20,
+        "counters kept: {conns_after} after {conns_before}, with {} + 20 connections since",
+        sent.new_ok
+    );
 
     // A graceful stop leaves it forwarding too.
+    let load_through_stop = Traffic::start(&d.lab, vip, 0, 1, false).unwrap();
     d.lab.stop(ROLE_DIRECTOR, "lbd-again").unwrap();
     assert!(xdp_attached(&d.lab));
     assert_eq!(http_get_on(&mut held).unwrap(), real);
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
+    let failures = [early_failures, load_through_stop.errors()].concat();
+    let stopped = load_through_stop.stop();
     eprintln!(
-        "new connections through a kill -9, a restart and a stop: {ok} answered, {} failed",
-        failed.len()
+        "new connections through a kill -9, a restart and a stop: {} answered, {} failed",
+        sent.new_ok + stopped.new_ok,
+        sent.new_failed + stopped.new_failed
     );
-    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), ok + failed.len());
-    assert!(ok > 0, "{ok} answered");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(sent.new_ok > 0 && stopped.new_ok > 0, "{sent:?} {stopped:?}");
 
     // Another layout (REALS and REAL_STATS sized for more reals): those maps are renewed and
     // said to be, the rest kept; the held connection survives (FLOWS kept).

@@ -59,8 +59,16 @@ impl std::ops::Sub for Counts {
 
 impl Traffic {
     /// `long_lived` keep-alive connections, each sending a GET every 50 ms, and `loops`
-    /// threads each opening a new connection for one GET after another (20 ms apart).
-    pub fn start(lab: &Lab, vip: SocketAddr, long_lived: usize, loops: usize) -> Result<Traffic> {
+    /// threads each opening a new connection for one GET after another (20 ms apart);
+    /// with `probe`, also a SYN every 10 ms for a [`Watch`] to time the path by (it adds
+    /// connections the data plane counts).
+    pub fn start(
+        lab: &Lab,
+        vip: SocketAddr,
+        long_lived: usize,
+        loops: usize,
+        probe: bool,
+    ) -> Result<Traffic> {
         let t = Traffic {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
@@ -127,14 +135,16 @@ impl Traffic {
         // sees the path come back within 10 ms of it, not when a stalled connection's
         // retransmission timer next fires.
         let (stop, netns) = (t.stop.clone(), netns.clone());
-        t.threads.push(std::thread::spawn(move || {
-            if enter(&netns).is_err() {
-                return;
-            }
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let _ = TcpStream::connect_timeout(&vip, Duration::from_millis(10));
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        t.threads.extend(probe.then(|| {
+            std::thread::spawn(move || {
+                if enter(&netns).is_err() {
+                    return;
+                }
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let _ = TcpStream::connect_timeout(&vip, Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
         }));
         Ok(t)
     }

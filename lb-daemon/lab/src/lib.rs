@@ -551,6 +551,22 @@ impl Lab {
         std::fs::read_to_string(self.dir.join(format!("{role}-{what}.log"))).unwrap_or_default()
     }
 
+    /// Waits until the log of `what` in `role` says `text` more than `seen` times (20 s at
+    /// most); returns how many times it does.
+    pub fn wait_log(&self, role: &str, what: &str, text: &str, seen: usize) -> Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self.log(role, what).matches(text).count();
+            if n > seen {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                bail!("{what} never said {text:?}:\n{}", self.log(role, what));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// nginx on real `i`, on ports 80 and 8080, and 8443 with TLS (a self-signed
     /// certificate for `lab`, made once per lab), answering `/` with its role name and
     /// `/healthz` with `ok`.

@@ -243,7 +243,7 @@ fn failover(lab: &mut Lab, sockets: &[PathBuf; 2]) -> Result<()> {
     let vip = SocketAddr::new(VIP.into(), 80);
     step("client: 50 long-lived connections (a request every 50 ms each), 4 loops of new requests");
     let watch = Watch::start(lab, &[ROLE_DIRECTOR, ROLE_DIRECTOR2], VIP)?;
-    let traffic = Traffic::start(lab, vip, 50, 4)?;
+    let traffic = Traffic::start(lab, vip, 50, 4, true)?;
     if !traffic.wait_answered_since(Instant::now(), Duration::from_secs(10)) {
         bail!("the traffic does not come through: {:?}", traffic.errors());
     }
