@@ -508,6 +508,7 @@ enum CheckType {
     Http,
     Https,
     Dns,
+    Ldap,
     Ping,
     Exec,
     None,
@@ -515,14 +516,14 @@ enum CheckType {
 
 impl<'de> Deserialize<'de> for CheckType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let planned = ["ldap"];
-        let built = ["tcp", "udp", "http", "https", "dns", "ping", "exec", "none"];
-        match keyword(d, &built, &planned, "type")?.as_str() {
+        let built = ["tcp", "udp", "http", "https", "dns", "ldap", "ping", "exec", "none"];
+        match keyword(d, &built, &[], "type")?.as_str() {
             "tcp" => Ok(CheckType::Tcp),
             "udp" => Ok(CheckType::Udp),
             "http" => Ok(CheckType::Http),
             "https" => Ok(CheckType::Https),
             "dns" => Ok(CheckType::Dns),
+            "ldap" => Ok(CheckType::Ldap),
             "ping" => Ok(CheckType::Ping),
             "exec" => Ok(CheckType::Exec),
             _ => Ok(CheckType::None),
@@ -566,6 +567,9 @@ pub enum Probe {
     Https(HttpsCheck),
     /// Up when `query` is answered NOERROR (with `expect` among the answers, if given).
     Dns(DnsCheck),
+    /// Up when a search of `base` with `filter` (anonymous, or bound as `bind_dn`) finds
+    /// an entry.
+    Ldap(LdapCheck),
     /// Up when an ICMP or ICMPv6 echo is answered.
     Ping,
     /// Up when the command exits 0; an integer on its stdout becomes the real's weight.
@@ -583,6 +587,7 @@ impl Probe {
             Probe::Http(_) => "http",
             Probe::Https(_) => "https",
             Probe::Dns(_) => "dns",
+            Probe::Ldap(_) => "ldap",
             Probe::Ping => "ping",
             Probe::Exec(_) => "exec",
             Probe::None => "none",
@@ -620,7 +625,37 @@ pub struct DnsCheck {
     pub qtype: String,
     /// An answer that must be among the records, as it prints (`192.0.2.1`, a TXT's text).
     pub expect: Option<String>,
-    pub transport: DnsTransport,
+    /// As written; None: the service's own protocol, so a DNS service offered over UDP and
+    /// TCP is checked over each ([`parse`] fills it in).
+    pub transport: Option<DnsTransport>,
+}
+
+impl DnsCheck {
+    /// The transport the query goes over (UDP where no service said otherwise).
+    pub fn transport(&self) -> DnsTransport {
+        self.transport.unwrap_or(DnsTransport::Udp)
+    }
+}
+
+/// An LDAP search, as ldirectord's `checktype = ldap`: one entry at `base` that matches
+/// `filter` (a base-scope search: it reads one entry, however large the directory).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LdapCheck {
+    /// The entry searched; the default, empty, is the root DSE, which every server has.
+    pub base: String,
+    /// An RFC 4515 filter, checked when read; default `(objectClass=*)`.
+    pub filter: String,
+    /// Bound as this DN (simple bind) with the password in `password_file`; anonymous
+    /// when absent.
+    pub bind: Option<LdapBind>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LdapBind {
+    pub dn: String,
+    /// Read at each probe, so a rotated password needs no reload; its trailing newline is
+    /// not part of the password.
+    pub password_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -665,6 +700,10 @@ struct RawCheck {
     command: Option<String>,
     tls_verify: Option<bool>,
     ca_file: Option<PathBuf>,
+    base: Option<String>,
+    filter: Option<String>,
+    bind_dn: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 /// A check is read as its [`RawCheck`] and then sorted by type, inside the check's own
@@ -781,8 +820,7 @@ impl TryFrom<RawCheck> for Check {
                 qtype.parse::<hickory_proto::rr::RecordType>().map_err(|_| {
                     format!("qtype: `{qtype}` is not a DNS record type (A, AAAA, TXT, SOA, ...)")
                 })?;
-                let transport = r.transport.unwrap_or(DnsTransport::Udp);
-                Probe::Dns(DnsCheck { query, qtype, expect: r.expect, transport })
+                Probe::Dns(DnsCheck { query, qtype, expect: r.expect, transport: r.transport })
             }
             other
                 if r.send.is_some()
@@ -795,6 +833,16 @@ impl TryFrom<RawCheck> for Check {
                     "send, expect, query, qtype and transport apply to udp and dns checks, not to {}",
                     format!("{other:?}").to_lowercase()
                 ));
+            }
+            CheckType::Ldap => {
+                Probe::Ldap(ldap_check(r.base, r.filter, r.bind_dn, r.password_file)?)
+            }
+            _ if r.base.is_some()
+                || r.filter.is_some()
+                || r.bind_dn.is_some()
+                || r.password_file.is_some() =>
+            {
+                return Err("base, filter, bind_dn and password_file apply to ldap checks".into());
             }
             CheckType::Exec => {
                 let command = r.command.ok_or("command: an exec check needs the command to run")?;
@@ -812,6 +860,35 @@ impl TryFrom<RawCheck> for Check {
         };
         Ok(Check { probe, port: r.port, interval, timeout, rise, fall, initial: r.initial })
     }
+}
+
+/// An ldap check's own keys, checked: a filter that parses, a DN and its password together.
+fn ldap_check(
+    base: Option<String>,
+    filter: Option<String>,
+    bind_dn: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<LdapCheck, String> {
+    let filter = filter.unwrap_or_else(|| "(objectClass=*)".into());
+    if ldap3::parse_filter(&filter).is_err() {
+        return Err(format!(
+            "filter: `{filter}` is not an LDAP filter: write one as RFC 4515 does, like (objectClass=*) or (&(uid=check)(objectClass=person))"
+        ));
+    }
+    let bind = match (bind_dn, password_file) {
+        (Some(dn), Some(password_file)) if !dn.trim().is_empty() => {
+            Some(LdapBind { dn, password_file })
+        }
+        (Some(_), Some(_)) => return Err("bind_dn: give the DN to bind as".into()),
+        (Some(_), None) => {
+            return Err("bind_dn: a bind needs password_file, the file holding its password".into());
+        }
+        (None, Some(_)) => {
+            return Err("password_file: a password needs bind_dn, the DN it is for".into());
+        }
+        (None, None) => None,
+    };
+    Ok(LdapCheck { base: base.unwrap_or_default(), filter, bind })
 }
 
 /// A real server: `address` is an IP, optionally with a port (`10.0.0.11:8080`,
@@ -1060,10 +1137,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
     if let Some((at, message)) = shape_problem(text) {
         return Err(Invalid(vec![problem(at, message)]));
     }
-    let config: Config = yaml_serde::from_str(text).map_err(|e| {
+    let mut config: Config = yaml_serde::from_str(text).map_err(|e| {
         let (at, message) = parser_problem(&Spans::of(text), &e);
         Invalid(vec![problem(at, message)])
     })?;
+    fill_service_defaults(&mut config);
     let found = validate(&config);
     if found.is_empty() {
         return Ok(config);
@@ -1072,6 +1150,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
     Err(Invalid(
         found.into_iter().map(|(node, message)| problem(spans.key(&node), message)).collect(),
     ))
+}
+
+/// The defaults of a check that depend on its service: a dns check without `transport`
+/// asks over the service's own protocol, so the UDP and the TCP service of one DNS VIP are
+/// each checked the way their clients reach them.
+fn fill_service_defaults(config: &mut Config) {
+    for s in &mut config.services {
+        let transport = match s.protocol {
+            Protocol::Udp => DnsTransport::Udp,
+            Protocol::Tcp => DnsTransport::Tcp,
+        };
+        for c in s.check.iter_mut().chain(s.checks.iter_mut().flatten()) {
+            if let Probe::Dns(d) = &mut c.probe {
+                d.transport.get_or_insert(transport);
+            }
+        }
+    }
 }
 
 /// What `lbd --check` warns of in a valid config: a check that cannot see the service it
@@ -1113,13 +1208,14 @@ pub fn lint(config: &Config) -> Vec<(String, String)> {
             let sees = match &c.probe {
                 Probe::Tcp | Probe::Http(_) | Probe::Https(_) => !udp,
                 Probe::Udp(_) => udp,
-                Probe::Dns(d) => (d.transport == DnsTransport::Udp) == udp,
+                Probe::Dns(d) => (d.transport() == DnsTransport::Udp) == udp,
+                Probe::Ldap(_) => !udp,
                 Probe::Ping | Probe::Exec(_) | Probe::None => true,
             };
             // A check on another port looks at another service, on purpose.
             if !sees && c.port.is_none_or(|p| p == s.vip.port()) {
                 let kind = match &c.probe {
-                    Probe::Dns(d) => format!("a dns check over {:?}", d.transport)
+                    Probe::Dns(d) => format!("a dns check over {:?}", d.transport())
                         .to_lowercase()
                         .replace("over udp", "over UDP")
                         .replace("over tcp", "over TCP"),
@@ -1128,11 +1224,29 @@ pub fn lint(config: &Config) -> Vec<(String, String)> {
                 let better = if udp {
                     "dns (transport: udp) or udp"
                 } else {
-                    "tcp, http or dns (transport: tcp)"
+                    "tcp, http, ldap or dns (transport: tcp)"
                 };
                 found.push((
                     path.clone(),
                     format!("{path}: {kind} cannot see the {service} service {} it guards: check it with {better}", s.vip),
+                ));
+            }
+            // Read by the checker at each probe: lbd starts without them, and the check
+            // fails until they can be read.
+            let files = match &c.probe {
+                Probe::Https(h) => h.ca_file.as_deref().map(|f| ("ca_file", f)),
+                Probe::Ldap(l) => l.bind.as_ref().map(|b| ("password_file", &*b.password_file)),
+                _ => None,
+            };
+            if let Some((key, file)) = files
+                && let Err(e) = std::fs::File::open(file)
+            {
+                found.push((
+                    path.clone(),
+                    format!(
+                        "{path}: {key}: cannot read {}: {e}: the check fails until it can",
+                        file.display()
+                    ),
                 ));
             }
             if c.timeout >= c.interval {
@@ -1714,14 +1828,45 @@ services:
             (dns.query.as_str(), dns.qtype.as_str(), dns.expect.as_deref()),
             ("whoami.lab", "TXT", Some("real1"))
         );
-        assert_eq!(dns.transport, DnsTransport::Tcp);
-        let c =
-            parse(Path::new("lb.yaml"), &with_check("      type: dns\n      query: example.org\n"))
-                .unwrap();
-        let Some(Probe::Dns(dns)) = c.services[0].check.as_ref().map(|c| &c.probe) else {
-            panic!()
-        };
-        assert_eq!((dns.qtype.as_str(), dns.transport), ("A", DnsTransport::Udp), "the defaults");
+        assert_eq!(dns.transport, Some(DnsTransport::Tcp));
+        // Without `transport`, each service is asked over its own protocol: a DNS VIP
+        // offered over UDP and TCP gets a check on each.
+        let written = with_check("      type: dns\n      query: example.org\n");
+        for (protocol, transport) in [("tcp", DnsTransport::Tcp), ("udp", DnsTransport::Udp)] {
+            let text = written.replace("protocol: tcp", &format!("protocol: {protocol}"));
+            let c = parse(Path::new("lb.yaml"), &text).unwrap();
+            let Some(Probe::Dns(dns)) = c.services[0].check.as_ref().map(|c| &c.probe) else {
+                panic!()
+            };
+            assert_eq!((dns.qtype.as_str(), dns.transport), ("A", Some(transport)), "{protocol}");
+            assert!(lint(&c).is_empty(), "{protocol}: {:?}", lint(&c));
+        }
+        let c = parse(
+            Path::new("lb.yaml"),
+            &with_check("      type: ldap\n      base: dc=lab\n      filter: (description=real1)\n      bind_dn: cn=admin,dc=lab\n      password_file: /etc/lbd/ldap.secret\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.services[0].check.as_ref().unwrap().probe,
+            Probe::Ldap(LdapCheck {
+                base: "dc=lab".into(),
+                filter: "(description=real1)".into(),
+                bind: Some(LdapBind {
+                    dn: "cn=admin,dc=lab".into(),
+                    password_file: "/etc/lbd/ldap.secret".into()
+                }),
+            })
+        );
+        let c = parse(Path::new("lb.yaml"), &with_check("      type: ldap\n")).unwrap();
+        assert_eq!(
+            c.services[0].check.as_ref().unwrap().probe,
+            Probe::Ldap(LdapCheck {
+                base: String::new(),
+                filter: "(objectClass=*)".into(),
+                bind: None
+            }),
+            "the defaults: the root DSE, anonymously"
+        );
         let c = parse(
             Path::new("lb.yaml"),
             &with_check("      type: udp\n      send: PING\n      expect: PONG\n"),
@@ -1762,6 +1907,14 @@ services:
                 "unknown variant `sctp`",
             ),
             ("      type: udp\n", "send: a udp check needs the datagram to send"),
+            ("      type: ldap\n      filter: uid=x)\n", "filter: `uid=x)` is not an LDAP filter"),
+            ("      type: ldap\n      bind_dn: cn=x\n", "a bind needs password_file"),
+            ("      type: ldap\n      password_file: /p\n", "a password needs bind_dn"),
+            (
+                "      type: tcp\n      base: dc=lab\n",
+                "base, filter, bind_dn and password_file apply to ldap checks",
+            ),
+            ("      type: ldap\n      expect: x\n", "apply to udp and dns checks, not to ldap"),
             (
                 "      type: udp\n      send: x\n      qtype: A\n",
                 "query, qtype and transport apply to dns checks",
@@ -1808,6 +1961,16 @@ services:
             udp_dns.replace("      type: tcp\n", "      type: tcp\n      port: 8080\n");
         let c = parse(Path::new("lb.yaml"), &other_port).unwrap();
         assert!(warnings(Path::new("lb.yaml"), &other_port, &c).is_empty());
+        let unreadable = with_check(
+            "      type: ldap\n      bind_dn: cn=check,dc=lab\n      password_file: /nonexistent/ldap.secret\n",
+        );
+        let c = parse(Path::new("lb.yaml"), &unreadable).expect("valid: the file may come later");
+        let w = warnings(Path::new("lb.yaml"), &unreadable, &c);
+        assert!(
+            w.len() == 1
+                && w[0].message.contains("password_file: cannot read /nonexistent/ldap.secret"),
+            "{w:?}"
+        );
         let back_to_back = GOOD.replace("timeout: 1s", "timeout: 2s");
         let c = parse(Path::new("lb.yaml"), &back_to_back).unwrap();
         let w = warnings(Path::new("lb.yaml"), &back_to_back, &c);
@@ -1836,10 +1999,6 @@ services:
             ),
             "{p:?}"
         );
-        let p = problems(
-            &GOOD.replace("type: http", "type: ldap").replace("      path: /healthz\n", ""),
-        );
-        assert!(p[0].contains("check.type: `ldap` is not built yet"), "{p:?}");
     }
 
     #[test]
@@ -2328,14 +2487,14 @@ services:
             problems(&text),
             ["lb.yaml:14:9: services[0].checks[2].interval: `5` has no unit: write 5s or 5ms"]
         );
-        let text = text.replace("        interval: 5\n", "").replace("type: none", "type: ldap");
+        let text = text.replace("        interval: 5\n", "").replace("type: none", "type: snmp");
         assert_eq!(
             problems(&text),
             [
-                "lb.yaml:13:9: services[0].checks[2].type: `ldap` is not built yet in this version of lbd (built: tcp, udp, http, https, dns, ping, exec, none)"
+                "lb.yaml:13:9: services[0].checks[2].type: unknown value `snmp`, expected one of: tcp, udp, http, https, dns, ldap, ping, exec, none"
             ]
         );
-        let text = text.replace("type: ldap", "type: dns");
+        let text = text.replace("type: snmp", "type: dns");
         assert_eq!(
             problems(&text),
             ["lb.yaml:13:9: services[0].checks[2]: query: a dns check needs the name to ask for"]

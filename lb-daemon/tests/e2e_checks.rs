@@ -1,8 +1,9 @@
 //! The check types against real servers in namespaces: dns over UDP and over TCP against
 //! dnsmasq, ping against the reals' kernels, udp against a responder this test runs on
-//! each real. For each: the server stopped takes its real out within interval x fall +
-//! timeout, started again brings it back within interval x rise + timeout (with slack
-//! for a busy machine), and requests through the VIP keep being answered meanwhile.
+//! each real, exec, https against nginx, ldap against slapd. For each: the server stopped
+//! takes its real out within interval x fall + timeout, started again brings it back
+//! within interval x rise + timeout (with slack for a busy machine), and new requests
+//! through the VIP keep being answered meanwhile.
 
 mod e2e;
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{Director, dig};
 use lb_daemon::health::Health;
-use lb_lab::{Lab, REALS, VIP, real_role};
+use lb_lab::{Lab, REALS, ROLE_CLIENT, VIP, real_role};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(150);
@@ -53,7 +54,9 @@ fn config(socket: &std::path::Path) -> String {
     .replace("services:\n- name", "services:\n  - name")
 }
 
-/// A UDP responder on real `i`'s address: "PONG" to every datagram, until `stop`.
+/// A UDP responder on real `i`: "PONG" to every datagram, until `stop`. It listens on
+/// the real's own address, for the checks, and on the VIP (on the real's lo, as direct
+/// routing has it), for clients: each socket answers from the address it was asked at.
 fn responder(lab: &Lab, i: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let netns = PathBuf::from("/run/netns").join(lab.ns(&real_role(i)));
     let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -61,18 +64,51 @@ fn responder(lab: &Lab, i: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHan
         let file = std::fs::File::open(&netns).unwrap();
         // SAFETY: setns on this thread only, with a namespace fd we hold open.
         assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(REALS[i]), ECHO_PORT)).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let sockets = [REALS[i], VIP].map(|a| {
+            let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(a), ECHO_PORT)).unwrap();
+            socket.set_read_timeout(Some(Duration::from_millis(25))).unwrap();
+            socket
+        });
         ready_tx.send(()).unwrap();
         let mut buf = [0u8; 512];
         while !stop.load(Ordering::Relaxed) {
-            if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(b"PONG", from);
+            for socket in &sockets {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(b"PONG", from);
+                }
             }
         }
     });
     ready.recv().unwrap();
     handle
+}
+
+/// `n` clients asking the echo service through the VIP, each from a new socket (a new
+/// flow); how many were answered PONG within a second.
+fn echoes_through_vip(lab: &Lab, n: usize) -> usize {
+    lab.in_ns(ROLE_CLIENT, move || {
+        (0..n)
+            .filter(|_| {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                socket.send_to(b"PING", SocketAddr::new(IpAddr::V4(VIP), ECHO_PORT)).unwrap();
+                let mut buf = [0u8; 16];
+                socket.recv(&mut buf).is_ok_and(|len| &buf[..len] == b"PONG")
+            })
+            .count()
+    })
+    .unwrap()
+}
+
+/// Asserts that every one of `answers`, requests through the VIP, was answered, and by a
+/// real other than `down` (index).
+fn assert_served_without(answers: &[Result<String, String>], n: usize, down: usize) {
+    assert_eq!(answers.len(), n, "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.as_ref().is_ok_and(|r| *r != real_role(down))),
+        "through the VIP while real{} is down: {answers:?}",
+        down + 1
+    );
 }
 
 fn health(d: &Director, service: &str, i: usize) -> Option<Health> {
@@ -173,8 +209,8 @@ fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
     ignore("1");
     let took = wait_health(&d, "web", 1, Health::Down, down_within);
     eprintln!("ping: real2 down after {took:?}");
-    let answered = d.lab.http_gets(lb_lab::ROLE_CLIENT, SocketAddr::new(vip, 80), 20).unwrap();
-    assert!(answered.iter().all(|a| a.as_ref().is_ok_and(|r| r != "real2")), "{answered:?}");
+    let answered = d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(vip, 80), 20).unwrap();
+    assert_served_without(&answered, 20, 1);
     ignore("0");
     let took = wait_health(&d, "web", 1, Health::Up, up_within);
     eprintln!("ping: real2 up after {took:?}");
@@ -188,6 +224,8 @@ fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
         (health(&d, "echo", 0), health(&d, "echo", 1)),
         (Some(Health::Up), Some(Health::Up))
     );
+    // Real 3 answers nothing now: every new client is answered by real 1 or 2.
+    assert_eq!(echoes_through_vip(&d.lab, 20), 20, "UDP through the VIP meanwhile");
     let again = Arc::new(AtomicBool::new(false));
     responders[2] = Some(responder(&d.lab, 2, again.clone()));
     let took = wait_health(&d, "echo", 2, Health::Up, up_within);
@@ -216,6 +254,8 @@ fn each_check_type_takes_its_real_out_and_back_while_the_vip_keeps_answering() {
     std::fs::remove_file(weight_file(d.lab.dir(), 0)).unwrap();
     let took = wait_health(&d, "web-exec", 0, Health::Down, down_within);
     eprintln!("exec: real1 down after {took:?}");
+    let answered = d.lab.http_gets(ROLE_CLIENT, SocketAddr::new(vip, 8080), 20).unwrap();
+    assert_served_without(&answered, 20, 0);
     std::fs::write(weight_file(d.lab.dir(), 0), "2\n").unwrap();
     let took = wait_health(&d, "web-exec", 0, Health::Up, up_within);
     eprintln!("exec: real1 up after {took:?}");
@@ -340,7 +380,70 @@ fn https_checks_take_a_self_signed_real_as_up_and_verify_against_a_ca_when_asked
     d.lab.stop(&real_role(0), "nginx").unwrap();
     let took = wait_health(&d, "tls", 0, Health::Down, INTERVAL * FALL + TIMEOUT);
     eprintln!("https: real1 down after {took:?}");
+    // New TLS clients through the VIP (curl, each its own connection) reach real 2 or 3.
+    let url = format!("https://{VIP}:8443/");
+    let script = format!(
+        "for i in $(seq 20); do curl -sk --max-time 3 {url} || echo \"failed: exit $?\"; done"
+    );
+    let out = d.lab.exec_ok(ROLE_CLIENT, &["sh", "-c", &script]).unwrap();
+    let answers: Vec<Result<String, String>> = out
+        .lines()
+        .map(|l| if l.starts_with("real") { Ok(l.to_string()) } else { Err(l.to_string()) })
+        .collect();
+    assert_served_without(&answers, 20, 0);
     d.lab.start_nginx(0).unwrap();
     let took = wait_health(&d, "tls", 0, Health::Up, INTERVAL * RISE + TIMEOUT);
     eprintln!("https: real1 up after {took:?}");
+}
+
+#[test]
+fn ldap_checks_search_slapd_anonymously_and_bound_and_follow_it_down_and_back() {
+    lb_lab::needs_root!();
+    let mut lab = Lab::new("ldp").expect("lab");
+    for i in 0..REALS.len() {
+        lab.start_ldap(i).expect("slapd");
+    }
+    let secret = lab.dir().join("ldap.secret");
+    std::fs::write(&secret, format!("{}\n", lb_lab::LDAP_PASSWORD)).unwrap();
+    let reals: String = REALS.iter().map(|r| format!("      - address: {r}\n")).collect();
+    let timing = format!(
+        "interval: {}ms, timeout: {}ms, rise: {RISE}, fall: {FALL}",
+        INTERVAL.as_millis(),
+        TIMEOUT.as_millis()
+    );
+    let base = lb_lab::LDAP_BASE;
+    let d = Director::start(lab, |socket| {
+        format!(
+            "director:\n  interfaces: [eth0]\n  socket: {}\nservices:\n  - name: ldap\n    vip: {VIP}:389\n    \
+             protocol: tcp\n    checks:\n      \
+             - {{ type: ldap, base: \"{base}\", filter: \"(objectClass=dcObject)\", {timing} }}\n      \
+             - {{ type: ldap, base: \"{base}\", bind_dn: \"{}\", password_file: {}, {timing} }}\n    \
+             reals:\n{reals}",
+            socket.display(),
+            lb_lab::LDAP_ADMIN,
+            secret.display()
+        )
+    });
+    // Up with both (Director::start waited): the anonymous search, and the bound one.
+    let status = d.status().unwrap();
+    let kinds: Vec<&str> = status.reals[0].checks.iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(kinds, ["ldap", "ldap"]);
+    let vip = IpAddr::V4(VIP);
+    let mut d = d;
+    d.lab.stop(&real_role(1), "slapd").unwrap();
+    let took = wait_health(&d, "ldap", 1, Health::Down, INTERVAL * FALL + TIMEOUT);
+    eprintln!("ldap: real2 down after {took:?}");
+    assert_served_without(&d.lab.ldap_searches(vip, 20).unwrap(), 20, 1);
+    d.lab.start_ldap(1).unwrap();
+    let took = wait_health(&d, "ldap", 1, Health::Up, INTERVAL * RISE + TIMEOUT);
+    eprintln!("ldap: real2 up after {took:?}");
+    // The password is read at each probe: a wrong one fails the bound check, with the
+    // server's reason, and the right one brings the reals back without a reload.
+    std::fs::write(&secret, "wrong\n").unwrap();
+    let took = wait_health(&d, "ldap", 0, Health::Down, INTERVAL * FALL + TIMEOUT);
+    eprintln!("ldap: a wrong password takes real1 down after {took:?}");
+    let status = d.lbadm(&["status"]);
+    assert!(status.contains("invalidCredentials"), "{status}");
+    std::fs::write(&secret, lb_lab::LDAP_PASSWORD).unwrap();
+    wait_health(&d, "ldap", 0, Health::Up, INTERVAL * RISE + TIMEOUT);
 }

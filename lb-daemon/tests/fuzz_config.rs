@@ -209,20 +209,49 @@ fn duration_text(ms: u64, unit: u8) -> String {
     }
 }
 
+/// One check of any type, with some of its own keys: every key a type takes is drawn
+/// here, so the fuzzer writes each the way an operator might.
 fn check_strategy() -> impl Strategy<Value = Node> {
-    (
-        0u8..3,
-        proptest::option::of(1u16..=65535),
-        proptest::option::of((10u64..=3_600_000, any::<u8>(), any::<u8>(), any::<u16>())),
-        proptest::option::of((1u32..=10, 1u32..=10)),
+    let http = (
         proptest::option::of("/[a-z0-9._-]{0,12}"),
         proptest::option::of("[a-z]{1,8}\\.example"),
         proptest::option::of(100u16..=599),
         proptest::option::of(".{0,12}"),
+    );
+    let tls =
+        (proptest::option::of(any::<bool>()), proptest::option::of("/etc/lbd/[a-z]{1,8}\\.pem"));
+    let udp = ("[A-Za-z0-9 ]{1,12}", proptest::option::of("[A-Za-z0-9]{0,8}"));
+    let dns = (
+        "[a-z]{1,8}(\\.[a-z]{1,6}){0,2}",
+        proptest::option::of(proptest::sample::select(vec!["A", "aaaa", "TXT", "SOA", "MX"])),
+        proptest::option::of(any::<bool>()),
+    );
+    let ldap = (
+        proptest::option::of("(dc=[a-z]{1,6},){0,2}dc=[a-z]{1,6}"),
+        proptest::option::of(proptest::sample::select(vec![
+            "(objectClass=*)",
+            "(uid=check)",
+            "(&(objectClass=person)(cn=a*))",
+        ])),
+        any::<bool>(),
+    );
+    (
+        0u8..9,
+        proptest::option::of(1u16..=65535),
+        proptest::option::of((10u64..=3_600_000, any::<u8>(), any::<u8>(), any::<u16>())),
+        proptest::option::of((1u32..=10, 1u32..=10)),
+        proptest::option::of(any::<bool>()),
+        (http, tls),
+        (udp, dns),
+        (ldap, "[a-z][a-z0-9 /$_.-]{0,20}"),
     )
-        .prop_map(|(kind, port, timing, rise_fall, path, host, status, body)| {
-            let mut e: Vec<(&str, Node)> =
-                vec![("type", s(["tcp", "http", "none"][kind as usize]))];
+        .prop_map(|(kind, port, timing, rise_fall, initial, web, datagram, other)| {
+            let ((path, host, status, body), (verify, ca)) = web;
+            let ((send, expect), (query, qtype, over_tcp)) = datagram;
+            let ((base, filter, bound), command) = other;
+            let kinds = ["tcp", "http", "none", "https", "udp", "dns", "ldap", "ping", "exec"];
+            let kind = kinds[kind as usize];
+            let mut e: Vec<(&str, Node)> = vec![("type", s(kind))];
             if let Some(p) = port {
                 e.push(("port", raw(p)));
             }
@@ -235,19 +264,65 @@ fn check_strategy() -> impl Strategy<Value = Node> {
                 e.push(("rise", raw(rise)));
                 e.push(("fall", raw(fall)));
             }
-            if kind == 1 {
-                if let Some(p) = path {
-                    e.push(("path", s(&p)));
+            if let Some(up) = initial {
+                e.push(("initial", s(if up { "up" } else { "down" })));
+            }
+            match kind {
+                "http" | "https" => {
+                    if let Some(p) = path {
+                        e.push(("path", s(&p)));
+                    }
+                    if let Some(h) = host {
+                        e.push(("host", s(&h)));
+                    }
+                    if let Some(st) = status {
+                        e.push(("expect_status", raw(st)));
+                    }
+                    if let Some(b) = body {
+                        e.push(("expect_body", s(&b)));
+                    }
+                    if kind == "https" {
+                        // Verifying needs a CA to verify against.
+                        if let Some(v) = verify {
+                            e.push(("tls_verify", raw(v && ca.is_some())));
+                        }
+                        if let Some(ca) = ca {
+                            e.push(("ca_file", s(&ca)));
+                        }
+                    }
                 }
-                if let Some(h) = host {
-                    e.push(("host", s(&h)));
+                "udp" => {
+                    e.push(("send", s(&send)));
+                    if let Some(x) = expect {
+                        e.push(("expect", s(&x)));
+                    }
                 }
-                if let Some(st) = status {
-                    e.push(("expect_status", raw(st)));
+                "dns" => {
+                    e.push(("query", s(&query)));
+                    if let Some(q) = qtype {
+                        e.push(("qtype", s(q)));
+                    }
+                    if let Some(tcp) = over_tcp {
+                        e.push(("transport", s(if tcp { "tcp" } else { "udp" })));
+                    }
+                    if let Some(x) = expect {
+                        e.push(("expect", s(&x)));
+                    }
                 }
-                if let Some(b) = body {
-                    e.push(("expect_body", s(&b)));
+                "ldap" => {
+                    if let Some(b) = base {
+                        e.push(("base", s(&b)));
+                    }
+                    if let Some(f) = filter {
+                        e.push(("filter", s(f)));
+                    }
+                    if bound {
+                        e.push(("bind_dn", s("cn=check,dc=example")));
+                        e.push(("password_file", s("/etc/lbd/ldap.secret")));
+                    }
                 }
+                "exec" => e.push(("command", s(&command))),
+                _ => {}
             }
             map(e)
         })
@@ -1014,7 +1089,17 @@ fn serialise(config: &Config) -> Node {
                 if let Some(x) = &d.expect {
                     e.push(("expect", s(x)));
                 }
-                e.push(("transport", s(&lower(&d.transport))));
+                if let Some(t) = &d.transport {
+                    e.push(("transport", s(&lower(t))));
+                }
+            }
+            config::Probe::Ldap(l) => {
+                e.push(("base", s(&l.base)));
+                e.push(("filter", s(&l.filter)));
+                if let Some(b) = &l.bind {
+                    e.push(("bind_dn", s(&b.dn)));
+                    e.push(("password_file", s(&b.password_file.display().to_string())));
+                }
             }
             config::Probe::Exec(x) => e.push(("command", s(&x.command))),
             config::Probe::Tcp | config::Probe::Ping | config::Probe::None => {}

@@ -21,7 +21,13 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "keepalived",
     "openssl",
+    "slapd",
+    "ldap-utils",
 ];
+
+/// debconf's answers for packages that ask at install: slapd makes no directory of its
+/// own (the lab runs its own slapd per real, with its own configuration).
+const DEBCONF: &str = "slapd slapd/no_configuration boolean true\n";
 
 #[derive(Parser)]
 #[command(about = "Set-up, build, test and lab for the load balancer")]
@@ -176,6 +182,16 @@ fn setup_packages() -> Result<()> {
         return Ok(());
     }
     require_root("installing Debian packages")?;
+    let mut answers = Command::new("debconf-set-selections")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running debconf-set-selections")?;
+    if let Some(mut stdin) = answers.stdin.take() {
+        std::io::Write::write_all(&mut stdin, DEBCONF.as_bytes())?;
+    }
+    if !answers.wait()?.success() {
+        bail!("debconf-set-selections refused: {DEBCONF}");
+    }
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])

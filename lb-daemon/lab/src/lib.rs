@@ -1,5 +1,5 @@
 //! A lab of network namespaces: a client, a director and real servers on one bridged L2
-//! segment, the reals running Debian's nginx and dnsmasq with the VIP on their loopback
+//! segment, the reals running Debian's nginx, dnsmasq and slapd with the VIP on their loopback
 //! (the classic LVS-DR set-up). The end-to-end tests and `cargo xtask lab` both use it.
 //! It owns every namespace and process it creates and removes them on drop, also when a
 //! test fails.
@@ -122,6 +122,12 @@ pub const ROLE_ROUTER: &str = "router";
 /// Namespace roles; their names carry a per-lab prefix so labs never collide.
 pub const ROLE_CLIENT: &str = "client";
 pub const ROLE_DIRECTOR: &str = "director";
+
+/// The lab's LDAP directory (slapd on each real): its suffix, its administrator, and the
+/// administrator's password.
+pub const LDAP_BASE: &str = "dc=lab";
+pub const LDAP_ADMIN: &str = "cn=admin,dc=lab";
+pub const LDAP_PASSWORD: &str = "lab-secret";
 
 pub fn real_role(i: usize) -> String {
     format!("real{}", i + 1)
@@ -656,6 +662,52 @@ impl Lab {
         self.wait_port(&role, self.real(i).0, 53)
     }
 
+    /// slapd on real `i`, its own mdb database holding `dc=lab` with the real's name as
+    /// its `description` (so a search through the VIP says which real answered), and
+    /// `cn=admin,dc=lab` bound with [`LDAP_PASSWORD`]. The database is made at the first
+    /// start and kept across a stop and a start.
+    pub fn start_ldap(&mut self, i: usize) -> Result<()> {
+        let role = real_role(i);
+        let dir = self.dir.join(format!("{role}-slapd"));
+        let conf = dir.join("slapd.conf");
+        if !conf.exists() {
+            std::fs::create_dir_all(dir.join("db"))?;
+            let d = dir.display();
+            std::fs::write(
+                &conf,
+                format!(
+                    "include /etc/ldap/schema/core.schema\npidfile {d}/slapd.pid\n\
+                     modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
+                     database mdb\nsuffix \"{LDAP_BASE}\"\nrootdn \"{LDAP_ADMIN}\"\n\
+                     rootpw {LDAP_PASSWORD}\ndirectory {d}/db\n"
+                ),
+            )?;
+            let ldif = dir.join("lab.ldif");
+            std::fs::write(
+                &ldif,
+                format!(
+                    "dn: {LDAP_BASE}\nobjectClass: dcObject\nobjectClass: organization\n\
+                     dc: lab\no: lab\ndescription: {role}\n"
+                ),
+            )?;
+            let out = Command::new("slapadd")
+                .arg("-f")
+                .arg(&conf)
+                .arg("-l")
+                .arg(&ldif)
+                .output()
+                .context("running slapadd (Debian's slapd)")?;
+            if !out.status.success() {
+                bail!("slapadd for {role}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        let conf = conf.display().to_string();
+        // -d 0: in the foreground, so the lab holds its pid; it runs as root, as the lab's
+        // other servers do.
+        self.spawn(&role, "slapd", &["slapd", "-d", "0", "-h", "ldap:///", "-f", &conf])?;
+        self.wait_port(&role, self.real(i).0, 389)
+    }
+
     fn wait_port(&self, role: &str, addr: Ipv4Addr, port: u16) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let target = SocketAddr::new(IpAddr::V4(addr), port);
@@ -703,6 +755,28 @@ impl Lab {
         n: usize,
     ) -> Result<Vec<Result<String, String>>> {
         self.in_ns(role, move || (0..n).map(|_| http_get(vip)).collect())
+    }
+
+    /// `n` LDAP searches of [`LDAP_BASE`] through `vip` from the client, each on its own
+    /// connection (Debian's ldapsearch); the description of each answer (the real's name).
+    /// A search that failed gives no line, and its error is on the list as `Err`.
+    pub fn ldap_searches(&self, vip: IpAddr, n: usize) -> Result<Vec<Result<String, String>>> {
+        let url = match vip {
+            IpAddr::V4(a) => format!("ldap://{a}"),
+            IpAddr::V6(a) => format!("ldap://[{a}]"),
+        };
+        let script = format!(
+            "for i in $(seq {n}); do ldapsearch -x -LLL -o nettimeout=3 -H {url} -b {LDAP_BASE} -s base description \
+             | grep '^description: ' || echo \"failed: exit $?\"; done"
+        );
+        let out = self.exec(ROLE_CLIENT, &["sh", "-c", &script])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| match l.strip_prefix("description: ") {
+                Some(real) => Ok(real.to_string()),
+                None => Err(l.to_string()),
+            })
+            .collect())
     }
 
     /// Opens a keep-alive HTTP/1.1 connection from a role's namespace.

@@ -22,7 +22,7 @@ pub async fn check(
 ) -> Result<String, String> {
     let query = question(spec)?;
     let request = query.to_vec().map_err(|e| format!("encoding the query: {e}"))?;
-    let answer = match spec.transport {
+    let answer = match spec.transport() {
         DnsTransport::Udp => over_udp(addr, from, &request).await?,
         DnsTransport::Tcp => over_tcp(addr, from, &request).await?,
     };
@@ -102,7 +102,7 @@ mod tests {
             query: "whoami.lab".into(),
             qtype: qtype.into(),
             expect: expect.map(Into::into),
-            transport: DnsTransport::Udp,
+            transport: Some(DnsTransport::Udp),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod exec;
 pub mod http;
 pub mod https;
+pub mod ldap;
 pub mod ping;
 pub mod schedule;
 pub mod source;
@@ -73,6 +74,7 @@ async fn probe(target: &CheckTarget) -> (Result<String, String>, Option<u32>) {
         Probe::Http(spec) => http::check(target.addr, from, spec).await,
         Probe::Https(spec) => https::check(target.addr, from, spec).await,
         Probe::Dns(spec) => dns::check(target.addr, from, spec).await,
+        Probe::Ldap(spec) => ldap::check(target.addr, from, spec).await,
         Probe::Ping => ping::check(target.addr.ip(), from).await,
         Probe::None => Ok("no check".into()),
     };
