@@ -1,6 +1,6 @@
-//! The lab behind `cargo xtask lab`: builds the namespace lab, starts nginx and dnsmasq on
-//! three reals and lbd on two directors (examples/lab.yaml, priority 200, and
-//! examples/lab-director2.yaml, priority 100), sends HTTP and DNS through the VIP, shows
+//! The lab behind `cargo xtask lab`: builds the namespace lab, starts nginx, dnsmasq and
+//! slapd on three reals and lbd on two directors (examples/lab.yaml, priority 200, and
+//! examples/lab-director2.yaml, priority 100), sends HTTP, DNS and LDAP through the VIP, shows
 //! what an operator would look at (lbadm's listing and status), one real dying and coming
 //! back in `lbadm status`, then cuts the master's
 //! cable while 50 long-lived connections and new requests flow, and shows the takeover,
@@ -59,6 +59,17 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(exe.parent().context("no parent directory")?.join(name))
 }
 
+/// Prints how many answers each real gave, and the failures.
+fn tally(answers: impl IntoIterator<Item = Result<String, String>>) {
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for answer in answers {
+        *served.entry(answer.unwrap_or_else(|e| format!("FAILED ({e})"))).or_default() += 1;
+    }
+    for (who, n) in &served {
+        println!("  {who:<8} {n:>4}");
+    }
+}
+
 fn step(what: &str) {
     println!("\n==> {what}");
 }
@@ -84,8 +95,9 @@ fn run(args: &Args) -> Result<()> {
     for i in 0..REALS.len() {
         lab.start_nginx(i)?;
         lab.start_dns(i)?;
+        lab.start_ldap(i)?;
         println!(
-            "real{}  {} {}  nginx on :80, dnsmasq on :53, VIPs {VIP} {VIP6} on lo (arp_ignore=1, arp_announce=2)",
+            "real{}  {} {}  nginx on :80 and :8443, dnsmasq on :53, slapd on :389, VIPs {VIP} {VIP6} on lo (arp_ignore=1, arp_announce=2)",
             i + 1,
             REALS[i],
             REALS6[i]
@@ -125,28 +137,33 @@ fn run(args: &Args) -> Result<()> {
 
     for vip in [SocketAddr::new(VIP.into(), 80), SocketAddr::new(VIP6.into(), 80)] {
         step(&format!("client: 200 HTTP requests to http://{vip}/, one connection each"));
-        let mut served: BTreeMap<String, usize> = BTreeMap::new();
-        for answer in lab.http_gets(ROLE_CLIENT, vip, 200)? {
-            *served.entry(answer.unwrap_or_else(|e| format!("FAILED ({e})"))).or_default() += 1;
-        }
-        for (who, n) in &served {
-            println!("  {who:<8} {n:>4}");
-        }
+        tally(lab.http_gets(ROLE_CLIENT, vip, 200)?);
     }
 
-    step("client: 30 DNS queries (UDP) for whoami.lab TXT at 198.51.100.10");
-    let mut dig = vec!["dig", "+short", "+tries=1", "+time=2", "@198.51.100.10"];
-    for _ in 0..30 {
-        dig.extend(["whoami.lab", "TXT"]);
+    for (transport, flag) in [("UDP", "+notcp"), ("TCP", "+tcp")] {
+        step(&format!("client: 30 DNS queries ({transport}) for whoami.lab TXT at 198.51.100.10"));
+        let mut dig = vec!["dig", flag, "+short", "+tries=1", "+time=2", "@198.51.100.10"];
+        for _ in 0..30 {
+            dig.extend(["whoami.lab", "TXT"]);
+        }
+        let out = lab.exec_ok(ROLE_CLIENT, &dig)?;
+        tally(out.lines().map(|l| Ok(l.trim_matches('"').to_string())));
     }
-    let out = lab.exec_ok(ROLE_CLIENT, &dig)?;
-    let mut answered: BTreeMap<&str, usize> = BTreeMap::new();
-    for line in out.lines() {
-        *answered.entry(line.trim_matches('"')).or_default() += 1;
-    }
-    for (who, n) in &answered {
-        println!("  {who:<8} {n:>4}");
-    }
+
+    step(
+        "client: 30 HTTPS requests to https://198.51.100.10:8443/ (curl, the reals' certificate is self-signed)",
+    );
+    let curl = "for i in $(seq 30); do curl -sk --max-time 3 https://198.51.100.10:8443/ || echo \"exit $?\"; done";
+    let out = lab.exec_ok(ROLE_CLIENT, &["sh", "-c", curl])?;
+    tally(
+        out.lines()
+            .map(|l| if l.starts_with("real") { Ok(l.to_string()) } else { Err(l.to_string()) }),
+    );
+
+    step(
+        "client: 30 LDAP searches of dc=lab at ldap://198.51.100.10 (ldapsearch), one connection each",
+    );
+    tally(lab.ldap_searches(VIP.into(), 30)?);
 
     let lbadm = sibling("lbadm")?;
     let show = |socket: &Path, cmd: &[&str]| -> Result<()> {
@@ -164,7 +181,7 @@ fn run(args: &Args) -> Result<()> {
     let real1 = std::net::IpAddr::V4(REALS[0]);
     let real1_state = |want: Health| {
         matches!(control::call(&sockets[0], &Request::Status), Ok(Response::Status(s))
-            if s.reals.iter().filter(|r| r.address.ip() == real1 && r.service.starts_with("web")).all(|r| r.health == want))
+            if s.reals.iter().filter(|r| r.address.ip() == real1 && (r.service.starts_with("web") || r.service == "ldap")).all(|r| r.health == want))
     };
     let wait = |what: &str, want: Health| -> Result<Duration> {
         let start = Instant::now();
@@ -176,12 +193,14 @@ fn run(args: &Args) -> Result<()> {
         }
         Ok(start.elapsed())
     };
-    step("real1's nginx stopped (its http and https checks fail)");
+    step("real1's nginx and slapd stopped (its http, https and ldap checks fail)");
     lab.stop(&lb_lab::real_role(0), "nginx")?;
-    println!("  real1 down in web and web-tls after {:.1?}", wait("down", Health::Down)?);
+    lab.stop(&lb_lab::real_role(0), "slapd")?;
+    println!("  real1 down in web, web-tls and ldap after {:.1?}", wait("down", Health::Down)?);
     show(&sockets[0], &["status"])?;
-    step("real1's nginx started again");
+    step("real1's nginx and slapd started again");
     lab.start_nginx(0)?;
+    lab.start_ldap(0)?;
     println!("  real1 up again after {:.1?}", wait("up", Health::Up)?);
     show(&sockets[0], &["status"])?;
 

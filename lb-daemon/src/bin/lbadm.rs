@@ -198,6 +198,12 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
             d.transitions.iter().map(|r| format!("{} {}", r.reason, r.packets)).collect();
         println!("HA transitions: {}", entered.join(", "));
     }
+    if d.checks_late > 0 {
+        println!(
+            "Checks started late (past a tenth of their interval): {} (the director is too loaded to check on time)",
+            d.checks_late
+        );
+    }
     if !d.adverts_dropped.is_empty() {
         let dropped: Vec<String> =
             d.adverts_dropped.iter().map(|r| format!("{} {}", r.reason, r.packets)).collect();

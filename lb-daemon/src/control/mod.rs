@@ -113,6 +113,10 @@ pub struct DirectorView {
     #[serde(default)]
     pub transitions: Vec<ReasonCount>,
     pub interfaces: Vec<InterfaceView>,
+    /// Probes that started more than a tenth of their interval late since lbd started: a
+    /// director too loaded to check on time.
+    #[serde(default)]
+    pub checks_late: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -116,6 +116,9 @@ pub struct Observation {
     pub detail: String,
     /// A weight the real reported (an exec check's stdout), applied while it is up.
     pub weight: Option<u32>,
+    /// How long after it was due the probe started: beyond a tenth of the interval, the
+    /// director is too loaded to check on time (counted in the status).
+    pub late: Duration,
 }
 
 /// How the data plane reaches a real, as the kernel knows it; `mac: None` when it is lost.
@@ -303,6 +306,8 @@ pub struct Core {
     stale: bool,
     /// See [`Input::Serving`].
     serving: bool,
+    /// Probes that started more than a tenth of their interval late, since lbd started.
+    checks_late: u64,
     seed: u64,
     /// What a pinned data plane held when lbd started, until the first config is applied.
     adopted: Option<Adopted>,
@@ -372,6 +377,7 @@ impl Core {
             clock_due: None,
             stale: false,
             serving: true,
+            checks_late: 0,
             seed,
             adopted: None,
         }
@@ -972,6 +978,10 @@ impl Core {
         let r = &mut s.reals[ri];
         let c = &mut r.checks[ci];
         let _span = info_span!("health", service = %s.spec.name, real = %r.addr, check = c.spec.probe.name()).entered();
+        if o.late > c.spec.interval / 10 {
+            self.checks_late += 1;
+            debug!(late = ?o.late, "probe started late");
+        }
         match c.hysteresis.observe(o.success) {
             Some(Health::Up) => info!(detail = %o.detail, "check up"),
             Some(Health::Down) => warn!(detail = %o.detail, "check down"),

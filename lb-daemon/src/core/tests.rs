@@ -131,7 +131,13 @@ impl Harness {
         assert!(!ids.is_empty(), "no checker of {real}");
         for checker in ids {
             let detail = if success { "ok" } else { "refused" }.to_string();
-            self.feed(Input::Observation(Observation { checker, success, detail, weight: None }));
+            self.feed(Input::Observation(Observation {
+                checker,
+                success,
+                detail,
+                weight: None,
+                late: Duration::ZERO,
+            }));
         }
     }
 
@@ -729,6 +735,7 @@ fn a_stopped_checkers_late_report_is_ignored() {
         success: false,
         detail: "late".into(),
         weight: None,
+        late: Duration::ZERO,
     }));
     assert!(h.batches.is_empty());
     assert_eq!(h.health("192.0.2.10:80", "10.0.0.11"), Health::Unknown);
@@ -957,7 +964,13 @@ fn a_weight_an_exec_check_reports_rebuilds_the_table_and_a_failure_keeps_it() {
     let checker = h.real("192.0.2.10:80", "10.0.0.11").checks[0].checker;
     let report = |h: &mut Harness, success, weight| {
         let detail = "exit 0".to_string();
-        h.feed(Input::Observation(Observation { checker, success, detail, weight }));
+        h.feed(Input::Observation(Observation {
+            checker,
+            success,
+            detail,
+            weight,
+            late: Duration::ZERO,
+        }));
     };
     h.batches.clear();
     report(&mut h, true, Some(3));
@@ -1099,6 +1112,7 @@ fn status_shows_each_check_with_its_last_result_and_since_when() {
         success: false,
         detail,
         weight: None,
+        late: Duration::ZERO,
     }));
     h.advance(Duration::from_secs(2));
     let Answer::Status(s) = h.control(Request::Status) else { panic!() };
@@ -1111,4 +1125,23 @@ fn status_shows_each_check_with_its_last_result_and_since_when() {
     );
     // The real's own last check is the failing one: it says why.
     assert_eq!(real.last_check, Some((false, "no answer".into())));
+}
+
+/// A probe that started past a tenth of its interval (1 s here) counts as late in the
+/// status: the director is too loaded to check on time. One within it does not.
+#[test]
+fn probes_started_late_are_counted_in_the_status() {
+    let mut h = running(&[WEB]);
+    let checker = *h.checkers.keys().next().unwrap();
+    for late in [Duration::from_millis(100), Duration::from_millis(101), Duration::from_secs(2)] {
+        h.feed(Input::Observation(Observation {
+            checker,
+            success: true,
+            detail: "ok".into(),
+            weight: None,
+            late,
+        }));
+    }
+    let Answer::Status(s) = h.control(Request::Status) else { panic!() };
+    assert_eq!(s.director.checks_late, 2);
 }

@@ -1,7 +1,8 @@
 //! The checkers: one task per real and check, probing every `interval` (spread by a
 //! seeded jitter, so a hundred reals are not checked in the same millisecond) within
-//! `timeout`, and reporting each raw result. Judging a run of results (rise, fall) is the
-//! core's; nothing here touches the data plane. One probe module per check type.
+//! `timeout`, and reporting each raw result, with how late the probe started (an
+//! overloaded director). Judging a run of results (rise, fall) is the core's; nothing here
+//! touches the data plane. One probe module per check type.
 
 pub mod dns;
 pub mod exec;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument as _, debug, info_span};
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use crate::config::Probe;
 pub use crate::core::Health;
@@ -39,8 +41,10 @@ pub fn spawn<E: From<Observation> + Send + 'static>(
 async fn run<E: From<Observation>>(id: CheckerId, target: CheckTarget, tx: mpsc::Sender<E>) {
     let check = &target.check;
     let mut schedule = Schedule::new(check.interval, target.seed);
-    tokio::time::sleep(schedule.first()).await;
+    let mut due = schedule.first(Instant::now());
     loop {
+        tokio::time::sleep_until(due.into()).await;
+        let late = Instant::now().saturating_duration_since(due);
         let (result, weight) = match tokio::time::timeout(check.timeout, probe(&target)).await {
             Ok(answer) => answer,
             Err(_) => (Err(format!("no answer within {:?}", check.timeout)), None),
@@ -48,11 +52,11 @@ async fn run<E: From<Observation>>(id: CheckerId, target: CheckTarget, tx: mpsc:
         let success = result.is_ok();
         let detail = result.unwrap_or_else(|e| e);
         debug!(success, %detail, ?weight, "probed");
-        let observation = Observation { checker: id, success, detail, weight };
+        let observation = Observation { checker: id, success, detail, weight, late };
         if tx.send(observation.into()).await.is_err() {
             return;
         }
-        tokio::time::sleep(schedule.after_probe()).await;
+        due = schedule.next(due, Instant::now());
     }
 }
 

@@ -1,8 +1,10 @@
-//! When a checker probes: its first probe within a tenth of the interval of its start, so
-//! reals added together are not checked in the same millisecond, then every interval
-//! ±5 %, so they drift apart. Seeded, so the spacing is reproducible and testable.
+//! When a checker probes: its first probe within an interval of its start, so reals
+//! added together are not checked in the same millisecond, then every interval
+//! ±5 % after the last was due (not after it ended: a slow answer does not push every
+//! later probe back), so they drift apart. Seeded, so the spacing is reproducible and
+//! testable; instants in, instants out.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Schedule {
     interval: Duration,
@@ -14,15 +16,19 @@ impl Schedule {
         Schedule { interval, rng: fastrand::Rng::with_seed(seed) }
     }
 
-    /// The wait before the first probe: in [0, interval / 10).
-    pub fn first(&mut self) -> Duration {
-        self.jitter(self.interval / 10)
+    /// When the first probe is due, for a checker started at `now`: in [now, now +
+    /// interval). Spread over the whole interval, as keepalived spreads its checkers: ten
+    /// thousand reals started together would otherwise be probed in one burst, and the
+    /// fixed-rate schedule below would keep them bunched.
+    pub fn first(&mut self, now: Instant) -> Instant {
+        now + self.jitter(self.interval)
     }
 
-    /// The wait after a probe before the next: in [interval - 5 %, interval + 5 %).
-    pub fn after_probe(&mut self) -> Duration {
+    /// When the probe after the one due at `due` is due: [interval - 5 %, interval + 5 %)
+    /// after `due`; at once (`now`) when the last probe ran past that.
+    pub fn next(&mut self, due: Instant, now: Instant) -> Instant {
         let spread = self.interval / 10;
-        self.interval - spread / 2 + self.jitter(spread)
+        (due + self.interval - spread / 2 + self.jitter(spread)).max(now)
     }
 
     /// A duration in [0, max).
@@ -43,31 +49,42 @@ mod tests {
     fn waits_stay_within_their_bounds() {
         let interval = Duration::from_secs(2);
         let mut s = Schedule::new(interval, 7);
-        assert!(s.first() < Duration::from_millis(200));
+        let start = Instant::now();
+        let mut due = s.first(start);
+        assert!(due - start < interval);
         for _ in 0..1000 {
-            let next = s.after_probe();
+            // The probe took 300 ms: the next is due from when this one was, not after it.
+            let next = s.next(due, due + Duration::from_millis(300));
+            let after = next - due;
             assert!(
-                next >= Duration::from_millis(1900) && next < Duration::from_millis(2100),
-                "{next:?}"
+                after >= Duration::from_millis(1900) && after < Duration::from_millis(2100),
+                "{after:?}"
             );
+            due = next;
         }
+        // A probe that ran past its successor's time is followed at once.
+        let now = due + Duration::from_secs(3);
+        assert_eq!(s.next(due, now), now);
     }
 
     #[test]
     fn a_seed_gives_the_same_spacing_and_seeds_spread_checks() {
         let interval = Duration::from_secs(1);
+        let start = Instant::now();
         let waits = |seed| {
             let mut s = Schedule::new(interval, seed);
-            (s.first(), s.after_probe(), s.after_probe())
+            let first = s.first(start);
+            let second = s.next(first, first);
+            (first, second, s.next(second, second))
         };
         assert_eq!(waits(1), waits(1));
         // 100 checkers started together: their first probes spread over the window, not
         // bunched in a few milliseconds of it.
         let mut firsts: Vec<Duration> =
-            (0..100).map(|seed| Schedule::new(interval, seed).first()).collect();
+            (0..100).map(|seed| Schedule::new(interval, seed).first(start) - start).collect();
         firsts.sort();
-        assert!(firsts[0] < Duration::from_millis(10), "{firsts:?}");
-        assert!(firsts[99] > Duration::from_millis(90), "{firsts:?}");
+        assert!(firsts[0] < Duration::from_millis(100), "{firsts:?}");
+        assert!(firsts[99] > Duration::from_millis(900), "{firsts:?}");
         let distinct = firsts.windows(2).filter(|w| w[0] != w[1]).count();
         assert_eq!(distinct, 99);
     }
