@@ -117,6 +117,7 @@ fn run(args: &Args) -> Result<()> {
     let ready = |i: usize, state: &str| {
         matches!(control::call(&sockets[i], &Request::Status), Ok(Response::Status(s))
             if s.director.ha_state == state
+                && s.director.routers.iter().all(|r| r.state == state)
                 && s.reals.iter().all(|r| r.health == Health::Up && r.mac.is_some()))
     };
     while !(ready(0, "MASTER") && ready(1, "BACKUP")) {

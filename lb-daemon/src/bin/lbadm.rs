@@ -193,6 +193,14 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
         ha += &format!("  since {s}s");
     }
     println!("Director  HA state: {ha}  Interfaces: {}", ifaces.join(", "));
+    // With a virtual router per family, each is shown: one may be master while the other
+    // is not yet.
+    if d.routers.len() > 1 {
+        for r in &d.routers {
+            let master = r.master.map(|m| format!("  master {m}")).unwrap_or_default();
+            println!("  {}: {}{master}  since {}s", r.family, r.state, r.since_secs);
+        }
+    }
     if !d.transitions.is_empty() {
         let entered: Vec<String> =
             d.transitions.iter().map(|r| format!("{} {}", r.reason, r.packets)).collect();

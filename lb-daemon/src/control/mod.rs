@@ -113,10 +113,23 @@ pub struct DirectorView {
     #[serde(default)]
     pub transitions: Vec<ReasonCount>,
     pub interfaces: Vec<InterfaceView>,
+    /// Each virtual router (one per family of the VIPs), as `ha_state` and the fields
+    /// after it give the first: they may differ (one master, the other still backup).
+    #[serde(default)]
+    pub routers: Vec<RouterView>,
     /// Probes that started more than a tenth of their interval late since lbd started: a
     /// director too loaded to check on time.
     #[serde(default)]
     pub checks_late: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouterView {
+    /// `IPv4` or `IPv6`.
+    pub family: String,
+    pub state: String,
+    pub master: Option<IpAddr>,
+    pub since_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

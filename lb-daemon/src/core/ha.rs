@@ -57,6 +57,8 @@ pub enum Effect {
 /// What `lbadm status` shows of HA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
+    /// The virtual router's family: each family has its own.
+    pub ipv4: bool,
     pub state: State,
     pub priority: u8,
     pub master: Option<IpAddr>,
@@ -171,6 +173,7 @@ impl Ha {
 
     pub fn view(&self) -> View {
         View {
+            ipv4: self.settings.vrrp.primary.is_ipv4(),
             state: self.vrrp.state(),
             priority: self.vrrp.priority(),
             master: self.vrrp.master(),

@@ -158,10 +158,15 @@ pub enum Input {
     },
     /// Time passed ([`Core::poll_timeout`] was reached).
     Tick,
-    /// Whether this director answers for its VIPs: always without `ha`; with it, only
-    /// while master. Not serving, the VIPs leave the data plane's VIPS (their reals and
-    /// tables stay written, so a takeover flips VIPS alone).
-    Serving(bool),
+    /// Whether this director answers for its VIPs of one family: always without `ha`;
+    /// with it, only while that family's virtual router is master (each family has its
+    /// own, and one may be master while the other is not). Not serving, the family's VIPs
+    /// leave the data plane's VIPS (their reals and tables stay written, so a takeover
+    /// flips VIPS alone).
+    Serving {
+        ipv4: bool,
+        on: bool,
+    },
 }
 
 /// What the driver does for the core.
@@ -304,8 +309,8 @@ pub struct Core {
     clock_due: Option<Time>,
     /// A sync failed: write the tables again at the next tick.
     stale: bool,
-    /// See [`Input::Serving`].
-    serving: bool,
+    /// See [`Input::Serving`]: IPv4, IPv6.
+    serving: [bool; 2],
     /// Probes that started more than a tenth of their interval late, since lbd started.
     checks_late: u64,
     seed: u64,
@@ -376,7 +381,7 @@ impl Core {
             next_checker: 0,
             clock_due: None,
             stale: false,
-            serving: true,
+            serving: [true; 2],
             checks_late: 0,
             seed,
             adopted: None,
@@ -476,10 +481,10 @@ impl Core {
             Input::Control(token, request) => self.on_control(now, token, request, &mut fx),
             Input::Applied { batch, result } => self.on_applied(now, batch, result, &mut fx),
             Input::Tick => self.recover(now, &mut fx),
-            Input::Serving(on) => {
-                if on != self.serving {
-                    self.serving = on;
-                    info!(serving = on, "the data plane answers for the VIPs: {on}");
+            Input::Serving { ipv4, on } => {
+                let family = if ipv4 { "IPv4" } else { "IPv6" };
+                if std::mem::replace(&mut self.serving[usize::from(!ipv4)], on) != on {
+                    info!(serving = on, "the data plane answers for the {family} VIPs: {on}");
                     self.sync(now, &mut fx);
                 }
             }
@@ -906,10 +911,8 @@ impl Core {
     /// The tables `services` need. A Maglev table whose inputs did not change is the one
     /// the data plane holds, not rebuilt.
     fn tables_for(&self, services: &[ServiceState]) -> Tables {
-        let mut t = Tables::default();
-        if self.serving {
-            t.vips = vip_set(services);
-        }
+        let mut t = Tables { vips: vip_set(services), ..Tables::default() };
+        t.vips.retain(|key, _| self.serving[usize::from(key.family != lb_common::FAMILY_V4)]);
         for s in services {
             for r in &s.reals {
                 t.reals

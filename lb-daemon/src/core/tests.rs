@@ -141,6 +141,13 @@ impl Harness {
         }
     }
 
+    /// Both families' virtual routers master (`on`), or neither.
+    fn serve(&mut self, on: bool) {
+        for ipv4 in [true, false] {
+            self.feed(Input::Serving { ipv4, on });
+        }
+    }
+
     fn observe_all(&mut self, success: bool) {
         let ips: std::collections::BTreeSet<IpAddr> =
             self.checkers.values().map(|t| t.addr.ip()).collect();
@@ -809,7 +816,7 @@ fn op_kind(op: &Op) -> &'static str {
 #[test]
 fn a_director_that_is_not_master_keeps_its_vips_out_of_the_data_plane() {
     let mut h = Harness::new(capacity());
-    h.feed(Input::Serving(false));
+    h.serve(false);
     h.config(&yaml(&[WEB, DNS])).unwrap();
     h.resolve_all();
     h.observe_all(true);
@@ -818,13 +825,13 @@ fn a_director_that_is_not_master_keeps_its_vips_out_of_the_data_plane() {
     assert_eq!(h.dp.reals.len(), 4);
     assert_eq!(h.serving("192.0.2.10:80").len(), 2);
     h.batches.clear();
-    h.feed(Input::Serving(true));
+    h.serve(true);
     assert_eq!(h.dp.vips.len(), 2);
     let ops: Vec<&Op> = h.batches.iter().flatten().collect();
     assert!(matches!(&ops[..], [Op::SetVips { .. }]), "{ops:?}");
     // Master no more: the VIPs leave, their flows with them; reals and tables stay.
     h.batches.clear();
-    h.feed(Input::Serving(false));
+    h.serve(false);
     assert!(h.dp.vips.is_empty());
     assert_eq!(h.dp.reals.len(), 4);
     let kinds: Vec<&str> = h.batches.iter().flatten().map(op_kind).collect();
@@ -1144,4 +1151,32 @@ fn probes_started_late_are_counted_in_the_status() {
     }
     let Answer::Status(s) = h.control(Request::Status) else { panic!() };
     assert_eq!(s.director.checks_late, 2);
+}
+
+/// Each family has its own virtual router, and one may be master while the other is not
+/// (the IPv6 one starts later, waiting for a link-local address): the IPv6 router's
+/// BACKUP must not take the IPv4 VIPs out of the data plane (it did, with one flag for
+/// both: the lab's IPv4 VIP refused connections until the IPv6 router became master).
+#[test]
+fn each_family_is_served_while_its_own_virtual_router_is_master() {
+    let web6 =
+        WEB.replace("web", "web6").replace("192.0.2.10:80", "\"[2001:db8::10]:80\"").replace(
+            "10.0.0.11\n      - address: 10.0.0.12",
+            "\"2001:db8::11\"\n      - address: \"2001:db8::12\"",
+        );
+    let mut h = Harness::new(capacity());
+    h.serve(false);
+    h.config(&yaml(&[WEB, &web6])).unwrap();
+    h.resolve_all();
+    h.observe_all(true);
+    assert!(h.dp.vips.is_empty());
+    let families = |h: &Harness| -> Vec<u8> { h.dp.vips.keys().map(|k| k.family).collect() };
+    h.feed(Input::Serving { ipv4: true, on: true });
+    assert_eq!(families(&h), [lb_common::FAMILY_V4]);
+    h.feed(Input::Serving { ipv4: false, on: false });
+    assert_eq!(families(&h), [lb_common::FAMILY_V4], "IPv6 BACKUP leaves IPv4 served");
+    h.feed(Input::Serving { ipv4: false, on: true });
+    assert_eq!(h.dp.vips.len(), 2);
+    h.feed(Input::Serving { ipv4: true, on: false });
+    assert_eq!(families(&h), [lb_common::FAMILY_V6]);
 }

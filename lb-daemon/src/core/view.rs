@@ -103,6 +103,7 @@ impl Core {
                 adverts_dropped: Vec::new(),
                 transitions: Vec::new(),
                 interfaces: self.interfaces.clone(),
+                routers: Vec::new(),
                 checks_late: self.checks_late,
             },
             reals,

@@ -345,7 +345,9 @@ impl Actions<'_> {
                     if self.serving != Some(serving) {
                         self.serving = Some(serving);
                         let (done, written) = oneshot::channel();
-                        if self.driver.send(super::Event::Serving(serving, done)).await.is_ok() {
+                        let ipv4 = self.socket.src().is_ipv4();
+                        let event = super::Event::Serving { ipv4, on: serving, done };
+                        if self.driver.send(event).await.is_ok() {
                             // Bounded by one advert interval: adverts wait meanwhile, and the
                             // lease runs two; a slow driver is logged, not let fence a live
                             // master.

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
 use crate::config::{self, Config};
-use crate::control::{self, BUSY, ReasonCount, Request, Response, Stats};
+use crate::control::{self, BUSY, ReasonCount, Request, Response, RouterView, Stats};
 use crate::core::Listed;
 use crate::core::{
     Answer, CheckerId, Core, Effect, HookKind, Input, Observation, Resolved, Time, Token,
@@ -47,7 +47,13 @@ pub enum Event {
     Control(Request, oneshot::Sender<Response>),
     /// From a failover task: this director is master (true) or not (false); answered
     /// once the data plane's VIPS says so, so the VIPs go on the interface only after.
-    Serving(bool, oneshot::Sender<()>),
+    /// A failover task's family (IPv4?) is to be answered for, or not; `done` once the
+    /// data plane says so.
+    Serving {
+        ipv4: bool,
+        on: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
 impl From<control::Call> for Event {
@@ -182,7 +188,9 @@ impl<D: DataplaneOps> Driver<D> {
     /// Whether the data plane answers for the VIPs (see `Input::Serving`); with `ha`,
     /// lbd says false before the first config, so no VIP is live before an election.
     pub fn serve_vips(&mut self, on: bool) {
-        self.feed(Input::Serving(on));
+        for ipv4 in [true, false] {
+            self.feed(Input::Serving { ipv4, on });
+        }
     }
 
     /// Applies the first config; an error means lbd cannot start with it.
@@ -215,9 +223,9 @@ impl<D: DataplaneOps> Driver<D> {
             match event {
                 Event::Observation(o) => self.feed(Input::Observation(o)),
                 Event::Resolved(r) => self.feed(Input::Resolved(r)),
-                Event::Serving(on, done) => {
+                Event::Serving { ipv4, on, done } => {
                     // A batch is applied within feed, before it returns.
-                    self.feed(Input::Serving(on));
+                    self.feed(Input::Serving { ipv4, on });
                     let _ = done.send(());
                 }
                 Event::Control(Request::Reload, reply) => self.reload(reply),
@@ -380,6 +388,17 @@ impl<D: DataplaneOps> Driver<D> {
                     d.master = view.master;
                     d.since_secs = Some(now().since(view.since).as_secs());
                 }
+                status.director.routers = self
+                    .ha
+                    .iter()
+                    .filter_map(|(_, v)| v.borrow().clone())
+                    .map(|v| RouterView {
+                        family: if v.ipv4 { "IPv4" } else { "IPv6" }.into(),
+                        state: crate::core::ha::state_name(v.state).into(),
+                        master: v.master,
+                        since_secs: now().since(v.since).as_secs(),
+                    })
+                    .collect();
                 let summed = |of: fn(&crate::core::ha::View) -> &BTreeMap<&'static str, u64>| {
                     let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
                     for (_, v) in &self.ha {
