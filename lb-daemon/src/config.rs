@@ -1152,6 +1152,59 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
     ))
 }
 
+/// What a reload from the config lbd started with to `new` leaves for a restart, as the
+/// keys an operator changed: the director section (interfaces, socket, maps), and of `ha`
+/// all but `priority` (the failover tasks, their sockets, fence and VIP set are made at
+/// start), the VIP addresses it moves among them. A reload still applies the services; the
+/// answer says what waits, so nothing is left unsaid.
+pub fn restart_only(started: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (&started.director, &new.director);
+    // The keys whose values differ.
+    let changed = |keys: &[(&str, bool)]| -> Vec<String> {
+        keys.iter().filter(|(_, differs)| *differs).map(|(key, _)| key.to_string()).collect()
+    };
+    let mut keys = changed(&[
+        ("director.interfaces", a.interfaces != b.interfaces),
+        ("director.xdp_mode", a.xdp_mode != b.xdp_mode),
+        ("director.socket", a.socket != b.socket),
+        ("director.metrics", a.metrics != b.metrics),
+        ("director.pin_root", a.pin_root != b.pin_root),
+        ("director.max_vips", a.max_vips != b.max_vips),
+        ("director.max_reals", a.max_reals != b.max_reals),
+    ]);
+    match (&started.ha, &new.ha) {
+        (None, None) => {}
+        (None, Some(_)) => keys.push("ha (added)".into()),
+        (Some(_), None) => keys.push("ha (removed)".into()),
+        (Some(a), Some(b)) => {
+            keys.extend(changed(&[
+                ("ha.interface", a.interface != b.interface),
+                ("ha.vrid", a.vrid != b.vrid),
+                ("ha.advert_interval", a.advert_interval != b.advert_interval),
+                ("ha.preempt", a.preempt != b.preempt),
+                ("ha.preempt_delay", a.preempt_delay != b.preempt_delay),
+                ("ha.peers", a.peers != b.peers),
+                ("ha.track_ping", a.track_ping != b.track_ping),
+                ("ha.notify", a.notify != b.notify),
+            ]));
+            // `ha.vips`, or every service VIP when it is not given: a service on a new
+            // address is served, but not moved (added, announced) on failover yet.
+            let (was, now) = (a.vips(&started.services), b.vips(&new.services));
+            let added: Vec<String> =
+                now.iter().filter(|v| !was.contains(v)).map(ToString::to_string).collect();
+            let gone: Vec<String> =
+                was.iter().filter(|v| !now.contains(v)).map(ToString::to_string).collect();
+            if !added.is_empty() {
+                keys.push(format!("the VIPs failover moves ({} added)", added.join(", ")));
+            }
+            if !gone.is_empty() {
+                keys.push(format!("the VIPs failover moves ({} gone)", gone.join(", ")));
+            }
+        }
+    }
+    keys
+}
+
 /// The defaults of a check that depend on its service: a dns check without `transport`
 /// asks over the service's own protocol, so the UDP and the TCP service of one DNS VIP are
 /// each checked the way their clients reach them.
@@ -1925,6 +1978,30 @@ services:
             let p = problems(&with_check(check));
             assert!(p.len() == 1 && p[0].contains(says), "{check:?}: {p:?}");
         }
+    }
+
+    #[test]
+    fn a_reload_says_which_changes_wait_for_a_restart() {
+        let ha = "ha:\n  interface: eth0\n  vrid: 51\n  priority: 100\n";
+        let started = parse(Path::new("lb.yaml"), &format!("{GOOD}{ha}")).unwrap();
+        let same = |text: &str| restart_only(&started, &parse(Path::new("lb.yaml"), text).unwrap());
+        // The services and the priority are a reload's own.
+        let reweighted = format!("{GOOD}{ha}").replace("weight: 100", "weight: 7");
+        assert!(same(&reweighted).is_empty());
+        assert!(same(&format!("{GOOD}{ha}").replace("priority: 100", "priority: 90")).is_empty());
+        let changed = format!("{GOOD}{ha}  advert_interval: 100ms\n  track_ping: [192.0.2.1]\n")
+            .replace("interfaces: [eth0]", "interfaces: [eth0, eth1]");
+        assert_eq!(same(&changed), ["director.interfaces", "ha.advert_interval", "ha.track_ping"]);
+        // A service on a new address: served at once, moved on failover after a restart.
+        let moved = format!("{GOOD}{ha}").replace("vip: 192.0.2.10:80", "vip: 192.0.2.99:80");
+        assert_eq!(
+            same(&moved),
+            [
+                "the VIPs failover moves (192.0.2.99 added)",
+                "the VIPs failover moves (192.0.2.10 gone)"
+            ]
+        );
+        assert_eq!(same(GOOD), ["ha (removed)"]);
     }
 
     #[test]

@@ -133,12 +133,17 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
 
     // A reload that lowers lbd's priority below keepalived's goes through the election:
     // lbd stays master and advertises 50, and keepalived preempts it in its own time.
-    let reprioritise = |d: &Director, from: &str, to: &str| {
+    let reload = |d: &Director, from: &str, to: &str| -> String {
         let path = d.lab.dir().join("lb.yaml");
         let text = std::fs::read_to_string(&path).unwrap().replace(from, to);
         std::fs::write(&path, text).unwrap();
         let out = d.lbadm(&["reload"]);
         assert!(out.contains("reloaded"), "{out}");
+        out
+    };
+    let reprioritise = |d: &Director, from: &str, to: &str| {
+        let out = reload(d, from, to);
+        assert!(!out.contains("restart"), "a priority is a reload's own: {out}");
     };
     let before = d.lab.log(ROLE_CLIENT, "keepalived3").len();
     reprioritise(&d, "priority: 150", "priority: 50");
@@ -151,6 +156,11 @@ fn lbd_and_keepalived_fail_over_to_each_other() {
     reprioritise(&d, "priority: 50", "priority: 150");
     d.wait_until("lbd master again with priority 150", SLACK, |s| s.director.ha_state == "MASTER");
     assert!(director_has_vip(&d));
+    // What a reload cannot change while lbd runs, it applies the rest of and says so.
+    let out = reload(&d, "advert_interval: 100ms", "advert_interval: 200ms");
+    assert!(out.contains("these changes take effect at restart: ha.advert_interval"), "{out}");
+    let out = reload(&d, "advert_interval: 200ms", "advert_interval: 100ms");
+    assert!(!out.contains("restart"), "back as lbd started: {out}");
 
     let before = d.lab.log(ROLE_CLIENT, "keepalived3").len();
     d.lab.signal(ROLE_DIRECTOR, "lbd", libc::SIGTERM).unwrap();

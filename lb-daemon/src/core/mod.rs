@@ -31,7 +31,7 @@ pub use hysteresis::{Health, Hysteresis};
 pub use tables::{Batch, Op, Tables};
 pub use view::{Listed, connection_counts, fmt_mac};
 
-use crate::config::{self, Check, Config, Director, OnFailure, Protocol, Service};
+use crate::config::{self, Check, Config, OnFailure, Protocol, Service};
 use crate::control::{InterfaceView, Request, Response, StatusView};
 use crate::link::LinkInfo;
 use tables::{MaglevEntry, RealEntry};
@@ -282,7 +282,6 @@ struct Plan {
     tables: Tables,
     start: Vec<(CheckerId, CheckTarget)>,
     stop: Vec<CheckerId>,
-    director: Option<Director>,
     reply: Option<Token>,
     ok: Response,
 }
@@ -292,8 +291,6 @@ pub struct Core {
     /// Interfaces the program is attached to, by ifindex.
     links: HashMap<u32, LinkInfo>,
     interfaces: Vec<InterfaceView>,
-    /// The applied config's director section (a change takes effect at restart).
-    director: Option<Director>,
     services: Vec<ServiceState>,
     /// What the data plane holds.
     published: Tables,
@@ -369,7 +366,6 @@ impl Core {
             capacity,
             links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
             interfaces,
-            director: None,
             services: Vec::new(),
             published: Tables::default(),
             hops: HashMap::new(),
@@ -546,11 +542,6 @@ impl Core {
         fx: &mut Vec<Effect>,
     ) {
         let _span = info_span!("apply", file = %source).entered();
-        if self.director.as_ref().is_some_and(|d| *d != config.director) {
-            warn!(
-                "the director section changed: interfaces, socket, XDP mode and capacity take effect at restart"
-            );
-        }
         let plan = self.plan(now, &config).and_then(|(services, start, stop)| {
             let tables = self.tables_for(&services);
             // Every VIP must fit, live or not: a takeover writes them all at once.
@@ -564,7 +555,6 @@ impl Core {
                 tables,
                 start,
                 stop,
-                director: Some(config.director.clone()),
                 reply,
                 ok: Response::Ok { message: format!("reloaded {source}") },
             })
@@ -830,9 +820,6 @@ impl Core {
         self.adopted = None;
         self.next_checker =
             self.next_checker.max(plan.start.iter().map(|(id, _)| id + 1).max().unwrap_or(0));
-        if plan.director.is_some() {
-            self.director = plan.director;
-        }
         self.reindex();
         self.note_serving();
         fx.extend(plan.stop.into_iter().map(Effect::StopCheck));
@@ -1103,7 +1090,6 @@ impl Core {
             tables,
             start: Vec::new(),
             stop: Vec::new(),
-            director: None,
             reply: None,
             ok: Response::Ok { message: format!("{real} weight {weight}") },
         })

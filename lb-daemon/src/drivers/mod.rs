@@ -108,6 +108,9 @@ pub struct Driver<D: DataplaneOps> {
     ha: Vec<(mpsc::Sender<ha::Command>, watch::Receiver<Option<crate::core::ha::View>>)>,
     /// The priority the failover tasks run with, so a reload that changes it says so.
     ha_priority: Option<u8>,
+    /// The config lbd started with: what a reload cannot change (the director section,
+    /// `ha` but its priority) is compared with it, and the answer says what waits.
+    started: Option<Config>,
     /// The listing thread, when there is one; without, listings are finished here.
     listings: Option<mpsc::Sender<ListingJob>>,
     /// Whether every service has a real in service ([`Core::ready`]), for the failover
@@ -149,6 +152,7 @@ impl<D: DataplaneOps> Driver<D> {
             listings: None,
             ha: Vec::new(),
             ha_priority: None,
+            started: None,
             ready: watch::Sender::new(false),
             notify: None,
             ready_at: None,
@@ -198,6 +202,7 @@ impl<D: DataplaneOps> Driver<D> {
         let (tx, mut rx) = oneshot::channel();
         let token = self.token(tx);
         let source = self.config_path.display().to_string();
+        self.started = Some(config.clone());
         self.feed(Input::Config { config: Box::new(config), source, reply: Some(token) });
         match rx.try_recv() {
             Ok(Response::Error { message }) => bail!("{message}"),
@@ -245,6 +250,11 @@ impl<D: DataplaneOps> Driver<D> {
         match config::load(&path) {
             Ok(config) => {
                 let priority = config.ha.as_ref().map(|h| h.priority);
+                let waiting = self
+                    .started
+                    .as_ref()
+                    .map(|started| config::restart_only(started, &config))
+                    .unwrap_or_default();
                 let (tx, mut rx) = oneshot::channel();
                 let token = self.token(tx);
                 let source = path.display().to_string();
@@ -252,9 +262,16 @@ impl<D: DataplaneOps> Driver<D> {
                 // The core answered within feed. A reload that applied gives the failover
                 // tasks a changed priority, through the election: never a drop to backup,
                 // and nothing else of HA moves on a reload.
-                let response = rx.try_recv().unwrap_or_else(|_| Response::Error {
+                let mut response = rx.try_recv().unwrap_or_else(|_| Response::Error {
                     message: "the core did not answer the reload".into(),
                 });
+                if let Response::Ok { message } = &mut response
+                    && !waiting.is_empty()
+                {
+                    let keys = waiting.join(", ");
+                    warn!(changed = %keys, "applied but for changes that take effect at restart");
+                    message.push_str(&format!("; these changes take effect at restart: {keys}"));
+                }
                 if matches!(response, Response::Ok { .. })
                     && let (Some(new), Some(old)) = (priority, self.ha_priority)
                     && new != old
