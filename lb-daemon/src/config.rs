@@ -1297,7 +1297,7 @@ pub fn lint(config: &Config) -> Vec<(String, String)> {
                 found.push((
                     path.clone(),
                     format!(
-                        "{path}: {key}: cannot read {}: {e}: the check fails until it can",
+                        "{path}: {key}: cannot read {} (as the user running this): {e}: the check fails while lbd cannot",
                         file.display()
                     ),
                 ));
@@ -2046,6 +2046,15 @@ services:
         assert!(
             w.len() == 1
                 && w[0].message.contains("password_file: cannot read /nonexistent/ldap.secret"),
+            "{w:?}"
+        );
+        let ca = with_check(
+            "      type: https\n      tls_verify: true\n      ca_file: /nonexistent/ca.pem\n",
+        );
+        let c = parse(Path::new("lb.yaml"), &ca).unwrap();
+        let w = warnings(Path::new("lb.yaml"), &ca, &c);
+        assert!(
+            w.len() == 1 && w[0].message.contains("ca_file: cannot read /nonexistent/ca.pem"),
             "{w:?}"
         );
         let back_to_back = GOOD.replace("timeout: 1s", "timeout: 2s");

@@ -446,4 +446,16 @@ fn ldap_checks_search_slapd_anonymously_and_bound_and_follow_it_down_and_back() 
     assert!(status.contains("invalidCredentials"), "{status}");
     std::fs::write(&secret, lb_lab::LDAP_PASSWORD).unwrap();
     wait_health(&d, "ldap", 0, Health::Up, INTERVAL * RISE + TIMEOUT);
+    // A search the server answers without the entry is down too: a directory that lost
+    // its data answers, and must not be sent clients.
+    let path = d.lab.dir().join("lb.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("(objectClass=dcObject)", "(description=nobody)")).unwrap();
+    assert!(d.lbadm(&["reload"]).contains("reloaded"));
+    wait_health(&d, "ldap", 0, Health::Down, INTERVAL * FALL + TIMEOUT);
+    let status = d.lbadm(&["status"]);
+    assert!(
+        status.contains("search of \"dc=lab\" with (description=nobody) found no entry"),
+        "{status}"
+    );
 }

@@ -208,7 +208,7 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
     }
     if d.checks_late > 0 {
         println!(
-            "Checks started late (past a tenth of their interval): {} (the director is too loaded to check on time)",
+            "Checks started late (past a tenth of their interval) since lbd started: {} (a director too loaded to check on time)",
             d.checks_late
         );
     }

@@ -128,10 +128,17 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     if let Some(ha) = &config.ha {
         // No VIP is live in the data plane before this director is elected master, and
         // none on the interface either (a lbd killed as master left them there).
-        if let Err(e) = ha::release_vips(&ha.interface, &ha.vips(&config.services)).await {
+        let vips = ha.vips(&config.services);
+        if let Err(e) = ha::release_vips(&ha.interface, &vips).await {
             warn!(error = %format!("{e:#}"), "removing the VIPs from the HA interface at start");
         }
-        driver.serve_vips(false);
+        // A family without a virtual router (none of its VIPs at start; a reload may add
+        // one) is served as without `ha`: nothing would ever say it may be.
+        for ipv4 in [true, false] {
+            if vips.iter().any(|v| v.is_ipv4() == ipv4) {
+                driver.serve_family(ipv4, false);
+            }
+        }
     }
     driver.start(config.clone())?;
     let ha_tasks = match &config.ha {

@@ -1179,4 +1179,11 @@ fn each_family_is_served_while_its_own_virtual_router_is_master() {
     assert_eq!(h.dp.vips.len(), 2);
     h.feed(Input::Serving { ipv4: true, on: false });
     assert_eq!(families(&h), [lb_common::FAMILY_V6]);
+    // A family no virtual router moves is served as without ha (lbd says nothing of it).
+    let mut h = Harness::new(capacity());
+    h.feed(Input::Serving { ipv4: true, on: false });
+    h.config(&yaml(&[WEB, &web6])).unwrap();
+    h.resolve_all();
+    h.observe_all(true);
+    assert_eq!(families(&h), [lb_common::FAMILY_V6]);
 }

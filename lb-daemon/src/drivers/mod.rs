@@ -189,12 +189,11 @@ impl<D: DataplaneOps> Driver<D> {
         self.ha = tasks;
     }
 
-    /// Whether the data plane answers for the VIPs (see `Input::Serving`); with `ha`,
-    /// lbd says false before the first config, so no VIP is live before an election.
-    pub fn serve_vips(&mut self, on: bool) {
-        for ipv4 in [true, false] {
-            self.feed(Input::Serving { ipv4, on });
-        }
+    /// Whether the data plane answers for one family's VIPs (see `Input::Serving`); with
+    /// `ha`, lbd says false before the first config for each family a virtual router
+    /// moves, so none of its VIPs is live before an election.
+    pub fn serve_family(&mut self, ipv4: bool, on: bool) {
+        self.feed(Input::Serving { ipv4, on });
     }
 
     /// Applies the first config; an error means lbd cannot start with it.

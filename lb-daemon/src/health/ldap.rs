@@ -25,6 +25,8 @@ pub async fn check(
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &format!("ldap://{addr}"))
         .await
         .map_err(|e| format!("LDAP session with {addr}: {e}"))?;
+    let entry =
+        if spec.base.is_empty() { "the root DSE".into() } else { format!("{:?}", spec.base) };
     let ask = async {
         if let (Some(bind), Some(password)) = (&spec.bind, &password) {
             ldap.simple_bind(&bind.dn, password)
@@ -37,23 +39,32 @@ pub async fn check(
             .search(&spec.base, Scope::Base, &spec.filter, vec!["1.1"])
             .await
             .and_then(|r| r.success())
-            .map_err(|e| format!("search of {:?}: {e}", spec.base))?;
-        // A polite end; the server's answer to it does not change the result.
-        let _ = ldap.unbind().await;
+            .map_err(|e| format!("search of {entry}: {e}"))?;
         match found.0.len() {
-            0 => Err(format!("search of {:?} with {} found no entry", spec.base, spec.filter)),
-            _ => Ok(format!("found {:?} with {}", spec.base, spec.filter)),
+            0 => Err(format!("search of {entry} with {} found no entry", spec.filter)),
+            _ => Ok(format!("found {entry} with {}", spec.filter)),
         }
     };
     // The connection is driven only while the operations run: dropping both ends it,
-    // also when the checker's timeout drops this whole probe.
-    tokio::select! {
+    // also when the checker's timeout drops this whole probe. The operations first: a
+    // session the server ends after answering has still answered.
+    let drive = conn.drive();
+    tokio::pin!(drive);
+    let result = tokio::select! {
+        biased;
         result = ask => result,
-        ended = conn.drive() => Err(match ended {
+        ended = &mut drive => Err(match ended {
             Ok(()) => format!("{addr} closed the LDAP session"),
             Err(e) => format!("LDAP session with {addr}: {e}"),
         }),
+    };
+    // A polite end, outside the verdict: the server closing at once after it (which may
+    // end the driver first) says nothing of its health.
+    tokio::select! {
+        _ = ldap.unbind() => {}
+        _ = &mut drive => {}
     }
+    result
 }
 
 /// The bind password: the file's content less its line end.

@@ -44,7 +44,9 @@ async fn run<E: From<Observation>>(id: CheckerId, target: CheckTarget, tx: mpsc:
     let mut due = schedule.first(Instant::now());
     loop {
         tokio::time::sleep_until(due.into()).await;
-        let late = Instant::now().saturating_duration_since(due);
+        let started = Instant::now();
+        // Against when it was due, also when the last probe ran past that.
+        let late = started.saturating_duration_since(due);
         let (result, weight) = match tokio::time::timeout(check.timeout, probe(&target)).await {
             Ok(answer) => answer,
             Err(_) => (Err(format!("no answer within {:?}", check.timeout)), None),
@@ -56,7 +58,7 @@ async fn run<E: From<Observation>>(id: CheckerId, target: CheckTarget, tx: mpsc:
         if tx.send(observation.into()).await.is_err() {
             return;
         }
-        due = schedule.next(due, Instant::now());
+        due = schedule.next(due, started);
     }
 }
 

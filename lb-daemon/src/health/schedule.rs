@@ -24,11 +24,15 @@ impl Schedule {
         now + self.jitter(self.interval)
     }
 
-    /// When the probe after the one due at `due` is due: [interval - 5 %, interval + 5 %)
-    /// after `due`; at once (`now`) when the last probe ran past that.
-    pub fn next(&mut self, due: Instant, now: Instant) -> Instant {
+    /// When the probe after one due at `due` and started at `started` is due: [interval
+    /// - 5 %, interval + 5 %) after `due`, fixed-rate; after `started` instead when that
+    /// probe started more than a tenth of the interval late, so a checker that fell
+    /// behind moves on rather than probing back to back to catch up. A probe that ran
+    /// past the time returned starts as soon as it ends, and counts as late.
+    pub fn next(&mut self, due: Instant, started: Instant) -> Instant {
         let spread = self.interval / 10;
-        (due + self.interval - spread / 2 + self.jitter(spread)).max(now)
+        let base = if started.saturating_duration_since(due) > spread { started } else { due };
+        base + self.interval - spread / 2 + self.jitter(spread)
     }
 
     /// A duration in [0, max).
@@ -53,8 +57,9 @@ mod tests {
         let mut due = s.first(start);
         assert!(due - start < interval);
         for _ in 0..1000 {
-            // The probe took 300 ms: the next is due from when this one was, not after it.
-            let next = s.next(due, due + Duration::from_millis(300));
+            // Started on time: the next is due from when this one was, however long it
+            // takes.
+            let next = s.next(due, due + Duration::from_millis(1));
             let after = next - due;
             assert!(
                 after >= Duration::from_millis(1900) && after < Duration::from_millis(2100),
@@ -62,9 +67,11 @@ mod tests {
             );
             due = next;
         }
-        // A probe that ran past its successor's time is followed at once.
-        let now = due + Duration::from_secs(3);
-        assert_eq!(s.next(due, now), now);
+        // Started 3 s late (a stalled director): the next is due an interval after it
+        // started, not at once to catch up.
+        let started = due + Duration::from_secs(3);
+        let after = s.next(due, started) - started;
+        assert!(after >= Duration::from_millis(1900), "{after:?}");
     }
 
     #[test]
