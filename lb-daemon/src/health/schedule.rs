@@ -24,11 +24,11 @@ impl Schedule {
         now + self.jitter(self.interval)
     }
 
-    /// When the probe after one due at `due` and started at `started` is due: [interval
-    /// - 5 %, interval + 5 %) after `due`, fixed-rate; after `started` instead when that
-    /// probe started more than a tenth of the interval late, so a checker that fell
-    /// behind moves on rather than probing back to back to catch up. A probe that ran
-    /// past the time returned starts as soon as it ends, and counts as late.
+    /// When the probe after one due at `due` and started at `started` is due: the
+    /// interval ±5 % after `due`, fixed-rate; after `started` instead when that probe
+    /// started more than a tenth of the interval late, so a checker that fell behind
+    /// moves on rather than probing back to back to catch up. A probe that ran past the
+    /// time returned starts as soon as it ends, and counts as late.
     pub fn next(&mut self, due: Instant, started: Instant) -> Instant {
         let spread = self.interval / 10;
         let base = if started.saturating_duration_since(due) > spread { started } else { due };
