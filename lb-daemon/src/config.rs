@@ -1564,11 +1564,14 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             }
         }
     }
-    if d.metrics.is_some() {
+    if let Some(addr) = d.metrics
+        && (addr.port() == 0 || addr.ip().is_multicast())
+    {
         problems.push((
             "director.metrics".into(),
-            "director.metrics: the Prometheus endpoint is not built yet in this version of lbd"
-                .into(),
+            format!(
+                "director.metrics: {addr} is not an address to listen on: give ADDR:PORT, like 127.0.0.1:9469"
+            ),
         ));
     }
     if d.interfaces.is_empty() {
@@ -2307,6 +2310,19 @@ services:
         );
         assert!(problems(&GOOD.replace("path: /healthz", "port: 8080")).is_empty());
         assert!(problems(&nat.replace("address: 10.0.0.11", "address: 10.0.0.11:8080")).is_empty());
+        let metrics = |at: &str| {
+            problems(&GOOD.replace(
+                "  interfaces: [eth0]\n",
+                &format!("  interfaces: [eth0]\n  metrics: {at}\n"),
+            ))
+        };
+        assert_eq!(
+            metrics("127.0.0.1:0"),
+            [
+                "lb.yaml:3:3: director.metrics: 127.0.0.1:0 is not an address to listen on: give ADDR:PORT, like 127.0.0.1:9469"
+            ]
+        );
+        assert!(metrics("127.0.0.1:9469").is_empty());
     }
 
     /// `n` ports of 192.0.2.10 whose TCP VIPs share one home slot in VIPS.

@@ -12,4 +12,5 @@ pub mod drivers;
 pub mod health;
 pub mod ipvsadm;
 pub mod link;
+pub mod metrics;
 pub mod realserver;

@@ -177,6 +177,15 @@ fn run(args: &Args) -> Result<()> {
     show(&sockets[0], &["-L", "-n"])?;
     show(&sockets[0], &["status"])?;
     show(&sockets[1], &["status"])?;
+    if let Some(addr) = cfg.director.metrics {
+        step(&format!("client: curl http://{addr}/metrics (Prometheus text; a few of its series)"));
+        let url = format!("http://{addr}/metrics");
+        let text = lab.exec_ok(ROLE_CLIENT, &["curl", "-s", "--max-time", "5", &url])?;
+        let shown = ["lb_service_connections_total", "lb_real_up{", "lb_ha_state{"];
+        for line in text.lines().filter(|l| shown.iter().any(|s| l.starts_with(s))) {
+            println!("  {line}");
+        }
+    }
 
     // One real dies and comes back: its checks take it out of every service and back in.
     let real1 = std::net::IpAddr::V4(REALS[0]);

@@ -113,6 +113,10 @@ async fn run(path: &Path, config: Config) -> Result<()> {
         dp.disarm_fence()?;
     }
     let listener = Arc::new(control::bind(&config.director.socket)?);
+    let metrics = match config.director.metrics {
+        Some(addr) => Some(lb_daemon::metrics::bind(addr).await?),
+        None => None,
+    };
     let (events, inbox) = mpsc::channel::<Event>(1024);
     let mut core = Core::new(capacity, links, interfaces, seed());
     if let Some(adopted) = adopted {
@@ -158,6 +162,10 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     // The control server never returns; should it end anyway (a bug: a panic), it is
     // started again on the same socket, and the data plane goes on meanwhile.
     let mut control = tokio::spawn(control::serve(listener.clone(), events.clone()));
+    if let Some(metrics) = metrics {
+        info!(address = %config.director.metrics.map(|a| a.to_string()).unwrap_or_default(), "metrics served at /metrics");
+        tokio::spawn(lb_daemon::metrics::serve(metrics, events.clone()));
+    }
     info!(config = %path.display(), socket = %config.director.socket.display(), services = config.services.len(), "lbd running");
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;

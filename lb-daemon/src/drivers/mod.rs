@@ -45,10 +45,9 @@ pub enum Event {
     Resolved(Resolved),
     /// A control API request (SIGHUP arrives as `Request::Reload` too).
     Control(Request, oneshot::Sender<Response>),
-    /// From a failover task: this director is master (true) or not (false); answered
-    /// once the data plane's VIPS says so, so the VIPs go on the interface only after.
-    /// A failover task's family (IPv4?) is to be answered for, or not; `done` once the
-    /// data plane says so.
+    /// From a failover task: its family's VIPs are to be answered for (master) or not;
+    /// `done` once the data plane's VIPS says so, so the VIPs go on the interface only
+    /// after.
     Serving {
         ipv4: bool,
         on: bool,
