@@ -1159,6 +1159,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Invalid> {
 /// answer says what waits, so nothing is left unsaid.
 pub fn restart_only(started: &Config, new: &Config) -> Vec<String> {
     let (a, b) = (&started.director, &new.director);
+    // Every field of both sections is compared below or is a reload's own (priority,
+    // sync, which is refused): a field added later fails to compile until it is sorted.
+    let Director {
+        interfaces: _,
+        xdp_mode: _,
+        socket: _,
+        metrics: _,
+        pin_root: _,
+        max_vips: _,
+        max_reals: _,
+    } = a;
+    if let Some(Ha {
+        interface: _,
+        vrid: _,
+        priority: _,
+        advert_interval: _,
+        preempt: _,
+        preempt_delay: _,
+        vips: _,
+        peers: _,
+        track_ping: _,
+        notify: _,
+        sync: _,
+    }) = &started.ha
+    {}
     // The keys whose values differ.
     let changed = |keys: &[(&str, bool)]| -> Vec<String> {
         keys.iter().filter(|(_, differs)| *differs).map(|(key, _)| key.to_string()).collect()

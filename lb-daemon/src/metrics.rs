@@ -27,13 +27,14 @@ use tracing::{debug, warn};
 use crate::control::{Call, Request, Response, ServiceView, Stats, StatusView};
 use crate::health::Health;
 
-/// Scrapes answered at once; a connection beyond them is closed at once (Prometheus
-/// scrapes one at a time; this bounds what a port scan costs).
+/// Scrapes answered at once; one more is answered 503 at once (Prometheus scrapes one at
+/// a time: this bounds what the driver is asked).
 const MAX_SCRAPES: usize = 4;
-/// A client that sends no request head within this is let go.
+/// Connections held at once, idle keep-alive ones included; one more is closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// A client that sends no request head within this (also between requests on a
+/// kept-alive connection) is let go.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may live, keep-alive included.
-const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
 /// How long a scrape waits for the driver's answers.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,8 +44,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("director.metrics: listening on {addr}"))
 }
 
-/// Serves scrapes until the driver is gone; accepting never ends it.
+/// Serves scrapes; it never returns (with the driver gone, every scrape is answered 503).
 pub async fn serve<E: From<Call> + Send + 'static>(listener: TcpListener, driver: mpsc::Sender<E>) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let stream = match listener.accept().await {
@@ -56,22 +58,21 @@ pub async fn serve<E: From<Call> + Send + 'static>(listener: TcpListener, driver
                 continue;
             }
         };
-        let Ok(permit) = scrapes.clone().try_acquire_owned() else {
-            debug!("metrics: {MAX_SCRAPES} scrapes already served, one more closed");
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!("metrics: {MAX_CONNECTIONS} connections held already, one more closed");
             continue;
         };
-        let driver = driver.clone();
+        let (driver, scrapes) = (driver.clone(), scrapes.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |request| answer(request, driver.clone()));
+            let service =
+                service_fn(move |request| answer(request, driver.clone(), scrapes.clone()));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIMIT, connection).await {
-                Ok(Err(e)) => debug!(error = %e, "metrics: a connection ended"),
-                Err(_) => debug!("metrics: a connection held past {CONNECTION_LIMIT:?}, closed"),
-                Ok(Ok(())) => {}
+            if let Err(e) = connection.await {
+                debug!(error = %e, "metrics: a connection ended");
             }
         });
     }
@@ -82,6 +83,7 @@ type Answer = hyper::Response<Full<Bytes>>;
 async fn answer<E: From<Call>>(
     request: hyper::Request<Incoming>,
     driver: mpsc::Sender<E>,
+    scrapes: Arc<Semaphore>,
 ) -> Result<Answer, Infallible> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
@@ -98,6 +100,10 @@ async fn answer<E: From<Call>>(
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, text, "GET /metrics\n".into()));
     }
+    let Ok(_scraping) = scrapes.try_acquire() else {
+        let busy = format!("busy: {MAX_SCRAPES} scrapes under way, ask again\n");
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, text, busy));
+    };
     Ok(match scrape(&driver).await {
         Ok(body) => reply(StatusCode::OK, prometheus_text::CONTENT_TYPE, body),
         Err(why) => {
@@ -124,11 +130,14 @@ async fn ask<E: From<Call>>(
     driver: &mpsc::Sender<E>,
     request: Request,
 ) -> Result<Response, String> {
-    let (tx, rx) = oneshot::channel();
-    driver.send((request, tx).into()).await.map_err(|_| "lbd's driver has stopped".to_string())?;
-    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(_)) => Err("lbd's driver dropped the request".into()),
+    // The whole exchange is bounded: a driver too busy to take the request as well.
+    let asked = async {
+        let (tx, rx) = oneshot::channel();
+        driver.send((request, tx).into()).await.map_err(|_| "lbd's driver has stopped")?;
+        rx.await.map_err(|_| "lbd's driver dropped the request")
+    };
+    match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+        Ok(answer) => answer.map_err(String::from),
         Err(_) => Err(format!("lbd's driver did not answer within {ANSWER_TIMEOUT:?}")),
     }
 }
@@ -158,7 +167,7 @@ pub fn render(services: &[ServiceView], status: &StatusView) -> String {
     let weight = gauge(&mut registry, "real_weight", "The weight in use (0: quiesced or down)");
     let active = gauge(&mut registry, "real_active_connections", "ipvsadm's ActiveConn");
     let inactive = gauge(&mut registry, "real_inactive_connections", "ipvsadm's InActConn");
-    let up = gauge(&mut registry, "real_up", "1 while every check of the real passes");
+    let up = gauge(&mut registry, "real_up", "1 while every check passes, 0 once one fails");
     let transitions = counter(&mut registry, "real_health_transitions", "Health changes");
     let check_up = gauge(&mut registry, "real_check_up", "1 while this check passes");
     let ha_state = gauge(&mut registry, "ha_state", "1 for each virtual router's state");
@@ -196,13 +205,27 @@ pub fn render(services: &[ServiceView], status: &StatusView) -> String {
         }
     }
     for r in &status.reals {
-        let real: Labels = vec![("service", r.service.clone()), ("real", r.address.to_string())];
-        up.get_or_create(&real).set(i64::from(r.health == Health::Up));
+        // The labels of the traffic series, so they join: a service's name need not be
+        // unique, its VIP and protocol are.
+        let real: Labels = vec![
+            ("service", r.service.clone()),
+            ("vip", r.vip.map(|v| v.to_string()).unwrap_or_default()),
+            ("protocol", r.protocol.map(|p| format!("{p:?}").to_lowercase()).unwrap_or_default()),
+            ("real", r.address.to_string()),
+        ];
+        // Before its first result a real is neither: no sample, rather than a 0 that
+        // would fire an alert after every start and reload.
+        let verdict = |h: Health| (h != Health::Unknown).then_some(i64::from(h == Health::Up));
+        if let Some(v) = verdict(r.health) {
+            up.get_or_create(&real).set(v);
+        }
         transitions.get_or_create(&real).inc_by(r.transitions);
         for (i, c) in r.checks.iter().enumerate() {
             let mut check = real.clone();
             check.extend([("check", c.kind.clone()), ("index", i.to_string())]);
-            check_up.get_or_create(&check).set(i64::from(c.health == Health::Up));
+            if let Some(v) = verdict(c.health) {
+                check_up.get_or_create(&check).set(v);
+            }
         }
     }
     let d = &status.director;
@@ -280,6 +303,8 @@ mod tests {
             },
             reals: vec![RealStatus {
                 service: "web".into(),
+                vip: Some("192.0.2.10:80".parse().unwrap()),
+                protocol: Some(Protocol::Tcp),
                 address: real,
                 health: Health::Down,
                 weight: 0,
@@ -307,10 +332,9 @@ mod tests {
             format!("lb_real_connections_total{{{web},real=\"10.0.0.11:80\"}} 20"),
             format!("lb_real_weight{{{web},real=\"10.0.0.11:80\"}} 100"),
             format!("lb_real_active_connections{{{web},real=\"10.0.0.11:80\"}} 3"),
-            r#"lb_real_up{service="web",real="10.0.0.11:80"} 0"#.into(),
-            r#"lb_real_health_transitions_total{service="web",real="10.0.0.11:80"} 2"#.into(),
-            r#"lb_real_check_up{service="web",real="10.0.0.11:80",check="http",index="0"} 0"#
-                .into(),
+            format!("lb_real_up{{{web},real=\"10.0.0.11:80\"}} 0"),
+            format!("lb_real_health_transitions_total{{{web},real=\"10.0.0.11:80\"}} 2"),
+            format!("lb_real_check_up{{{web},real=\"10.0.0.11:80\",check=\"http\",index=\"0\"}} 0"),
             r#"lb_ha_state{family="IPv4",state="MASTER"} 1"#.into(),
             r#"lb_ha_state{family="IPv4",state="BACKUP"} 0"#.into(),
             r#"lb_ha_transitions_total{state="MASTER"} 1"#.into(),
@@ -322,5 +346,14 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
+        // Before its first result a real has no up sample (a 0 would fire alerts at
+        // every start), and its transitions are still there.
+        let mut status = status;
+        status.reals[0].health = Health::Unknown;
+        status.reals[0].checks[0].health = Health::Unknown;
+        let text = render(&services, &status);
+        assert!(!text.lines().any(|l| l.starts_with("lb_real_up{")), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("lb_real_check_up{")), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("lb_real_health_transitions_total{")));
     }
 }

@@ -58,7 +58,7 @@ fn a_scrape_counts_what_went_through_the_vip_and_shows_each_reals_health() {
         let had = sample(&before, &series).unwrap_or(0.0);
         let got = served.get(&real_role(i)).copied().unwrap_or(0) as f64;
         assert_eq!(sample(&after, &series), Some(had + got), "{series}: {after}");
-        let up = format!("lb_real_up{{service=\"web\",real=\"{real}:80\"}}");
+        let up = format!("lb_real_up{{{web},real=\"{real}:80\"}}");
         assert_eq!(sample(&after, &up), Some(1.0), "{up}: {after}");
     }
 
@@ -71,21 +71,24 @@ fn a_scrape_counts_what_went_through_the_vip_and_shows_each_reals_health() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let down = loop {
         let (_, text) = scrape(&d, "/metrics");
-        if sample(&text, &format!("lb_real_up{{service=\"web\",{real1}}}")) == Some(0.0) {
+        if sample(&text, &format!("lb_real_up{{{web},{real1}}}")) == Some(0.0) {
             break text;
         }
         assert!(Instant::now() < deadline, "real1 not 0 in the scrape:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let check = format!("lb_real_check_up{{service=\"web\",{real1},check=\"http\",index=\"0\"}}");
+    let check = format!("lb_real_check_up{{{web},{real1},check=\"http\",index=\"0\"}}");
     assert_eq!(sample(&down, &check), Some(0.0), "{down}");
     assert_eq!(sample(&down, &format!("lb_real_weight{{{web},{real1}}}")), Some(0.0), "{down}");
     assert!(
-        sample(&down, &format!("lb_real_health_transitions_total{{service=\"web\",{real1}}}"))
+        sample(&down, &format!("lb_real_health_transitions_total{{{web},{real1}}}"))
             .is_some_and(|n| n >= 1.0),
         "{down}"
     );
     // What the data plane did with packets is there, and another path is not served.
     assert!(sample(&down, r#"lb_dataplane_packets_total{action="tx"}"#).is_some_and(|n| n >= 30.0));
     assert_eq!(scrape(&d, "/").0, "404");
+    let url = format!("http://{DIRECTOR}:{PORT}/metrics");
+    let post = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", &url];
+    assert_eq!(d.lab.exec_ok(ROLE_CLIENT, &post).unwrap().trim(), "405");
 }

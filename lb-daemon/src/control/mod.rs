@@ -141,6 +141,11 @@ pub struct InterfaceView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RealStatus {
     pub service: String,
+    /// The service's VIP and protocol: its name need not be unique.
+    #[serde(default)]
+    pub vip: Option<SocketAddr>,
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
     pub address: SocketAddr,
     pub health: Health,
     pub weight: u32,

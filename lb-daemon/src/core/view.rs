@@ -66,6 +66,8 @@ impl Core {
                 let shown = move |r: &&super::RealState| !r.sorry || self.in_table(s, r);
                 s.reals.iter().filter(shown).map(move |r| RealStatus {
                     service: s.spec.name.clone(),
+                    vip: Some(s.spec.vip),
+                    protocol: Some(s.spec.protocol),
                     address: r.addr,
                     health: r.health,
                     weight: r.effective_weight(),

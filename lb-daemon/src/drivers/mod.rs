@@ -232,6 +232,8 @@ impl<D: DataplaneOps> Driver<D> {
                     let _ = done.send(());
                 }
                 Event::Control(Request::Reload, reply) => self.reload(reply),
+                // A client gone already (an aborted scrape, a killed lbadm) costs nothing.
+                Event::Control(_, reply) if reply.is_closed() => {}
                 Event::Control(request, reply) => {
                     let token = self.token(reply);
                     self.feed(Input::Control(token, request));
