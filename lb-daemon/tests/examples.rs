@@ -112,3 +112,28 @@ fn hostile_files_are_refused_at_once_with_their_location() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// examples/lbd.service is a unit systemd accepts (`systemd-analyze verify`, with its
+/// paths pointed at this build's lbd), and it runs what the README says.
+#[test]
+fn the_systemd_unit_is_one_systemd_accepts() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lbd.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(unit.contains("--config /etc/lbd/lbd.yaml --check"), "{unit}");
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped: systemd-analyze is not installed, so the unit is not verified");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("lb-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lbd.service");
+    std::fs::write(&path, unit.replace("/usr/local/sbin/lbd", env!("CARGO_BIN_EXE_lbd"))).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // It exits 0 even for a key it ignores, and says so on stderr: nothing must be said.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}

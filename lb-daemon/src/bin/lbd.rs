@@ -15,6 +15,7 @@ use lb_daemon::core::{Capacity, Core, ha as core_ha, vrrp};
 use lb_daemon::dataplane::pins::Pins;
 use lb_daemon::dataplane::{Dataplane, Fence, Kept};
 use lb_daemon::drivers::{Driver, Event, ha, neighbor, pmtu};
+use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -167,6 +168,10 @@ async fn run(path: &Path, config: Config) -> Result<()> {
         tokio::spawn(lb_daemon::metrics::serve(metrics, events.clone()));
     }
     info!(config = %path.display(), socket = %config.director.socket.display(), services = config.services.len(), "lbd running");
+    // Type=notify: `systemctl start` returns once the control socket answers and the
+    // first config is in the data plane.
+    let serving = format!("serving {} services from {}", config.services.len(), path.display());
+    tell_systemd(&[NotifyState::Ready, NotifyState::Status(&serving)]);
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -174,18 +179,34 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     let outcome = loop {
         tokio::select! {
             _ = hup.recv() => {
+                // MONOTONIC_USEC with RELOADING=1, as Type=notify-reload wants it.
+                let now = NotifyState::monotonic_usec_now().ok();
+                tell_systemd(&[NotifyState::Reloading].into_iter().chain(now).collect::<Vec<_>>());
                 let (tx, rx) = oneshot::channel();
                 if events.send(Event::Control(Request::Reload, tx)).await.is_err() {
                     break Err(anyhow::anyhow!("the driver stopped"));
                 }
-                match rx.await {
-                    Ok(Response::Ok { message }) => info!(%message, "SIGHUP"),
-                    Ok(other) => warn!(response = ?other, "SIGHUP reload refused"),
+                let status = match rx.await {
+                    Ok(Response::Ok { message }) => {
+                        info!(%message, "SIGHUP");
+                        message
+                    }
+                    Ok(other) => {
+                        warn!(response = ?other, "SIGHUP reload refused");
+                        match other {
+                            Response::Error { message } => message,
+                            other => format!("{other:?}"),
+                        }
+                    }
                     Err(_) => break Err(anyhow::anyhow!("the driver stopped")),
-                }
+                };
+                // One line, as `systemctl status` shows STATUS=: the problems after the
+                // headline, joined.
+                let status: String = status.lines().collect::<Vec<_>>().join(" ").chars().take(500).collect();
+                tell_systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
-            _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
-            _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()) }
+            _ = term.recv() => { info!("SIGTERM: stopping"); tell_systemd(&[NotifyState::Stopping]); break Ok(()) }
+            _ = int.recv() => { info!("SIGINT: stopping"); tell_systemd(&[NotifyState::Stopping]); break Ok(()) }
             served = &mut control => {
                 let why = match served {
                     Err(e) => format!("{e}"),
@@ -336,4 +357,13 @@ fn start_ha(
         tasks.push((commands, state));
     }
     Ok(tasks)
+}
+
+/// Tells systemd (Type=notify, NOTIFY_SOCKET) where lbd is: ready, reloading, stopping,
+/// and a status line for `systemctl status`. Without NOTIFY_SOCKET it does nothing; a
+/// failure is logged, never fatal.
+fn tell_systemd(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "telling systemd (NOTIFY_SOCKET)");
+    }
 }
