@@ -442,8 +442,9 @@ fn valid_strategy() -> impl Strategy<Value = Node> {
         proptest::option::of("/run/lbd/[a-z]{1,10}\\.sock"),
         proptest::option::of((0u32..=1019, 0u32..=60_000)),
         proptest::collection::vec(service_strategy(), 1..6),
+        proptest::option::of((any::<bool>(), 1u16..=65535)),
     )
-        .prop_map(|(interfaces, xdp, socket, capacity, services)| {
+        .prop_map(|(interfaces, xdp, socket, capacity, services, metrics)| {
             let mut d: Vec<(&str, Node)> =
                 vec![("interfaces", Node::Seq(interfaces.iter().map(|i| s(i)).collect()))];
             if let Some(x) = xdp {
@@ -451,6 +452,10 @@ fn valid_strategy() -> impl Strategy<Value = Node> {
             }
             if let Some(p) = socket {
                 d.push(("socket", s(&p)));
+            }
+            if let Some((v6, port)) = metrics {
+                let at = if v6 { format!("[::1]:{port}") } else { format!("127.0.0.1:{port}") };
+                d.push(("metrics", s(&at)));
             }
             if let Some((vips, reals)) = capacity {
                 let total: usize = services.iter().map(|s| s.reals.len()).sum();
@@ -1032,14 +1037,18 @@ fn duration_exact(d: std::time::Duration) -> Node {
 fn serialise(config: &Config) -> Node {
     let lower = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
     let d = &config.director;
-    let director = map(vec![
+    let mut director = vec![
         ("interfaces", Node::Seq(d.interfaces.iter().map(|i| s(i)).collect())),
         ("xdp_mode", s(&lower(&d.xdp_mode))),
         ("socket", s(&d.socket.display().to_string())),
         ("pin_root", s(&d.pin_root.display().to_string())),
         ("max_vips", raw(d.max_vips)),
         ("max_reals", raw(d.max_reals)),
-    ]);
+    ];
+    if let Some(at) = d.metrics {
+        director.push(("metrics", s(&at.to_string())));
+    }
+    let director = map(director);
     let check = |c: &config::Check| {
         let mut e = vec![("type", s(c.probe.name()))];
         if let Some(p) = c.port {
@@ -1176,6 +1185,9 @@ fn director_can_apply(c: &Config) -> Result<(), String> {
     let fail = |what: String| Err(format!("accepted, but {what}"));
     if c.director.interfaces.is_empty() || c.services.len() > c.director.max_vips as usize {
         return fail("no interface, or more services than max_vips".into());
+    }
+    if c.director.metrics.is_some_and(|m| m.port() == 0 || m.ip().is_multicast()) {
+        return fail(format!("metrics at {:?}, where nothing can listen", c.director.metrics));
     }
     let reals: usize = c.services.iter().map(|s| s.reals.len()).sum();
     if reals > c.director.max_reals as usize || c.director.max_reals > 65534 {
