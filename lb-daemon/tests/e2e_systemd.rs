@@ -2,8 +2,10 @@
 //! systemd would give it: NOTIFY_SOCKET names a datagram socket this test binds. lbd says
 //! READY=1 once its control socket answers, RELOADING=1 (with MONOTONIC_USEC, as
 //! Type=notify-reload wants) then READY=1 around a SIGHUP reload, with the reload's answer
-//! as STATUS=, and STOPPING=1 on SIGTERM. Needs root; run by `cargo xtask test`.
+//! as STATUS=, WATCHDOG=1 at half of WatchdogSec while its driver answers, and STOPPING=1
+//! on SIGTERM. Needs root; run by `cargo xtask test`.
 
+use std::cell::Cell;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
@@ -11,10 +13,21 @@ use lb_daemon::control::{self, Request, Response};
 use lb_lab::{Lab, REALS, ROLE_DIRECTOR, VIP};
 
 /// The next notification lbd sent (20 s at most: lbd starting on a busy machine).
-fn next(socket: &UnixDatagram) -> String {
+fn recv(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = socket.recv(&mut buf).expect("a notification from lbd within 20 s");
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The next notification but the watchdog's pings, which it counts.
+fn next(socket: &UnixDatagram, pings: &Cell<usize>) -> String {
+    loop {
+        let said = recv(socket);
+        if said.trim() != "WATCHDOG=1" {
+            return said;
+        }
+        pings.set(pings.get() + 1);
+    }
 }
 
 #[test]
@@ -40,10 +53,17 @@ fn lbd_tells_systemd_when_it_is_ready_reloading_and_stopping() {
         ),
     )
     .unwrap();
-    let env = format!("NOTIFY_SOCKET={}", notify.display());
-    let lbd = env!("CARGO_BIN_EXE_lbd");
-    lab.spawn(ROLE_DIRECTOR, "lbd", &["env", &env, lbd, "--config", path.to_str().unwrap()])
-        .unwrap();
+    // As systemd starts it with WatchdogSec=400ms: the watchdog's pid is lbd's own (the
+    // shell's, which execs lbd).
+    let start = format!(
+        "export NOTIFY_SOCKET={} WATCHDOG_USEC=400000 WATCHDOG_PID=$$; exec {} --config {}",
+        notify.display(),
+        env!("CARGO_BIN_EXE_lbd"),
+        path.display()
+    );
+    lab.spawn(ROLE_DIRECTOR, "lbd", &["sh", "-c", &start]).unwrap();
+    let pings = Cell::new(0);
+    let next = |socket: &UnixDatagram| next(socket, &pings);
 
     let ready = next(&systemd);
     assert!(ready.contains("READY=1"), "{ready}");
@@ -65,6 +85,12 @@ fn lbd_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     let refused = next(&systemd);
     assert!(refused.contains("READY=1") && refused.contains("STATUS=reload refused"), "{refused}");
     assert!(refused.contains("lb.yaml:1:"), "the problem, located: {refused}");
+
+    // The watchdog's pings, every 200 ms once the driver answered: two more come.
+    for _ in 0..2 {
+        let said = recv(&systemd);
+        assert_eq!(said.trim(), "WATCHDOG=1", "only the watchdog's pings now");
+    }
 
     lab.signal(ROLE_DIRECTOR, "lbd", libc::SIGTERM).unwrap();
     let stopping = next(&systemd);

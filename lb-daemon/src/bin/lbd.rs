@@ -172,6 +172,7 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     // first config is in the data plane.
     let serving = format!("serving {} services from {}", config.services.len(), path.display());
     tell_systemd(&[NotifyState::Ready, NotifyState::Status(&serving)]);
+    watchdog(events.clone());
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -357,6 +358,32 @@ fn start_ha(
         tasks.push((commands, state));
     }
     Ok(tasks)
+}
+
+/// systemd's watchdog (`WatchdogSec=`): WATCHDOG=1 at half its interval, each only once
+/// the driver has answered a status, so a driver that hangs (nothing checked, nothing
+/// written) is restarted by systemd while the pinned data plane forwards meanwhile.
+fn watchdog(events: mpsc::Sender<Event>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = Duration::from_micros(usec) / 2;
+    info!(?every, "systemd's watchdog is on: the driver is asked for its status, and systemd told");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let (tx, rx) = oneshot::channel();
+            if events.send(Event::Control(Request::Status, tx)).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(every, rx).await {
+                Ok(Ok(Response::Status(_))) => tell_systemd(&[NotifyState::Watchdog]),
+                _ => warn!(?every, "the driver did not answer a status in time: no watchdog ping"),
+            }
+        }
+    });
 }
 
 /// Tells systemd (Type=notify, NOTIFY_SOCKET) where lbd is: ready, reloading, stopping,
