@@ -1589,8 +1589,9 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             }
         }
     }
+    let broadcast = |ip: IpAddr| matches!(ip, IpAddr::V4(a) if a.is_broadcast());
     if let Some(addr) = d.metrics
-        && (addr.port() == 0 || addr.ip().is_multicast())
+        && (addr.port() == 0 || addr.ip().is_multicast() || broadcast(addr.ip()))
     {
         problems.push((
             "director.metrics".into(),

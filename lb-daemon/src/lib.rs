@@ -14,3 +14,4 @@ pub mod ipvsadm;
 pub mod link;
 pub mod metrics;
 pub mod realserver;
+pub mod systemd;

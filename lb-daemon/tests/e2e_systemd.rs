@@ -78,6 +78,12 @@ fn lbd_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     let reloaded = next(&systemd);
     assert!(reloaded.contains("READY=1") && reloaded.contains("STATUS=reloaded"), "{reloaded}");
 
+    // `lbadm reload` (the unit's ExecReload) tells systemd the same, through the driver.
+    let answer = control::call(&socket, &Request::Reload).unwrap();
+    assert!(matches!(&answer, Response::Ok { message } if message.contains("reloaded")));
+    assert!(next(&systemd).contains("RELOADING=1"));
+    assert!(next(&systemd).contains("STATUS=reloaded"));
+
     // A reload refused says why, and lbd is ready still, with the config it had.
     std::fs::write(&path, "director: [").unwrap();
     lab.signal(ROLE_DIRECTOR, "lbd", libc::SIGHUP).unwrap();

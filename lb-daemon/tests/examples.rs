@@ -121,7 +121,9 @@ fn the_systemd_unit_is_one_systemd_accepts() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lbd.service"),
     )
     .unwrap();
-    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(
+        unit.contains("Type=notify") && unit.contains("ExecReload=/usr/local/sbin/lbadm reload")
+    );
     assert!(unit.contains("--config /etc/lbd/lbd.yaml --check"), "{unit}");
     if Command::new("systemd-analyze").arg("--version").output().is_err() {
         eprintln!("skipped: systemd-analyze is not installed, so the unit is not verified");
@@ -130,7 +132,10 @@ fn the_systemd_unit_is_one_systemd_accepts() {
     let dir = std::env::temp_dir().join(format!("lb-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lbd.service");
-    std::fs::write(&path, unit.replace("/usr/local/sbin/lbd", env!("CARGO_BIN_EXE_lbd"))).unwrap();
+    let built = unit
+        .replace("/usr/local/sbin/lbadm", env!("CARGO_BIN_EXE_lbadm"))
+        .replace("/usr/local/sbin/lbd", env!("CARGO_BIN_EXE_lbd"));
+    std::fs::write(&path, built).unwrap();
     let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     // It exits 0 even for a key it ignores, and says so on stderr: nothing must be said.

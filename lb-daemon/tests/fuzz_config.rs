@@ -707,7 +707,7 @@ fn typed_paths(doc: &Node) -> Vec<(Vec<usize>, &'static [&'static str])> {
                         "interval" | "timeout" | "persistence" => Some(ODD_DURATIONS),
                         "port" | "weight" | "rise" | "fall" | "max_vips" | "max_reals"
                         | "expect_status" => Some(ODD_NUMBERS),
-                        "vip" | "address" => Some(ODD_ADDRESSES),
+                        "vip" | "address" | "metrics" => Some(ODD_ADDRESSES),
                         _ => None,
                     };
                     if let Some(kind) = kind {
@@ -1186,7 +1186,12 @@ fn director_can_apply(c: &Config) -> Result<(), String> {
     if c.director.interfaces.is_empty() || c.services.len() > c.director.max_vips as usize {
         return fail("no interface, or more services than max_vips".into());
     }
-    if c.director.metrics.is_some_and(|m| m.port() == 0 || m.ip().is_multicast()) {
+    let listenable = |m: std::net::SocketAddr| {
+        m.port() != 0
+            && !m.ip().is_multicast()
+            && !matches!(m.ip(), std::net::IpAddr::V4(a) if a.is_broadcast())
+    };
+    if c.director.metrics.is_some_and(|m| !listenable(m)) {
         return fail(format!("metrics at {:?}, where nothing can listen", c.director.metrics));
     }
     let reals: usize = c.services.iter().map(|s| s.reals.len()).sum();

@@ -15,7 +15,7 @@ use lb_daemon::core::{Capacity, Core, ha as core_ha, vrrp};
 use lb_daemon::dataplane::pins::Pins;
 use lb_daemon::dataplane::{Dataplane, Fence, Kept};
 use lb_daemon::drivers::{Driver, Event, ha, neighbor, pmtu};
-use sd_notify::NotifyState;
+use lb_daemon::systemd::{self, NotifyState};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -170,8 +170,7 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     info!(config = %path.display(), socket = %config.director.socket.display(), services = config.services.len(), "lbd running");
     // Type=notify: `systemctl start` returns once the control socket answers and the
     // first config is in the data plane.
-    let serving = format!("serving {} services from {}", config.services.len(), path.display());
-    tell_systemd(&[NotifyState::Ready, NotifyState::Status(&serving)]);
+    systemd::ready(&format!("serving {} services from {}", config.services.len(), path.display()));
     watchdog(events.clone());
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -180,34 +179,22 @@ async fn run(path: &Path, config: Config) -> Result<()> {
     let outcome = loop {
         tokio::select! {
             _ = hup.recv() => {
-                // MONOTONIC_USEC with RELOADING=1, as Type=notify-reload wants it.
-                let now = NotifyState::monotonic_usec_now().ok();
-                tell_systemd(&[NotifyState::Reloading].into_iter().chain(now).collect::<Vec<_>>());
+                // Answered in a task of its own: a driver that hangs must not hold up
+                // SIGTERM, and with it the hand-over of the VIPs.
                 let (tx, rx) = oneshot::channel();
                 if events.send(Event::Control(Request::Reload, tx)).await.is_err() {
                     break Err(anyhow::anyhow!("the driver stopped"));
                 }
-                let status = match rx.await {
-                    Ok(Response::Ok { message }) => {
-                        info!(%message, "SIGHUP");
-                        message
+                tokio::spawn(async move {
+                    match rx.await {
+                        Ok(Response::Ok { message }) => info!(%message, "SIGHUP"),
+                        Ok(other) => warn!(response = ?other, "SIGHUP reload refused"),
+                        Err(_) => warn!("SIGHUP: the driver dropped the reload"),
                     }
-                    Ok(other) => {
-                        warn!(response = ?other, "SIGHUP reload refused");
-                        match other {
-                            Response::Error { message } => message,
-                            other => format!("{other:?}"),
-                        }
-                    }
-                    Err(_) => break Err(anyhow::anyhow!("the driver stopped")),
-                };
-                // One line, as `systemctl status` shows STATUS=: the problems after the
-                // headline, joined.
-                let status: String = status.lines().collect::<Vec<_>>().join(" ").chars().take(500).collect();
-                tell_systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
+                });
             }
-            _ = term.recv() => { info!("SIGTERM: stopping"); tell_systemd(&[NotifyState::Stopping]); break Ok(()) }
-            _ = int.recv() => { info!("SIGINT: stopping"); tell_systemd(&[NotifyState::Stopping]); break Ok(()) }
+            _ = term.recv() => { info!("SIGTERM: stopping"); systemd::tell(&[NotifyState::Stopping]); break Ok(()) }
+            _ = int.recv() => { info!("SIGINT: stopping"); systemd::tell(&[NotifyState::Stopping]); break Ok(()) }
             served = &mut control => {
                 let why = match served {
                     Err(e) => format!("{e}"),
@@ -364,11 +351,8 @@ fn start_ha(
 /// the driver has answered a status, so a driver that hangs (nothing checked, nothing
 /// written) is restarted by systemd while the pinned data plane forwards meanwhile.
 fn watchdog(events: mpsc::Sender<Event>) {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
-    }
-    let every = Duration::from_micros(usec) / 2;
+    let Some(period) = systemd::watchdog() else { return };
+    let every = period / 2;
     info!(?every, "systemd's watchdog is on: the driver is asked for its status, and systemd told");
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -378,19 +362,11 @@ fn watchdog(events: mpsc::Sender<Event>) {
             if events.send(Event::Control(Request::Status, tx)).await.is_err() {
                 return;
             }
-            match tokio::time::timeout(every, rx).await {
-                Ok(Ok(Response::Status(_))) => tell_systemd(&[NotifyState::Watchdog]),
+            // Half the period at most, so two pings are never a whole WatchdogSec apart.
+            match tokio::time::timeout(every / 2, rx).await {
+                Ok(Ok(Response::Status(_))) => systemd::tell(&[NotifyState::Watchdog]),
                 _ => warn!(?every, "the driver did not answer a status in time: no watchdog ping"),
             }
         }
     });
-}
-
-/// Tells systemd (Type=notify, NOTIFY_SOCKET) where lbd is: ready, reloading, stopping,
-/// and a status line for `systemctl status`. Without NOTIFY_SOCKET it does nothing; a
-/// failure is logged, never fatal.
-fn tell_systemd(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(false, states) {
-        warn!(error = %e, "telling systemd (NOTIFY_SOCKET)");
-    }
 }

@@ -242,9 +242,21 @@ impl<D: DataplaneOps> Driver<D> {
         }
     }
 
-    /// Rereads the config file. An invalid file changes nothing; a valid one goes to the
-    /// core, which applies it whole or not at all.
+    /// Rereads the config file, for SIGHUP and `lbadm reload` alike, telling systemd it
+    /// is reloading and then how the reload ended (its status line).
     fn reload(&mut self, reply: oneshot::Sender<Response>) {
+        crate::systemd::reloading();
+        let response = self.reload_file();
+        crate::systemd::ready(match &response {
+            Response::Ok { message } | Response::Error { message } => message,
+            _ => "reloaded",
+        });
+        let _ = reply.send(response);
+    }
+
+    /// An invalid file changes nothing; a valid one goes to the core, which applies it
+    /// whole or not at all.
+    fn reload_file(&mut self) -> Response {
         let path = self.config_path.clone();
         let _span = tracing::info_span!("reload", file = %path.display()).entered();
         match config::load(&path) {
@@ -281,12 +293,12 @@ impl<D: DataplaneOps> Driver<D> {
                         let _ = commands.try_send(ha::Command::Priority(new));
                     }
                 }
-                let _ = reply.send(response);
+                response
             }
             Err(invalid) => {
                 warn!(problems = %invalid, "reload refused, nothing changed");
                 let message = format!("reload refused, nothing changed:\n{invalid}");
-                let _ = reply.send(Response::Error { message });
+                Response::Error { message }
             }
         }
     }
