@@ -226,12 +226,14 @@ async fn serve(
                     let fx = ha.shutdown(now());
                     act.carry_out(fx).await;
                     view.send_replace(Some(ha.view()));
+                    act.finish_notify().await;
                     let _ = done.send(());
                     return Ok(());
                 }
                 None => {
                     let fx = ha.shutdown(now());
                     act.carry_out(fx).await;
+                    act.finish_notify().await;
                     return Ok(());
                 }
             },
@@ -281,14 +283,25 @@ struct Actions<'a> {
     ifindex: u32,
     mac: [u8; 6],
     /// The notify script's runs, one after another in the order of the transitions.
-    notify: mpsc::UnboundedSender<Hook>,
+    notify: hooks::Queue,
     /// The main driver, told when the data plane is to answer for the VIPs.
     driver: mpsc::Sender<super::Event>,
     serving: Option<bool>,
     fence: Option<Fence>,
 }
 
+/// How long lbd, on its way out, waits for the notify script's queued runs (the last
+/// one says INIT): lbd's main waits 3 s for each failover task to stop.
+const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
+
 impl Actions<'_> {
+    /// Lets the notify runs queued so far end (at most [`NOTIFY_DRAIN`]) before lbd exits.
+    async fn finish_notify(self) {
+        if !self.notify.drain(NOTIFY_DRAIN).await {
+            warn!(within = ?NOTIFY_DRAIN, "the notify script's last runs did not end in time");
+        }
+    }
+
     /// In order: the VIPs are on the interface before they are announced.
     async fn carry_out(&mut self, fx: Vec<Effect>) {
         let vips = &self.setup.settings.vips;
@@ -368,7 +381,7 @@ impl Actions<'_> {
                 Effect::Notify { from, to } => {
                     info!(from = state_name(from), to = state_name(to), "HA state changed");
                     if let Some(program) = &self.setup.notify {
-                        let _ = self.notify.send(Hook {
+                        self.notify.send(Hook {
                             program: program.clone(),
                             args: vec![state_name(to).into()],
                             env: Vec::new(),

@@ -60,14 +60,37 @@ pub fn spawn(what: &'static str, hook: Hook) {
 
 /// A task that runs the hooks sent to it one after another, in order: an operator's
 /// script sees MASTER then BACKUP in the order they happened, never the other way round.
-pub fn in_order(what: &'static str) -> tokio::sync::mpsc::UnboundedSender<Hook> {
+pub fn in_order(what: &'static str) -> Queue {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Hook>();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(hook) = rx.recv().await {
             run_logged(what, hook).await;
         }
     });
-    tx
+    Queue { tx, task }
+}
+
+/// The hooks [`in_order`] runs.
+#[derive(Debug)]
+pub struct Queue {
+    tx: tokio::sync::mpsc::UnboundedSender<Hook>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Queue {
+    /// Runs `hook` after those sent before it.
+    pub fn send(&self, hook: Hook) {
+        // The task ends only when this queue is dropped or drained.
+        let _ = self.tx.send(hook);
+    }
+
+    /// Waits, at most `within`, for every run queued so far to end; whether they did.
+    /// What lbd does on its way out, so the last transition's script (INIT) is not
+    /// killed with it.
+    pub async fn drain(self, within: Duration) -> bool {
+        drop(self.tx);
+        tokio::time::timeout(within, self.task).await.is_ok()
+    }
 }
 
 /// Runs `hook` and logs how it ended.
@@ -123,14 +146,11 @@ mod tests {
         };
         let queue = in_order("test");
         // The first is slower than the second: run at once, they would finish reversed.
-        queue.send(append("MASTER", "0.3")).unwrap();
-        queue.send(append("BACKUP", "0")).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let read = || std::fs::read_to_string(&file).unwrap_or_default();
-        while read().lines().count() < 2 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(read(), "MASTER\nBACKUP\n");
+        queue.send(append("MASTER", "0.3"));
+        queue.send(append("BACKUP", "0"));
+        // Drained: both ran, in order, before it returns (as lbd drains it on its way out).
+        assert!(queue.drain(Duration::from_secs(10)).await);
+        assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "MASTER\nBACKUP\n");
         let _ = std::fs::remove_file(&file);
     }
 }

@@ -117,7 +117,7 @@ pub struct Driver<D: DataplaneOps> {
     ready: watch::Sender<bool>,
     /// The services' notify scripts, run one after another in the order of the
     /// transitions (made at the first).
-    notify: Option<mpsc::UnboundedSender<hooks::Hook>>,
+    notify: Option<hooks::Queue>,
     /// When readiness was last computed.
     ready_at: Option<std::time::Instant>,
 }
@@ -354,7 +354,7 @@ impl<D: DataplaneOps> Driver<D> {
                             HookKind::Notify => {
                                 let queue =
                                     self.notify.get_or_insert_with(|| hooks::in_order("notify"));
-                                let _ = queue.send(hook);
+                                queue.send(hook);
                             }
                             HookKind::Recover => hooks::spawn(run.what.name(), hook),
                         }
