@@ -381,15 +381,7 @@ fn https_checks_take_a_self_signed_real_as_up_and_verify_against_a_ca_when_asked
     let took = wait_health(&d, "tls", 0, Health::Down, INTERVAL * FALL + TIMEOUT);
     eprintln!("https: real1 down after {took:?}");
     // New TLS clients through the VIP (curl, each its own connection) reach real 2 or 3.
-    let url = format!("https://{VIP}:8443/");
-    let script = format!(
-        "for i in $(seq 20); do curl -sk --max-time 3 {url} || echo \"failed: exit $?\"; done"
-    );
-    let out = d.lab.exec_ok(ROLE_CLIENT, &["sh", "-c", &script]).unwrap();
-    let answers: Vec<Result<String, String>> = out
-        .lines()
-        .map(|l| if l.starts_with("real") { Ok(l.to_string()) } else { Err(l.to_string()) })
-        .collect();
+    let answers = d.lab.https_gets(SocketAddr::new(IpAddr::V4(VIP), 8443), 20).unwrap();
     assert_served_without(&answers, 20, 0);
     d.lab.start_nginx(0).unwrap();
     let took = wait_health(&d, "tls", 0, Health::Up, INTERVAL * RISE + TIMEOUT);

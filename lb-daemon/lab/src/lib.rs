@@ -608,7 +608,7 @@ impl Lab {
     pub fn tls_certificate(&self) -> Result<(PathBuf, PathBuf)> {
         let (cert, key) = (self.dir.join("tls.crt"), self.dir.join("tls.key"));
         if !cert.exists() {
-            let out = Command::new("openssl")
+            run(Command::new("openssl")
                 .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
                 .args([
                     "-nodes",
@@ -626,12 +626,7 @@ impl Lab {
                 .arg("-keyout")
                 .arg(&key)
                 .arg("-out")
-                .arg(&cert)
-                .output()
-                .context("running openssl")?;
-            if !out.status.success() {
-                bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
+                .arg(&cert))?;
         }
         Ok((cert, key))
     }
@@ -690,16 +685,7 @@ impl Lab {
                      dc: lab\no: lab\ndescription: {role}\n"
                 ),
             )?;
-            let out = Command::new("slapadd")
-                .arg("-f")
-                .arg(&conf)
-                .arg("-l")
-                .arg(&ldif)
-                .output()
-                .context("running slapadd (Debian's slapd)")?;
-            if !out.status.success() {
-                bail!("slapadd for {role}: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
+            run(Command::new("slapadd").arg("-f").arg(&conf).arg("-l").arg(&ldif))?;
         }
         let conf = conf.display().to_string();
         // -d 0: in the foreground, so the lab holds its pid; it runs as root, as the lab's
@@ -765,17 +751,34 @@ impl Lab {
             IpAddr::V4(a) => format!("ldap://{a}"),
             IpAddr::V6(a) => format!("ldap://[{a}]"),
         };
-        let script = format!(
-            "for i in $(seq {n}); do ldapsearch -x -LLL -o nettimeout=3 -H {url} -b {LDAP_BASE} -s base description \
-             | grep '^description: ' || echo \"failed: exit $?\"; done"
+        let search = format!(
+            "ldapsearch -x -LLL -o nettimeout=3 -H {url} -b {LDAP_BASE} -s base description \
+             | grep '^description: '"
         );
+        self.client_runs(n, &search, |l| l.strip_prefix("description: "))
+    }
+
+    /// `n` HTTPS GETs of `/` through `vip` from the client, each its own connection
+    /// (curl; the reals' certificate is self-signed, taken as it comes); the body of
+    /// each answer (the real's name), or the error.
+    pub fn https_gets(&self, vip: SocketAddr, n: usize) -> Result<Vec<Result<String, String>>> {
+        let get = format!("curl -sk --max-time 3 https://{vip}/");
+        self.client_runs(n, &get, |l| l.starts_with("real").then_some(l))
+    }
+
+    /// `command` run `n` times from the client, one after another, each expected to print
+    /// one line that `answer` reads; a run that fails prints its exit status instead.
+    fn client_runs(
+        &self,
+        n: usize,
+        command: &str,
+        answer: impl Fn(&str) -> Option<&str>,
+    ) -> Result<Vec<Result<String, String>>> {
+        let script = format!("for i in $(seq {n}); do {command} || echo \"failed: exit $?\"; done");
         let out = self.exec(ROLE_CLIENT, &["sh", "-c", &script])?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(|l| match l.strip_prefix("description: ") {
-                Some(real) => Ok(real.to_string()),
-                None => Err(l.to_string()),
-            })
+            .map(|l| answer(l).map(str::to_string).ok_or_else(|| l.to_string()))
             .collect())
     }
 
@@ -835,10 +838,15 @@ pub fn request_on(s: &mut TcpStream) -> Result<String> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out =
-        Command::new("ip").args(args).output().with_context(|| format!("running ip {args:?}"))?;
+    run(Command::new("ip").args(args))
+}
+
+/// Runs `cmd` to its end; an error names it and says what it said on stderr.
+fn run(cmd: &mut Command) -> Result<()> {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

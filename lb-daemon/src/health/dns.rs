@@ -12,9 +12,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::config::{DnsCheck, DnsTransport};
 
-/// A UDP answer is read up to this size (EDNS's common buffer).
-const MAX_UDP_ANSWER: usize = 4096;
-
 pub async fn check(
     addr: SocketAddr,
     from: Option<IpAddr>,
@@ -23,7 +20,7 @@ pub async fn check(
     let query = question(spec)?;
     let request = query.to_vec().map_err(|e| format!("encoding the query: {e}"))?;
     let answer = match spec.transport() {
-        DnsTransport::Udp => over_udp(addr, from, &request).await?,
+        DnsTransport::Udp => super::udp::exchange(addr, from, &request).await?,
         DnsTransport::Tcp => over_tcp(addr, from, &request).await?,
     };
     let answer = Message::from_vec(&answer).map_err(|e| format!("bad DNS answer: {e}"))?;
@@ -38,19 +35,6 @@ pub fn question(spec: &DnsCheck) -> Result<Message, String> {
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(name, qtype));
     Ok(m)
-}
-
-async fn over_udp(
-    addr: SocketAddr,
-    from: Option<IpAddr>,
-    request: &[u8],
-) -> Result<Vec<u8>, String> {
-    let socket = super::udp::connected(addr, from).await?;
-    socket.send(request).await.map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut answer = vec![0u8; MAX_UDP_ANSWER];
-    let n = socket.recv(&mut answer).await.map_err(|e| format!("no answer from {addr}: {e}"))?;
-    answer.truncate(n);
-    Ok(answer)
 }
 
 /// RFC 1035 4.2.2: each message prefixed by its length in two bytes.

@@ -8,7 +8,7 @@ use tokio::net::UdpSocket;
 
 use crate::config::UdpCheck;
 
-/// Answers are read up to this size.
+/// Answers are read up to this size (EDNS's common buffer, for the dns check's).
 const MAX_ANSWER: usize = 4096;
 
 pub async fn check(
@@ -16,15 +16,27 @@ pub async fn check(
     from: Option<IpAddr>,
     spec: &UdpCheck,
 ) -> Result<String, String> {
-    let socket = connected(addr, from).await?;
-    socket.send(spec.send.as_bytes()).await.map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut answer = vec![0u8; MAX_ANSWER];
-    let n = socket.recv(&mut answer).await.map_err(|e| format!("no answer from {addr}: {e}"))?;
-    judge(&answer[..n], spec.expect.as_deref())
+    let answer = exchange(addr, from, spec.send.as_bytes()).await?;
+    judge(&answer, spec.expect.as_deref())
 }
 
-/// A UDP socket of the target's family connected to it: only its answers are read.
-pub(crate) async fn connected(addr: SocketAddr, from: Option<IpAddr>) -> Result<UdpSocket, String> {
+/// One datagram to `addr` and its answer (up to [`MAX_ANSWER`] bytes), on a socket
+/// connected to it, so only its answers are read (the dns check's UDP transport too).
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    request: &[u8],
+) -> Result<Vec<u8>, String> {
+    let socket = connected(addr, from).await?;
+    socket.send(request).await.map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut answer = vec![0u8; MAX_ANSWER];
+    let n = socket.recv(&mut answer).await.map_err(|e| format!("no answer from {addr}: {e}"))?;
+    answer.truncate(n);
+    Ok(answer)
+}
+
+/// A UDP socket of the target's family connected to it.
+async fn connected(addr: SocketAddr, from: Option<IpAddr>) -> Result<UdpSocket, String> {
     let any: SocketAddr = match from {
         Some(from) => SocketAddr::new(from, 0),
         None if addr.is_ipv4() => ([0, 0, 0, 0], 0).into(),
